@@ -1,0 +1,46 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it.
+PYTHON ?= python3
+VENV ?= .venv
+# torch first, pinned: a bare `torch` requirement in a fresh venv would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+DEMO_ARGS ?=
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(PY)
+	$(PY) -m pip install -q "$(TORCH)"
+	touch $@
+
+$(VENV)/.installed-demo: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[examples]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@ $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
+	$(PY) examples/curvature_demo.py $(DEMO_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks
+	$(VENV)/bin/ruff format --check lightning_landscape tests examples benchmarks
+
+typecheck: $(VENV)/.installed-test
+	$(VENV)/bin/mypy lightning_landscape
+
+pytest: $(VENV)/.installed-test
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/curvature.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,20 @@
+"""lightning-landscape: see the loss landscape you train on.
+
+Drop-in Lightning callbacks (gradient norms, Hessian spectra, risk gaps), a multi-seed trainer,
+and a framework-free curvature core.
+"""
+
+__version__ = "0.1.0"
+
+# --- callbacks ---
+
+# --- multi-seed ---
+
+# --- curvature ---
+
+__all__ = [
+    "__version__",
+    # callbacks
+    # multi-seed
+    # curvature
+]

@@ -1,0 +1,123 @@
+"""The outcome of a multi-seed run: one :class:`SeedRun` per seed and a :class:`MultiSeedResult`.
+
+These plain dataclasses are shared by every executor (sequential, Ray, vectorized) and are what
+``summary.json`` serializes, so a rerun can resume from the file alone.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SeedStatus = Literal["finished", "failed", "pending", "running"]
+
+
+@dataclass
+class SeedRun:
+    """What one seed produced.
+
+    Args:
+        seed: the seed passed to ``seed_everything``.
+        status: ``"finished"`` (a finite monitored score), ``"failed"`` (raised or non-finite),
+            ``"pending"`` (not started) or ``"running"`` (started, not finished: resumable).
+        score: the best monitored value of this seed, ``None`` unless finished.
+        best_model_path: the seed's best checkpoint, ``""`` if none.
+        last_model_path: the seed's last checkpoint (used to resume), ``""`` if none.
+        wall_time: seconds spent on this seed (summed over resumed attempts).
+        error: the error text of a failed seed.
+        log_dir: the seed's TensorBoard log folder.
+        extra: executor-specific plain values (e.g. the ensemble member index).
+    """
+
+    seed: int
+    status: SeedStatus = "pending"
+    score: float | None = None
+    best_model_path: str = ""
+    last_model_path: str = ""
+    wall_time: float = 0.0
+    error: str = ""
+    log_dir: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeedRun:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class MultiSeedResult:
+    """All seeds of one multi-seed run and the one kept.
+
+    Args:
+        runs: one entry per seed, in seed order.
+        monitor: the metric the best seed was chosen by.
+        mode: ``"min"`` or ``"max"``.
+        best_seed: the winner among the finished seeds.
+        best_score: its monitored value.
+        best_model_path: the copy ``root_dir/best.ckpt`` of the winner's best checkpoint.
+        root_dir: the folder holding ``seed_<k>/``, ``summary.json``, ``summary.csv``, ``seeds.png``.
+    """
+
+    runs: list[SeedRun]
+    monitor: str
+    mode: Literal["min", "max"]
+    best_seed: int
+    best_score: float
+    best_model_path: str
+    root_dir: str
+
+    @property
+    def scores(self) -> list[float]:
+        """Scores of the finished seeds, in seed order."""
+        return [float(r.score) for r in self.runs if r.status == "finished" and r.score is not None]
+
+    @property
+    def finished(self) -> list[SeedRun]:
+        return [r for r in self.runs if r.status == "finished"]
+
+    @property
+    def failed(self) -> list[SeedRun]:
+        return [r for r in self.runs if r.status == "failed"]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.scores) if self.scores else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (``n - 1``); 0 for a single finished seed."""
+        s = self.scores
+        return statistics.stdev(s) if len(s) > 1 else 0.0
+
+    @property
+    def min(self) -> float:
+        return min(self.scores) if self.scores else math.nan
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.scores) if self.scores else math.nan
+
+    @property
+    def max(self) -> float:
+        return max(self.scores) if self.scores else math.nan
+
+    def summary_stats(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std, "min": self.min, "median": self.median, "max": self.max}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best_seed": self.best_seed,
+            "best_score": self.best_score,
+            "best_model_path": self.best_model_path,
+            "root_dir": self.root_dir,
+            "stats": self.summary_stats(),
+            "runs": [r.to_dict() for r in self.runs],
+        }
