@@ -1,0 +1,329 @@
+"""The ``lightning-landscape`` command: ``LightningCLI`` with our callbacks and a ``multiseed`` subcommand.
+
+``fit``, ``validate`` and ``test`` behave as in any LightningCLI program; ``multiseed`` runs
+:class:`~lightning_landscape.multiseed.MultiSeedTrainer` on the same config::
+
+    lightning-landscape fit --config configs/shallow_relu.yaml
+    lightning-landscape multiseed --config configs/shallow_relu.yaml --seeds 8 --monitor val_loss --mode min
+
+Our callbacks go under ``trainer.callbacks`` in YAML (or ``--trainer.callbacks+=GradientNormMonitor``);
+``lightning-landscape fit --help`` lists every option of each of them, and
+``--trainer.callbacks.help HessianEigenMonitor`` shows one in jsonargparse's own format.
+
+Class paths in a config are imported from the current directory too (the command puts it on
+``sys.path``, as ``python -m`` does), so ``examples.shallow_relu.ShallowReLU`` resolves when the command
+runs from the repository root.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from typing_extensions import override
+
+if TYPE_CHECKING:
+    from lightning_landscape.multiseed import MultiSeedResult
+
+#: Our callbacks, documented in ``--help`` (import path relative to ``lightning_landscape``).
+CALLBACKS: tuple[str, ...] = ("GradientNormMonitor", "HessianEigenMonitor", "RiskGapMonitor")
+
+_MULTISEED_SKIP = {"model", "datamodule", "train_dataloaders", "val_dataloaders"}
+
+
+class _HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's formatter, except that the description and epilog keep their line breaks."""
+
+    @override
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def _callback_classes() -> list[type]:
+    import lightning_landscape.callbacks as callbacks
+
+    return [getattr(callbacks, name) for name in CALLBACKS if hasattr(callbacks, name)]
+
+
+def callbacks_help() -> str:
+    """Every ``__init__`` option of our callbacks, with type, default and the docstring's description.
+
+    This is the epilog of each subcommand's ``--help``.
+
+    Example::
+
+        print(callbacks_help())
+    """
+    from docstring_parser import parse
+
+    lines = [
+        "lightning-landscape callbacks (add in YAML under trainer.callbacks, or",
+        "--trainer.callbacks+=NAME --trainer.callbacks.OPTION=VALUE on the command line):",
+    ]
+    for cls in _callback_classes():
+        doc = parse(inspect.getdoc(cls) or "")
+        described = {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
+        lines.append("")
+        lines.append(f"  {cls.__name__} (lightning_landscape.{cls.__name__}): {doc.short_description or ''}")
+        for name, param in inspect.signature(cls).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            annotation = (
+                param.annotation
+                if isinstance(param.annotation, str)
+                else getattr(param.annotation, "__name__", str(param.annotation))
+            )
+            default = "" if param.default is param.empty else f", default: {param.default!r}"
+            lines.append(f"    {name} ({annotation}{default})")
+            if described.get(name):
+                lines.append(f"        {described[name]}")
+    return "\n".join(lines) + "\n"
+
+
+class LandscapeCLI(LightningCLI):
+    """``LightningCLI`` with the ``multiseed`` subcommand and our callbacks documented in ``--help``.
+
+    Models and data modules are given by class path (``model.class_path``, ``data.class_path``), so one
+    command serves every example. A bad option or value fails with jsonargparse's message, and a value
+    that our classes reject in ``__init__`` (a negative ``every_n_steps``, an unknown target) fails the
+    same way, with exit code 2, before anything trains.
+
+    Args:
+        args: arguments to parse instead of ``sys.argv`` (list of strings or a dict), as in LightningCLI.
+        run: whether to run the chosen subcommand (``False`` only parses and instantiates).
+        **kwargs: forwarded to :class:`~lightning.pytorch.cli.LightningCLI`.
+
+    Example::
+
+        LandscapeCLI(args=["fit", "--config", "configs/shallow_relu.yaml", "--trainer.max_steps=10"])
+    """
+
+    def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_kwargs", {})
+        for sub in self.subcommands():
+            kwargs["parser_kwargs"].setdefault(sub, {})
+            kwargs["parser_kwargs"][sub].setdefault("formatter_class", _HelpFormatter)
+            kwargs["parser_kwargs"][sub].setdefault("epilog", callbacks_help())
+        kwargs["parser_kwargs"].setdefault("formatter_class", _HelpFormatter)
+        kwargs["parser_kwargs"].setdefault(
+            "description",
+            "lightning-landscape: LightningCLI with loss-landscape callbacks and multi-seed training.",
+        )
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(args=args, run=run, **kwargs)
+
+    @staticmethod
+    @override
+    def subcommands() -> dict[str, set[str]]:
+        return {
+            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+            "validate": {"model", "dataloaders", "datamodule"},
+            "test": {"model", "dataloaders", "datamodule"},
+            "multiseed": set(_MULTISEED_SKIP),
+        }
+
+    @override
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        # LightningCLI looks every subcommand up on the Trainer; `multiseed` lives on this class instead.
+        self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
+        parser_subcommands = parser.add_subcommands()
+        for subcommand in self.subcommands():
+            klass: type = type(self) if subcommand == "multiseed" else Trainer
+            fn = getattr(klass, subcommand)
+            description = (inspect.getdoc(fn) or "").split("\n")[0]
+            subparser_kwargs = kwargs.get(subcommand, {})
+            subparser_kwargs.setdefault("description", description)
+            subcommand_parser = self._prepare_subcommand_parser(klass, subcommand, **subparser_kwargs)
+            self._subcommand_parsers[subcommand] = subcommand_parser
+            parser_subcommands.add_subcommand(subcommand, subcommand_parser, help=description)
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            if self.subcommand == "multiseed":
+                # No Trainer here: MultiSeedTrainer builds one per seed from the `trainer` section.
+                self.config_init = self.parser.instantiate_classes(self.config)
+                self.datamodule = self._get(self.config_init, "data")
+                self.model = self._get(self.config_init, "model")
+            else:
+                super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            # Our classes validate in __init__; report like jsonargparse does, without a traceback.
+            prog = f"{os.path.basename(sys.argv[0]) or 'lightning-landscape'} {self.subcommand or ''}".strip()
+            sys.stderr.write(f"{prog}: error: {err}\n")
+            raise SystemExit(2) from err
+
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "multiseed":
+            super()._run_subcommand(subcommand)
+            return
+        fn_kwargs = {
+            k: v
+            for k, v in self.config_init[subcommand].items()
+            if k in self._subcommand_method_arguments[subcommand]
+        }
+        self.multiseed(model=self.model, datamodule=self.datamodule, **fn_kwargs)
+
+    def multiseed(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        seeds: int | list[int] = 5,
+        monitor: str = "val_loss",
+        mode: Literal["min", "max"] = "min",
+        executor: Literal["sequential", "ray", "vectorized"] = "sequential",
+        root_dir: str = "multiseed",
+        ray_address: str | None = None,
+        cpus_per_seed: float = 1.0,
+        gpus_per_seed: float = 0.0,
+        max_concurrent: int | None = None,
+    ) -> MultiSeedResult:
+        """Train the model once per seed, keep the best, and print a table of seeds and scores.
+
+        A rerun with the same ``root_dir`` resumes: finished seeds are skipped.
+
+        Args:
+            model: the configured model (rebuilt for every seed from its class path and init args).
+            datamodule: the configured data module.
+            seeds: how many seeds (0, 1, ..., n-1) or an explicit list of seeds.
+            monitor: the logged metric that ranks the seeds.
+            mode: ``min`` or ``max``: whether a lower or a higher ``monitor`` is better.
+            executor: ``sequential`` (in-process), ``ray`` (one Ray task per seed) or ``vectorized``
+                (all seeds in one batched model; the model must qualify).
+            root_dir: folder of ``seed_<k>/``, ``summary.json``, ``summary.csv``, ``seeds.png`` and
+                ``best.ckpt``.
+            ray_address: address of a running Ray cluster; local cluster if unset.
+            cpus_per_seed: CPUs reserved per seed (Ray).
+            gpus_per_seed: GPUs reserved per seed (Ray).
+            max_concurrent: at most this many seeds at once (Ray).
+        """
+        from lightning_landscape.multiseed import MultiSeedTrainer
+
+        for key in ("optimizer", "lr_scheduler"):
+            if self._get(self.config, key) is not None:
+                raise SystemExit(
+                    f"lightning-landscape multiseed: error: `{key}` in the config is not supported by "
+                    "multiseed (every seed rebuilds the model); set it in the model's configure_optimizers."
+                )
+        model_cfg = self._get(self.config, "model")
+        model_cls, model_kwargs = _class_and_kwargs(model_cfg, fallback=type(model))
+        trainer_kwargs = _non_default_trainer_kwargs(self._get(self.config_init, "trainer", default={}))
+        ms = MultiSeedTrainer(
+            seeds=seeds,
+            monitor=monitor,
+            mode=mode,
+            root_dir=root_dir,
+            executor=executor,
+            model_kwargs=model_kwargs,
+            ray_address=ray_address,
+            cpus_per_seed=cpus_per_seed,
+            gpus_per_seed=gpus_per_seed,
+            max_concurrent=max_concurrent,
+            **trainer_kwargs,
+        )
+        result = ms.fit(model_cls, datamodule=datamodule)
+        print(format_result(result))
+        return result
+
+
+def _class_and_kwargs(
+    model_cfg: Any, fallback: type
+) -> tuple[Callable[..., LightningModule], dict[str, Any]]:
+    """The model class and its plain init args from the parsed (not instantiated) config."""
+    if model_cfg is None:
+        return fallback, {}
+    data = model_cfg.as_dict() if hasattr(model_cfg, "as_dict") else dict(model_cfg)
+    class_path = data.get("class_path")
+    if not class_path:
+        return fallback, data
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls, {**(data.get("init_args") or {}), **(data.get("dict_kwargs") or {})}
+
+
+def _non_default_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
+    """Only the Trainer arguments the config changes, so MultiSeedTrainer's per-seed defaults apply."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(Trainer.__init__).parameters.items()
+        if name != "self"
+    }
+    out: dict[str, Any] = {}
+    for key, value in dict(trainer_cfg).items():
+        if key not in defaults:
+            continue
+        if key == "callbacks" and not value:
+            continue
+        if key in defaults and _same(value, defaults[key]):
+            continue
+        out[key] = value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:
+        return False
+
+
+def format_result(result: MultiSeedResult) -> str:
+    """A plain-text table of seeds, statuses and scores, then the best seed and checkpoint.
+
+    Args:
+        result: what :meth:`MultiSeedTrainer.fit` returned.
+
+    Example::
+
+        print(format_result(MultiSeedTrainer(seeds=3, max_steps=10).fit(MyModel)))
+    """
+    header = f"{'seed':>6}  {'status':<9} {result.monitor:>14}  {'time [s]':>9}"
+    rows = [header, "-" * len(header)]
+    for run in result.runs:
+        score = "" if run.score is None else f"{run.score:.6g}"
+        mark = "  <- best" if run.seed == result.best_seed and run.status == "finished" else ""
+        rows.append(f"{run.seed:>6}  {run.status:<9} {score:>14}  {run.wall_time:>9.1f}{mark}")
+        if run.status == "failed" and run.error:
+            rows.append(f"{'':>8}error: {run.error.strip().splitlines()[-1]}")
+    stats = result.summary_stats()
+    rows.append("")
+    rows.append(
+        f"{len(result.finished)}/{len(result.runs)} seeds finished; {result.monitor} ({result.mode}): "
+        + ", ".join(f"{k} {v:.6g}" for k, v in stats.items())
+    )
+    rows.append(f"best seed {result.best_seed}: {result.monitor} = {result.best_score:.6g}")
+    rows.append(f"best checkpoint: {result.best_model_path}")
+    rows.append(f"summary: {os.path.join(result.root_dir, 'summary.json')}")
+    return "\n".join(rows)
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``lightning-landscape`` console script.
+
+    Args:
+        args: arguments instead of ``sys.argv[1:]``.
+
+    Example::
+
+        main(["fit", "--config", "configs/digits.yaml", "--trainer.max_epochs=1"])
+    """
+    # Console scripts do not put the working directory on sys.path; configs name example classes by
+    # import path relative to it (examples.shallow_relu.ShallowReLU), as `python -m` would find them.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    LandscapeCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["CALLBACKS", "LandscapeCLI", "callbacks_help", "format_result", "main"]
