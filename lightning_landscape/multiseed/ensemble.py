@@ -1,0 +1,604 @@
+"""K seeds of one small network trained as a single vectorized model.
+
+Each member is initialized exactly as a single run with its seed would be, the K copies are stacked
+with :func:`torch.func.stack_module_state`, and one :func:`torch.func.vmap` of
+:func:`torch.func.functional_call` does the forward and backward of all members per step. The
+training loss is
+
+.. math::
+
+    L(\\theta_1, \\dots, \\theta_K)
+    = \\sum_{k=1}^{K} \\frac{1}{B} \\sum_{i=1}^{B} \\ell(f_{\\theta_k}(x_{k,i}), y_{k,i}),
+
+so :math:`\\partial L / \\partial \\theta_k` is member :math:`k`'s own single-run gradient, and an
+elementwise optimizer (SGD, Adam, AdamW, ...) moves every member exactly as it would move one model.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+from typing_extensions import override
+
+#: Optimizers whose update of each tensor entry depends only on that entry's history (and the shared
+#: step count), so one optimizer over stacked parameters acts on each member as on a lone model.
+ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.Adagrad,
+    torch.optim.RMSprop,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
+
+_SEQUENTIAL_HINT = 'Use MultiSeedTrainer(executor="sequential") for this model instead.'
+_SUMMARY_STATS = ("mean", "min", "q25", "median", "q75", "max")
+
+
+class VectorizationError(ValueError):
+    """The model cannot be trained as a vectorized seed ensemble; the message says why."""
+
+
+def _import_object(path: str, argument: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"`{argument}`={path!r} is not an import path like 'package.module.Name'.")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`{argument}`={path!r} cannot be imported: {err}") from err
+
+
+def resolve_factory(
+    model: str | Mapping[str, Any] | Callable[..., nn.Module], model_kwargs: Mapping[str, Any] | None = None
+) -> Callable[[], nn.Module]:
+    """Turn a class path, a ``{"class_path", "init_args"}`` dict or a callable into a zero-arg factory.
+
+    Raises:
+        TypeError: if ``model`` is none of these.
+        ValueError: if a class path cannot be imported.
+    """
+    kwargs = dict(model_kwargs or {})
+    if isinstance(model, Mapping):
+        if "class_path" not in model:
+            raise ValueError(f"`model`={dict(model)!r} as a dict needs a 'class_path' key (and 'init_args').")
+        kwargs = {**dict(model.get("init_args") or {}), **kwargs}
+        model = str(model["class_path"])
+    if isinstance(model, str):
+        model = _import_object(model, "model")
+    if not callable(model):
+        raise TypeError(
+            f"`model` must be an nn.Module class, a callable returning one, or a class path; got {model!r}."
+        )
+    factory: Callable[..., nn.Module] = model
+    return lambda: factory(**kwargs)
+
+
+class _GlobalRngGuard:
+    """Restores every global RNG (and Lightning's seed variables) on exit: building K members calls
+    ``seed_everything`` K times, which must not leak into the user's own seeding."""
+
+    def __enter__(self) -> None:
+        self._torch = torch.get_rng_state()
+        self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self._numpy = np.random.get_state()
+        self._python = random.getstate()
+        self._env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self._torch)
+        if self._cuda is not None:
+            torch.cuda.set_rng_state_all(self._cuda)
+        np.random.set_state(self._numpy)
+        random.setstate(self._python)
+        for key, value in self._env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build_seeded(factory: Callable[[], Any], seeds: Sequence[int]) -> list[Any]:
+    """``[factory() after seed_everything(s, workers=True) for s in seeds]``, global RNG left untouched.
+
+    This is the definition of "member ``s`` starts as a single run with seed ``s``": the single run calls
+    ``seed_everything(s, workers=True)`` and then builds its model.
+    """
+    built = []
+    with _GlobalRngGuard():
+        for seed in seeds:
+            seed_everything(seed, workers=True, verbose=False)
+            built.append(factory())
+    return built
+
+
+def buffer_updating_modules(net: nn.Module) -> list[str]:
+    """Names of submodules that update buffers in train mode (batch-norm running statistics)."""
+    found = []
+    for name, module in net.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            found.append(name or type(module).__name__)
+    return found
+
+
+def _assign(module: nn.Module, name: str, tensor: Tensor, is_param: bool) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if is_param:
+        owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=tensor.requires_grad)
+    else:
+        owner._buffers[leaf] = tensor
+
+
+def _summary(values: Tensor) -> dict[str, Tensor]:
+    """mean/min/quartiles/max over the finite entries (a diverged member must not hide the others)."""
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        nan = values.new_tensor(math.nan)
+        return dict.fromkeys(_SUMMARY_STATS, nan)
+    q = torch.quantile(finite, finite.new_tensor([0.25, 0.5, 0.75]))
+    return {
+        "mean": finite.mean(),
+        "min": finite.min(),
+        "q25": q[0],
+        "median": q[1],
+        "q75": q[2],
+        "max": finite.max(),
+    }
+
+
+def _batch_size(batch: Any, per_seed: bool) -> int:
+    leaves = [t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, Tensor)]
+    if not leaves:
+        return 1
+    return int(leaves[0].shape[1 if per_seed else 0]) if leaves[0].dim() > int(per_seed) else 1
+
+
+class PerSeedLoader:
+    """Zips one data loader per member into batches of shape ``[K, B, ...]`` for ``per_seed_data=True``.
+
+    Member ``k`` sees exactly the batch stream of ``loaders[k]``; build each loader from its seed (e.g. a
+    ``DataLoader(..., shuffle=True, generator=torch.Generator().manual_seed(seed))``) and the single run with
+    that seed uses the same loader. Iteration stops with the shortest loader.
+
+    Args:
+        loaders: one iterable of batches per member, in member order.
+
+    Example::
+
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        loaders = [DataLoader(ds, 32, shuffle=True, generator=g) for g in gens]
+        ensemble = SeedEnsemble(..., seeds=seeds, per_seed_data=True)
+        trainer.fit(ensemble, train_dataloaders=PerSeedLoader(loaders))
+    """
+
+    def __init__(self, loaders: Sequence[Iterable[Any]]) -> None:
+        if len(loaders) == 0:
+            raise ValueError("`loaders` is empty; pass one data loader per ensemble member.")
+        self.loaders = list(loaders)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batches in zip(*self.loaders, strict=False):
+            yield torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *batches)
+
+    def __len__(self) -> int:
+        return min(len(loader) for loader in self.loaders)  # type: ignore[arg-type]
+
+
+class _StackedEnsemble(LightningModule):
+    """The engine shared by :class:`SeedEnsemble` and the vectorized executor: stacked members, one
+    vmapped loss per step, per-member logging, per-member best-so-far tracking."""
+
+    _base: nn.Module
+
+    def _init_members(
+        self,
+        nets: Sequence[nn.Module],
+        seeds: Sequence[int],
+        per_seed_data: bool,
+        optimal_risk: float | None = None,
+        hessian_every_n_steps: int = 0,
+    ) -> None:
+        bad = buffer_updating_modules(nets[0])
+        if bad:
+            raise VectorizationError(
+                f"Cannot vectorize: the model updates buffers in train mode ({', '.join(bad)}: batch-norm "
+                f"running statistics), which vmap cannot do per member. {_SEQUENTIAL_HINT}"
+            )
+        params, buffers = stack_module_state(list(nets))
+        base = copy.deepcopy(nets[0]).to("meta")
+        # The meta-device skeleton only lends its structure to functional_call; hiding it from nn.Module
+        # keeps it out of parameters(), state_dict() and device moves.
+        object.__setattr__(self, "_base", base)
+        members = copy.deepcopy(base)
+        for name, tensor in params.items():
+            _assign(members, name, tensor.detach().clone().requires_grad_(True), is_param=True)
+        for name, tensor in buffers.items():
+            _assign(members, name, tensor.detach().clone(), is_param=False)
+        # The same module tree as one member, every tensor with a leading member dimension of size K.
+        self.members = members
+        self.seeds = [int(s) for s in seeds]
+        self.per_seed_data = per_seed_data
+        self.optimal_risk = optimal_risk
+        self.hessian_every_n_steps = hessian_every_n_steps
+        self._param_names = list(params)
+        self._buffer_names = list(buffers)
+        self._probed = False
+        self._log_step = False
+        self._probe_batch: Any = None
+        self._train_sum: Tensor | None = None
+        self._train_count = 0
+        self._val_sum: Tensor | None = None
+        self._val_count = 0
+        self._track_best = False
+        self.best_scores: Tensor | None = None
+        self.best_epochs: list[int] = [-1] * len(self.seeds)
+        self.best_steps: list[int] = [-1] * len(self.seeds)
+        self._best_state: dict[str, Tensor] = {}
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def num_members(self) -> int:
+        return len(self.seeds)
+
+    # ---- the member loss ------------------------------------------------------------------------
+    def _member_loss(self, net: Callable[..., Tensor], batch: Any) -> Tensor:
+        raise NotImplementedError
+
+    def member_losses(self, batch: Any) -> Tensor:
+        """Each member's loss on ``batch`` (its slice ``batch[k]`` when ``per_seed_data``), shape ``[K]``."""
+        params = dict(self.members.named_parameters())
+        buffers = dict(self.members.named_buffers())
+        base = self._base
+
+        def one(p: Any, b: Any, data: Any) -> Tensor:
+            def net(*args: Any, **kwargs: Any) -> Tensor:
+                return functional_call(base, (p, b), args, kwargs)
+
+            return self._member_loss(net, data)
+
+        in_dims = (0, 0, 0 if self.per_seed_data else None)
+        if self._probed:
+            return vmap(one, in_dims=in_dims, randomness="error")(params, buffers, batch)
+        try:
+            losses = vmap(one, in_dims=in_dims, randomness="error")(params, buffers, batch)
+        except RuntimeError as err:
+            raise VectorizationError(
+                f"Cannot vectorize this model: its forward/loss failed under torch.func.vmap ({err}). "
+                "Typical causes are data-dependent control flow (`if tensor > 0`, `.item()`), random "
+                f"ops such as dropout, and in-place updates of buffers. {_SEQUENTIAL_HINT}"
+            ) from err
+        if losses.shape != (self.num_members,):
+            raise VectorizationError(
+                f"The member loss must be a scalar, got shape {tuple(losses.shape[1:])} per member."
+            )
+        self._probed = True
+        return losses
+
+    def member_state_dict(self, k: int, best: bool = False) -> dict[str, Tensor]:
+        """Parameters and buffers of member ``k`` (its best iterate if ``best``), named as in one net."""
+        if best and self._best_state:
+            return {name: t[k].detach().clone() for name, t in self._best_state.items()}
+        tensors = {**dict(self.members.named_parameters()), **dict(self.members.named_buffers())}
+        return {name: t[k].detach().clone() for name, t in tensors.items()}
+
+    def member_module(self, k: int, best: bool = False) -> nn.Module:
+        """A plain, independent ``nn.Module`` holding member ``k``'s current (or best) weights."""
+        net = copy.deepcopy(self._base)
+        state = self.member_state_dict(k, best=best)
+        for name in self._param_names:
+            _assign(net, name, state[name].requires_grad_(True), is_param=True)
+        for name in self._buffer_names:
+            _assign(net, name, state[name], is_param=False)
+        return net
+
+    # ---- Lightning hooks --------------------------------------------------------------------------
+    @override
+    def setup(self, stage: str) -> None:
+        trainer = self._trainer
+        if trainer is not None and trainer.gradient_clip_val:
+            algorithm = trainer.gradient_clip_algorithm or "norm"
+            if algorithm != "value":
+                raise VectorizationError(
+                    f"gradient_clip_val={trainer.gradient_clip_val} with "
+                    f"gradient_clip_algorithm={algorithm!r} clips by the norm over all members together, "
+                    "which no single run does. Use "
+                    f"gradient_clip_algorithm='value' (elementwise) or no clipping. {_SEQUENTIAL_HINT}"
+                )
+
+    def _seed_tag(self, k: int) -> str:
+        return f"seed_{self.seeds[k]}"
+
+    def _log_members(self, name: str, values: Tensor, batch_size: int, on_step: bool) -> None:
+        on_epoch = not on_step
+        values = values.detach()
+        for k in range(self.num_members):
+            self.log(
+                f"{self._seed_tag(k)}/{name}",
+                values[k],
+                on_step=on_step,
+                on_epoch=on_epoch,
+                batch_size=batch_size,
+            )
+        for stat, value in _summary(values).items():
+            self.log(
+                f"ensemble/{name}_{stat}", value, on_step=on_step, on_epoch=on_epoch, batch_size=batch_size
+            )
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        self._train_sum, self._train_count = None, 0
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        losses = self.member_losses(batch)
+        size = _batch_size(batch, self.per_seed_data)
+        detached = losses.detach() * size
+        self._train_sum = detached if self._train_sum is None else self._train_sum + detached
+        self._train_count += size
+        if self._probe_batch is None and self.hessian_every_n_steps > 0:
+            self._probe_batch = torch.utils._pytree.tree_map(
+                lambda t: t.detach().clone() if isinstance(t, Tensor) else t, batch
+            )
+        # Per-member scalars cost K log calls: only pay them on steps the logger will write.
+        self._log_step = (self.global_step + 1) % max(
+            1, int(getattr(self.trainer, "log_every_n_steps", 50))
+        ) == 0
+        if self._log_step:
+            self._log_members("train_loss", losses, size, on_step=True)
+        return losses.sum()
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._log_step:
+            return
+        squares = [
+            p.grad.detach().pow(2).reshape(self.num_members, -1).sum(1)
+            for p in self.members.parameters()
+            if p.grad is not None
+        ]
+        if squares:
+            self._log_members("grad_norm", torch.stack(squares).sum(0).sqrt(), 1, on_step=True)
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        n = self.hessian_every_n_steps
+        if n > 0 and self._probe_batch is not None and self.global_step % n == 0:
+            self._log_members(
+                "hessian_eig_1", self.member_top_eigenvalues(self._probe_batch), 1, on_step=True
+            )
+
+    def member_top_eigenvalues(self, batch: Any, tol: float = 1e-3) -> Tensor:
+        """Top Hessian eigenvalue of each member's loss on ``batch`` (its slice when ``per_seed_data``).
+
+        Computed with :func:`lightning_landscape.curvature.hessian_eigenvalues` on an unstacked copy of each
+        member in turn, so the training state is untouched.
+        """
+        from lightning_landscape.curvature import hessian_eigenvalues
+
+        values = []
+        for k in range(self.num_members):
+            data = batch
+            if self.per_seed_data:
+                data = torch.utils._pytree.tree_map(
+                    lambda t, k=k: t[k] if isinstance(t, Tensor) else t, batch
+                )
+            net = self.member_module(k)
+            result = hessian_eigenvalues(
+                net, lambda m, b: self._member_loss(m, b), [data], k=1, which="largest", tol=tol
+            )
+            values.append(result.eigenvalues[0].to(self.device, torch.get_default_dtype()))
+        return torch.stack(values)
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum, self._val_count = None, 0
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        losses = self.member_losses(batch).detach()
+        size = _batch_size(batch, self.per_seed_data)
+        # Weighted by batch size, as Lightning's epoch mean of a logged value is.
+        self._val_sum = losses * size if self._val_sum is None else self._val_sum + losses * size
+        self._val_count += size
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if self._val_sum is None or self._val_count == 0:
+            return
+        val = self._val_sum / self._val_count
+        self._log_members("val_loss", val, self._val_count, on_step=False)
+        if self._train_sum is not None and self._train_count > 0:
+            train = self._train_sum / self._train_count
+            self._log_members("generalization_gap", val - train, self._val_count, on_step=False)
+        if self.optimal_risk is not None:
+            self._log_members("optimality_gap", val - self.optimal_risk, self._val_count, on_step=False)
+        if self.trainer.sanity_checking:
+            return
+        self.history.append(
+            {"epoch": self.current_epoch, "step": self.global_step, "val_loss": val.cpu().tolist()}
+        )
+        if self._track_best:
+            self._update_best(val)
+
+    def _update_best(self, scores: Tensor) -> None:
+        tensors = {**dict(self.members.named_parameters()), **dict(self.members.named_buffers())}
+        if self.best_scores is None:
+            self.best_scores = torch.full_like(scores, math.inf)
+            self._best_state = {name: t.detach().clone() for name, t in tensors.items()}
+        improved = scores < self.best_scores  # NaN never improves
+        self.best_scores = torch.where(improved, scores, self.best_scores)
+        for name, t in tensors.items():
+            mask = improved.view(-1, *([1] * (t.dim() - 1)))
+            self._best_state[name] = torch.where(mask, t.detach(), self._best_state[name])
+        for k in improved.nonzero().flatten().tolist():
+            self.best_epochs[k] = self.current_epoch
+            self.best_steps[k] = self.global_step
+
+
+LossName = Literal["mse", "cross_entropy"]
+
+
+class SeedEnsemble(_StackedEnsemble):
+    """K independent seeds of one network, trained together by one vmapped forward/backward per step.
+
+    Member ``k`` starts from exactly the weights of a single run with seed ``seeds[k]``, where a single run
+    means::
+
+        seed_everything(seed, workers=True)
+        net = model(**model_kwargs)
+        opt = torch.optim.<optimizer>(net.parameters(), lr=lr, ...)     # same hyperparameters
+        for x, y in batches:                                           # per_seed_data: that seed's stream
+            loss = loss_fn(net(x), y)                                  # mean over the batch
+            opt.zero_grad(); loss.backward(); opt.step()
+        # scheduler.step() after every epoch (or every step with scheduler_interval="step")
+
+    and every member follows that run's trajectory to floating-point rounding (float64: ~1e-12). Batches are
+    ``(x, y)``; with ``per_seed_data=True`` each tensor carries a leading member dimension ``[K, B, ...]``
+    (see :class:`PerSeedLoader`), otherwise all members see the same batch.
+
+    Logged: ``seed_<s>/train_loss`` and ``seed_<s>/grad_norm`` (per step, on logging steps),
+    ``seed_<s>/val_loss`` and ``seed_<s>/generalization_gap`` (validation loss minus the epoch's mean
+    training loss), ``seed_<s>/optimality_gap`` (validation loss minus ``optimal_risk``, when given),
+    ``seed_<s>/hessian_eig_1`` (every ``hessian_every_n_steps``), and for each quantity the ensemble summary
+    ``ensemble/<name>_{mean,min,q25,median,q75,max}`` over the finite members.
+
+    Args:
+        model: an ``nn.Module`` class or callable returning a module, or its import path
+            (``"torch.nn.Linear"``); YAML may also give ``{"class_path": ..., "init_args": ...}``.
+        model_kwargs: keyword arguments for ``model``.
+        loss: ``"mse"``, ``"cross_entropy"`` or the import path of ``loss(output, target) -> scalar``.
+        seeds: the members' seeds, or a count ``n`` meaning ``0, ..., n-1``.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (all elementwise).
+        lr: learning rate.
+        momentum: SGD momentum.
+        nesterov: SGD Nesterov momentum.
+        weight_decay: weight decay (L2 for SGD/Adam, decoupled for AdamW).
+        betas: Adam/AdamW betas.
+        eps: Adam/AdamW epsilon.
+        lr_scheduler: ``"none"``, ``"step"`` (StepLR with ``step_size``, ``gamma``) or ``"exponential"``
+            (ExponentialLR with ``gamma``).
+        step_size: StepLR period.
+        gamma: decay factor of the scheduler.
+        scheduler_interval: step the scheduler every ``"epoch"`` or every ``"step"``.
+        per_seed_data: batches carry one slice per member ``[K, B, ...]`` instead of one shared batch.
+        optimal_risk: the minimal achievable risk, to log ``seed_<s>/optimality_gap``.
+        hessian_every_n_steps: log each member's top Hessian eigenvalue on the first training batch every
+            this many steps (0: never); one Lanczos run per member.
+
+    Raises:
+        ValueError: for an unknown ``loss``/``optimizer``/``lr_scheduler``, an empty or duplicated seed list,
+            a negative ``hessian_every_n_steps``, or a non-positive ``lr``.
+        VectorizationError: (a ``ValueError``) when the network updates buffers in train mode (batch
+            norm), fails under ``vmap`` (data-dependent control flow, dropout), or the Trainer clips
+            gradients by norm.
+
+    Example::
+
+        ensemble = SeedEnsemble(
+            "mypkg.MLP", {"widths": [1, 50, 50, 1]}, loss="mse", seeds=300, optimizer="adam", lr=0.01
+        )
+        Trainer(max_steps=10_000).fit(ensemble, train_dataloaders=loader)
+        net_7 = ensemble.member_module(7)  # a plain nn.Module with seed 7's weights
+    """
+
+    def __init__(
+        self,
+        model: str | dict[str, Any] | Callable[..., nn.Module],
+        model_kwargs: dict[str, Any] | None = None,
+        loss: str = "mse",
+        seeds: list[int] | int = 5,
+        optimizer: Literal["sgd", "adam", "adamw"] = "adam",
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lr_scheduler: Literal["none", "step", "exponential"] = "none",
+        step_size: int = 1,
+        gamma: float = 0.1,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        per_seed_data: bool = False,
+        optimal_risk: float | None = None,
+        hessian_every_n_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if isinstance(model, (str, dict)) else ["model"])
+        seed_list = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+        if not isinstance(seed_list, list) or not seed_list or not all(isinstance(s, int) for s in seed_list):
+            raise ValueError(f"`seeds` must be a positive int or a non-empty list of ints, got {seeds!r}.")
+        if len(set(seed_list)) != len(seed_list):
+            raise ValueError(f"`seeds` has duplicates: {seed_list!r}; each member needs its own seed.")
+        if optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"`optimizer`={optimizer!r} is not one of 'sgd', 'adam', 'adamw'.")
+        if lr_scheduler not in ("none", "step", "exponential"):
+            raise ValueError(f"`lr_scheduler`={lr_scheduler!r} is not one of 'none', 'step', 'exponential'.")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"`scheduler_interval`={scheduler_interval!r} is not 'epoch' or 'step'.")
+        if not lr > 0:
+            raise ValueError(f"`lr` must be positive, got {lr!r}.")
+        if hessian_every_n_steps < 0:
+            raise ValueError(f"`hessian_every_n_steps` must be >= 0, got {hessian_every_n_steps!r}.")
+        self._criterion = self._resolve_loss(loss)
+        self._optimizer_name = optimizer
+        nets = build_seeded(resolve_factory(model, model_kwargs), seed_list)
+        if not all(isinstance(net, nn.Module) for net in nets):
+            raise TypeError(f"`model` must build an nn.Module, got {type(nets[0]).__name__}.")
+        self._init_members(nets, seed_list, per_seed_data, optimal_risk, hessian_every_n_steps)
+
+    @staticmethod
+    def _resolve_loss(loss: str) -> Callable[[Tensor, Tensor], Tensor]:
+        if loss == "mse":
+            return F.mse_loss
+        if loss == "cross_entropy":
+            return F.cross_entropy
+        if isinstance(loss, str) and "." in loss:
+            fn = _import_object(loss, "loss")
+            if isinstance(fn, type):
+                fn = fn()
+            if not callable(fn):
+                raise ValueError(f"`loss`={loss!r} does not name a callable.")
+            return fn
+        raise ValueError(f"`loss`={loss!r} is not 'mse', 'cross_entropy' or an import path 'pkg.module.fn'.")
+
+    @override
+    def _member_loss(self, net: Callable[..., Tensor], batch: Any) -> Tensor:
+        x, y = batch
+        return self._criterion(net(x), y)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        hp: Any = self.hparams
+        params = list(self.members.parameters())
+        opt: torch.optim.Optimizer
+        if self._optimizer_name == "sgd":
+            opt = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
+            )
+        else:
+            cls = torch.optim.Adam if self._optimizer_name == "adam" else torch.optim.AdamW
+            opt = cls(params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
+        if hp.lr_scheduler == "none":
+            return opt
+        sched: torch.optim.lr_scheduler.LRScheduler
+        if hp.lr_scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=hp.gamma)
+        else:
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": hp.scheduler_interval}}
