@@ -1,0 +1,480 @@
+r"""Extreme eigenvalues of a Hessian: Lanczos (default), power iteration, or pyhessian behind one interface.
+
+Lanczos builds an orthonormal basis :math:`Q_m` of the Krylov space
+:math:`\operatorname{span}\{v, Hv, \dots, H^{m-1}v\}` and the tridiagonal :math:`T_m = Q_m^\top H Q_m`.
+The eigenvalues :math:`\theta_i` of :math:`T_m` (Ritz values) approximate the extreme eigenvalues of
+:math:`H`; with :math:`T_m s_i = \theta_i s_i` the residual of the Ritz vector :math:`Q_m s_i` is
+:math:`\|H Q_m s_i - \theta_i Q_m s_i\| = |\beta_{m} \, s_{i,m}|`, and for a symmetric :math:`H` some true
+eigenvalue lies within that distance of :math:`\theta_i`. A value is accepted when this bound is at most
+``tol * |theta_i|``: every returned value of a converged result is within ``tol`` relative of an
+eigenvalue of :math:`H`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.curvature.operator import (
+    HessianOperator,
+    LossFn,
+    MemoryMode,
+    trainable_parameters,
+    validate_inputs,
+)
+
+Which = Literal["largest", "smallest", "both"]
+Backend = Literal["lanczos", "power", "pyhessian"]
+_WHICH = ("largest", "smallest", "both")
+_BACKENDS = ("lanczos", "power", "pyhessian")
+_POWER_MAX_ITER = 1000
+
+
+class LinearOperator(Protocol):
+    """What the solvers need: a symmetric ``matvec`` on flat vectors, its size, dtype and device."""
+
+    num_params: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matvec(self, v: Tensor) -> Tensor: ...
+
+
+@dataclass
+class EigenResult:
+    """Extreme eigenvalues of a Hessian.
+
+    Attributes:
+        eigenvalues: ``"largest"`` and ``"both"``: the top-k, descending; ``"smallest"``: the bottom-k,
+            ascending (float64, CPU).
+        smallest: for ``which="both"`` the bottom-k, ascending; otherwise ``None``.
+        eigenvectors: ``[k, n]`` unit eigenvectors matching ``eigenvalues`` (parameters' dtype and device)
+            when asked for, else ``None``.
+        smallest_eigenvectors: for ``which="both"`` the ``[k, n]`` eigenvectors matching ``smallest``.
+        num_products: Hessian-vector products spent.
+        converged: every returned value met the residual bound ``tol * |value|``.
+        backend: the solver that produced the values.
+    """
+
+    eigenvalues: Tensor
+    smallest: Tensor | None = None
+    eigenvectors: Tensor | None = None
+    smallest_eigenvectors: Tensor | None = None
+    num_products: int = 0
+    converged: bool = False
+    backend: str = "lanczos"
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A private CPU generator: random vectors are drawn on the CPU (identical on every device)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def random_vector(op: LinearOperator, gen: torch.Generator, rademacher: bool = False) -> Tensor:
+    """A Gaussian (or Rademacher) vector from ``gen``, in the operator's dtype and on its device."""
+    if rademacher:
+        v = torch.randint(0, 2, (op.num_params,), generator=gen, dtype=torch.float64) * 2 - 1
+    else:
+        v = torch.randn(op.num_params, generator=gen, dtype=torch.float64)
+    return v.to(device=op.device, dtype=op.dtype)
+
+
+def _floor(dtype: torch.dtype) -> float:
+    # Eigenvalues below sqrt(eps) * ||H|| are numerically zero: hold them to an absolute tolerance.
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
+def default_max_iter(n: int, k: int) -> int:
+    """Default Lanczos steps: ``min(n, max(100, 20 k))``."""
+    return min(n, max(100, 20 * k))
+
+
+class _Lanczos:
+    """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice), restarting on breakdown."""
+
+    def __init__(self, op: LinearOperator, v0: Tensor, max_steps: int, gen: torch.Generator) -> None:
+        self.op = op
+        self.gen = gen
+        self.max_steps = min(max_steps, op.num_params)
+        self.capacity = min(self.max_steps + 1, 32)
+        self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
+        self.Q[0] = v0 / torch.linalg.vector_norm(v0)
+        self.alphas: list[float] = []
+        self.betas: list[float] = []  # betas[j] couples step j and j+1 (0 after a restart)
+        self.residual = 0.0  # |beta| of the last step: the factor of the residual bounds
+        self.steps = 0
+        self.restarted = False
+
+    def _orthogonalize(self, w: Tensor, m: int) -> Tensor:
+        basis = self.Q[:m]
+        for _ in range(2):
+            w = w - basis.T @ (basis @ w)
+        return w
+
+    def step(self) -> None:
+        j = self.steps
+        q = self.Q[j]
+        w = self.op.matvec(q)
+        alpha = float(torch.dot(w, q))
+        w = w - alpha * q
+        if j > 0 and self.betas[j - 1] != 0.0:
+            w = w - self.betas[j - 1] * self.Q[j - 1]
+        w = self._orthogonalize(w, j + 1)
+        beta = float(torch.linalg.vector_norm(w))
+        self.alphas.append(alpha)
+        self.steps += 1
+        self.residual = beta
+        self.restarted = False
+        if self.steps >= self.op.num_params:
+            self.residual = 0.0
+            return
+        if j + 1 >= self.capacity:
+            grow = min(self.capacity * 2, self.max_steps + 1) - self.capacity
+            extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
+            self.Q = torch.cat([self.Q, extra])
+            self.capacity += grow
+        scale = max(abs(a) for a in self.alphas) + max(self.betas, default=0.0)
+        if beta <= 10 * torch.finfo(self.op.dtype).eps * max(scale, 1e-300):
+            # Invariant subspace: its Ritz values are exact. Continue in a fresh direction (block
+            # diagonal T) so that further copies of repeated eigenvalues can be found.
+            w = self._orthogonalize(random_vector(self.op, self.gen), j + 1)
+            self.betas.append(0.0)
+            self.residual = 0.0
+            self.restarted = True
+            self.Q[j + 1] = w / torch.linalg.vector_norm(w)
+        else:
+            self.betas.append(beta)
+            self.Q[j + 1] = w / beta
+
+    def ritz(self) -> tuple[Tensor, Tensor]:
+        """Ritz values (ascending, float64 CPU) and the eigenvectors of T (columns)."""
+        m = self.steps
+        T = torch.diag(torch.tensor(self.alphas, dtype=torch.float64))
+        if m > 1:
+            off = torch.tensor(self.betas[: m - 1], dtype=torch.float64)
+            T = T + torch.diag(off, 1) + torch.diag(off, -1)
+        return torch.linalg.eigh(T)
+
+    def bounds(self, S: Tensor) -> Tensor:
+        return (self.residual * S[-1, :]).abs()
+
+    def vectors(self, S: Tensor, idx: Sequence[int]) -> Tensor:
+        coeffs = S[:, list(idx)].to(device=self.op.device, dtype=self.op.dtype)
+        vecs = (self.Q[: self.steps].T @ coeffs).T
+        return vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
+
+
+def lanczos(
+    op: LinearOperator,
+    k: int = 1,
+    which: Which = "largest",
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    return_eigenvectors: bool = False,
+) -> EigenResult:
+    """Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization.
+
+    Stops when each wanted Ritz value :math:`\\theta_i` has residual bound
+    :math:`|\\beta_m s_{i,m}| \\le \\mathrm{tol} \\cdot \\max(|\\theta_i|, \\sqrt{\\epsilon}\\,\\|T\\|)`,
+    or after ``max_iter`` steps (``converged=False``), or when the Krylov space is the whole space (exact).
+    One run serves both ends for ``which="both"``.
+
+    A single start vector sees one direction of each eigenspace: of an eigenvalue repeated ``r`` times it
+    returns one copy (unless the Krylov space is exhausted, where a restart finds further copies). The
+    ``"power"`` backend, deflating, returns all copies.
+
+    Args:
+        op: the operator (e.g. a :class:`HessianOperator`).
+        k: how many eigenvalues at each wanted end.
+        which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or ``"both"``.
+        tol: relative tolerance per eigenvalue.
+        max_iter: the most steps (one product each); default ``min(n, max(100, 20 k))``.
+        seed: seeds the private generator of the start vector.
+        return_eigenvectors: also return the Ritz vectors.
+
+    Returns:
+        An :class:`EigenResult`; ``num_products`` counts this call's products.
+    """
+    n = op.num_params
+    steps = default_max_iter(n, k) if max_iter is None else max_iter
+    gen = make_generator(seed)
+    run = _Lanczos(op, random_vector(op, gen), steps, gen)
+    need = min(n, 2 * k if which == "both" else k)
+    floor = _floor(op.dtype)
+    converged = False
+    theta, S = torch.empty(0, dtype=torch.float64), torch.empty(0, 0, dtype=torch.float64)
+    while run.steps < run.max_steps:
+        run.step()
+        if (run.steps < need or run.restarted) and run.steps < n:
+            continue
+        theta, S = run.ritz()
+        bounds = run.bounds(S)
+        scale = float(theta.abs().max())
+        wanted: list[int] = []
+        m = run.steps
+        if which in ("largest", "both"):
+            wanted += list(range(m - 1, m - 1 - min(k, m), -1))
+        if which in ("smallest", "both"):
+            wanted += list(range(min(k, m)))
+        ok = all(float(bounds[i]) <= tol * max(abs(float(theta[i])), floor * scale) for i in wanted)
+        if ok or run.steps >= n:
+            converged = True
+            break
+    if theta.numel() == 0 or theta.numel() != run.steps:
+        theta, S = run.ritz()
+    m = run.steps
+    top = list(range(m - 1, m - 1 - min(k, m), -1))
+    bottom = list(range(min(k, m)))
+    num_products = run.steps
+    if which == "smallest":
+        return EigenResult(
+            eigenvalues=theta[bottom].clone(),
+            eigenvectors=run.vectors(S, bottom) if return_eigenvectors else None,
+            num_products=num_products,
+            converged=converged,
+            backend="lanczos",
+        )
+    return EigenResult(
+        eigenvalues=theta[top].clone(),
+        smallest=theta[bottom].clone() if which == "both" else None,
+        eigenvectors=run.vectors(S, top) if return_eigenvectors else None,
+        smallest_eigenvectors=run.vectors(S, bottom) if return_eigenvectors and which == "both" else None,
+        num_products=num_products,
+        converged=converged,
+        backend="lanczos",
+    )
+
+
+def _power_one(
+    op: LinearOperator,
+    shift: float,
+    sign: float,
+    found: list[Tensor],
+    tol: float,
+    max_iter: int,
+    gen: torch.Generator,
+    scale: float,
+) -> tuple[float, Tensor, bool]:
+    """Dominant eigenpair of ``sign * H + shift * I`` on the complement of ``found``; returns H's value."""
+    basis = torch.stack(found) if found else None
+
+    def project(x: Tensor) -> Tensor:
+        if basis is not None:
+            x = x - basis.T @ (basis @ x)
+        return x / torch.linalg.vector_norm(x)
+
+    v = project(random_vector(op, gen))
+    theta = 0.0
+    floor = _floor(op.dtype)
+    for _ in range(max_iter):
+        hv = op.matvec(v)
+        theta = float(torch.dot(hv, v))
+        residual = float(torch.linalg.vector_norm(project_raw(hv - theta * v, basis)))
+        if residual <= tol * max(abs(theta), floor * max(scale, abs(theta))):
+            return theta, v, True
+        v = project(sign * hv + shift * v)
+    return theta, v, False
+
+
+def project_raw(x: Tensor, basis: Tensor | None) -> Tensor:
+    """``x`` minus its component in the span of the (orthonormal) rows of ``basis``."""
+    if basis is None:
+        return x
+    return x - basis.T @ (basis @ x)
+
+
+def power_iteration(
+    op: LinearOperator,
+    k: int = 1,
+    which: Which = "largest",
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    return_eigenvectors: bool = False,
+) -> EigenResult:
+    """Extreme eigenvalues by power iteration with deflation (for comparison with Lanczos).
+
+    A first run finds the dominant eigenvalue :math:`\\lambda_d` (largest magnitude) and so the spectral
+    radius :math:`\\rho = |\\lambda_d|`. The algebraically largest values are then the dominant ones of
+    :math:`H + \\rho I` and the smallest those of :math:`\\rho I - H`; each is found in turn on the
+    orthogonal complement of those already found. A value is accepted when
+    :math:`\\|Hv - \\theta v\\| \\le \\mathrm{tol}\\,|\\theta|` (the same guarantee as Lanczos).
+
+    Args:
+        op: the operator.
+        k: how many eigenvalues at each wanted end.
+        which: ``"largest"``, ``"smallest"`` or ``"both"``.
+        tol: relative tolerance per eigenvalue.
+        max_iter: the most iterations per eigenvalue (default 1000).
+        seed: seeds the private generator of the start vectors.
+        return_eigenvectors: also return the eigenvectors.
+    """
+    iters = _POWER_MAX_ITER if max_iter is None else max_iter
+    gen = make_generator(seed)
+    start = getattr(op, "num_products", 0)
+    lam_d, v_d, ok_d = _power_one(op, 0.0, 1.0, [], tol, iters, gen, 0.0)
+    rho = abs(lam_d)
+    all_ok = ok_d
+
+    def end(sign: float) -> tuple[list[float], list[Tensor]]:
+        nonlocal all_ok
+        values: list[float] = []
+        vectors: list[Tensor] = []
+        if ok_d and sign * lam_d > 0:
+            values.append(lam_d)
+            vectors.append(v_d)
+        while len(values) < k:
+            lam, v, ok = _power_one(op, rho, sign, vectors, tol, iters, gen, rho)
+            all_ok = all_ok and ok
+            values.append(lam)
+            vectors.append(v)
+        return values, vectors
+
+    top = bottom = None
+    if which in ("largest", "both"):
+        top = end(1.0)
+    if which in ("smallest", "both"):
+        bottom = end(-1.0)
+
+    def pack(values: list[float], vectors: list[Tensor], descending: bool) -> tuple[Tensor, Tensor]:
+        order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
+        vals = torch.tensor([values[i] for i in order], dtype=torch.float64)
+        return vals, torch.stack([vectors[i] for i in order])
+
+    num_products = getattr(op, "num_products", 0) - start
+    if which == "smallest":
+        assert bottom is not None
+        vals, vecs = pack(*bottom, descending=False)
+        return EigenResult(
+            vals, None, vecs if return_eigenvectors else None, None, num_products, all_ok, "power"
+        )
+    assert top is not None
+    vals, vecs = pack(*top, descending=True)
+    small = small_vecs = None
+    if bottom is not None:
+        small, small_vecs = pack(*bottom, descending=False)
+    return EigenResult(
+        vals,
+        small,
+        vecs if return_eigenvectors else None,
+        small_vecs if return_eigenvectors else None,
+        num_products,
+        all_ok,
+        "power",
+    )
+
+
+def check_k_tol(k: Any, tol: Any, num_params: int, max_iter: Any = None) -> None:
+    """Validate ``k``, ``tol`` and ``max_iter`` against the number of parameters."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
+    if k >= num_params:
+        raise ValueError(
+            f"`k` must be below the number of trainable parameters ({num_params}): valid 1..{num_params - 1},"
+            f" got {k}."
+        )
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
+        raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}.")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"`max_iter` must be None or an integer >= 1, got {max_iter!r}.")
+
+
+def hessian_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    k: int = 1,
+    which: Which = "largest",
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    backend: Backend = "lanczos",
+    return_eigenvectors: bool = False,
+    train_mode: bool = False,
+    memory: MemoryMode = "auto",
+    seed: int = 0,
+) -> EigenResult:
+    """Extreme eigenvalues of the Hessian of a model's mean loss over fixed batches.
+
+    The Hessian is the one of :class:`HessianOperator` (batch-size-weighted mean of
+    ``loss_fn(model, batch)``, trainable parameters only, eval mode unless ``train_mode``). The model is
+    left exactly as found.
+
+    Args:
+        model: the model.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: a non-empty list of batches on the model's device.
+        k: how many eigenvalues at each wanted end, ``1 <= k < number of trainable parameters``.
+        which: ``"largest"`` (algebraically largest, top-k descending), ``"smallest"`` (most negative
+            first, bottom-k ascending: a negative value says the point is a saddle) or ``"both"`` (top-k in
+            ``eigenvalues``, bottom-k in ``smallest``).
+        tol: relative tolerance per eigenvalue (> 0): a converged value is within ``tol * |value|`` of an
+            eigenvalue.
+        max_iter: Lanczos: the most steps (default ``min(n, max(100, 20 k))``); power: the most iterations
+            per eigenvalue (default 1000); pyhessian: its ``maxIter`` per eigenvalue (default 100).
+        backend: ``"lanczos"`` (default), ``"power"`` (power iteration with deflation and shifts) or
+            ``"pyhessian"`` (pyhessian 0.1's power iteration, ``which="largest"`` only; needs the
+            ``pyhessian`` extra).
+        return_eigenvectors: also return unit eigenvectors (flat, parameters' dtype and device).
+        train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
+        memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see :class:`HessianOperator`).
+        seed: seeds the private generator of start vectors (the global RNG is never touched).
+
+    Returns:
+        An :class:`EigenResult`.
+
+    Raises:
+        TypeError: for a non-module model, a non-callable ``loss_fn`` or batches that are not a list.
+        ValueError: for ``k < 1``, ``k >=`` the number of trainable parameters, ``tol <= 0``, a bad
+            ``which``, ``backend``, ``memory`` or ``max_iter``, empty batches, no trainable parameters, a
+            non-scalar loss, or ``which != "largest"`` with ``backend="pyhessian"``.
+        NonFiniteError: if the loss or a Hessian-vector product is not finite.
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Linear(1, 20), nn.ReLU(), nn.Linear(20, 1))
+        >>> x = torch.rand(64, 1)
+        >>> loss_fn = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])
+        >>> res = hessian_eigenvalues(model, loss_fn, [(x, x**2 + 2 * x)], k=3)
+        >>> res.eigenvalues.shape
+        torch.Size([3])
+    """
+    batches = validate_inputs(model, loss_fn, batches)
+    n = sum(p.numel() for p in trainable_parameters(model))
+    check_k_tol(k, tol, n, max_iter)
+    if which not in _WHICH:
+        raise ValueError(f"`which` must be one of {_WHICH}, got {which!r}.")
+    if backend not in _BACKENDS:
+        raise ValueError(f"`backend` must be one of {_BACKENDS}, got {backend!r}.")
+    if backend == "pyhessian":
+        from lightning_landscape.curvature._pyhessian import pyhessian_eigenvalues
+
+        return pyhessian_eigenvalues(
+            model, loss_fn, batches, k, which, tol, max_iter, return_eigenvectors, train_mode, seed
+        )
+    op = HessianOperator(model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed)
+    solver: Callable[..., EigenResult] = lanczos if backend == "lanczos" else power_iteration
+    try:
+        result = solver(op, k, which, tol, max_iter, seed, return_eigenvectors)
+    finally:
+        op.close()
+    result.num_products = op.num_products
+    return result
+
+
+__all__ = [
+    "Backend",
+    "EigenResult",
+    "LinearOperator",
+    "Which",
+    "hessian_eigenvalues",
+    "lanczos",
+    "power_iteration",
+]

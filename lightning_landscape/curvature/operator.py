@@ -1,0 +1,462 @@
+r"""The Hessian of a loss over fixed batches as a linear operator on flat parameter vectors.
+
+For trainable parameters :math:`\theta \in \mathbb{R}^n` and fixed batches :math:`B_1, \dots, B_m` of
+sizes :math:`|B_i|`, the operator is the Hessian of the batch-size-weighted mean loss
+
+.. math::
+
+    L(\theta) = \frac{\sum_i |B_i| \, \ell(\theta; B_i)}{\sum_i |B_i|}, \qquad
+    H = \nabla^2_\theta L(\theta) \in \mathbb{R}^{n \times n},
+
+and :meth:`HessianOperator.matvec` returns :math:`Hv` without ever forming :math:`H`
+(reverse-over-reverse differentiation, "Pearlmutter's trick").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+"""``loss_fn(model, batch) -> scalar tensor``: the loss of ``model`` on one batch."""
+
+MemoryMode = Literal["auto", "reuse", "recompute"]
+_MEMORY_MODES = ("auto", "reuse", "recompute")
+
+# Fraction of the free memory that "auto" lets the kept double-backward graph use.
+_AUTO_MEMORY_FRACTION = 0.25
+_FALLBACK_FREE_BYTES = 4 * 1024**3
+
+
+class NonFiniteError(ValueError):
+    """Raised when the loss or a Hessian-vector product is not finite (NaN or infinite)."""
+
+
+def _first_tensor(batch: Any) -> Tensor | None:
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        items: Any = batch.values()
+    elif isinstance(batch, (list, tuple)):
+        items = batch
+    else:
+        return None
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def batch_size(batch: Any) -> int:
+    """The size of a batch: the leading dimension of the first tensor found in it (depth first).
+
+    Args:
+        batch: a tensor, or a (nested) tuple, list or dict containing tensors.
+
+    Raises:
+        TypeError: if the batch holds no tensor.
+
+    Example::
+
+        >>> batch_size({"x": torch.zeros(8, 3), "y": torch.zeros(8)})
+        8
+    """
+    tensor = _first_tensor(batch)
+    if tensor is None:
+        raise TypeError(
+            "Each batch must be a tensor or a tuple/list/dict holding at least one tensor, "
+            f"got {type(batch).__name__}."
+        )
+    return int(tensor.shape[0]) if tensor.dim() > 0 else 1
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model`` with ``requires_grad=True``, each once, in ``model.parameters()`` order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def validate_inputs(model: Any, loss_fn: Any, batches: Any) -> list[Any]:
+    """Check the common arguments of the curvature functions; return the batches as a list.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``, ``loss_fn`` is not callable or ``batches`` is not
+            a list/tuple of batches.
+        ValueError: if ``batches`` is empty or the model has no trainable parameters.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}.")
+    if isinstance(batches, (Tensor, Mapping)) or not isinstance(batches, Sequence):
+        raise TypeError(
+            "`batches` must be a list or tuple of batches (tensors, tuples or dicts), "
+            f"got {type(batches).__name__}."
+        )
+    if len(batches) == 0:
+        raise ValueError("`batches` is empty: pass at least one batch.")
+    if not trainable_parameters(model):
+        raise ValueError("`model` has no trainable parameters (none with requires_grad=True).")
+    return list(batches)
+
+
+@contextlib.contextmanager
+def _math_attention() -> Iterator[None]:
+    # Fused SDPA kernels (flash / memory-efficient, CPU and CUDA) have no double backward; the math
+    # kernel is plain differentiable ops, so Hessian-vector products always run under it.
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+class ModelState:
+    """A snapshot of everything a probe could change on a model, restorable exactly.
+
+    Covers train/eval flags of every submodule, ``requires_grad`` flags, parameter values, ``.grad``
+    fields (the tensor objects themselves, including ``None``, and their values) and the global torch
+    RNG states (CPU and every CUDA device the parameters live on).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes = [(m, m.training) for m in model.modules()]
+        params = list(model.parameters())
+        self.requires_grad = [(p, p.requires_grad) for p in params]
+        self.grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
+        self.values = [(p, p.detach().clone()) for p in params]
+
+    def restore_modes(self) -> None:
+        for module, training in self.modes:
+            module.training = training
+
+    def restore(self) -> None:
+        self.restore_modes()
+        with torch.no_grad():
+            for p, value in self.values:
+                if not torch.equal(p, value):
+                    p.copy_(value)
+            for p, grad, grad_value in self.grads:
+                p.grad = grad
+                if grad is not None and grad_value is not None and not torch.equal(grad, grad_value):
+                    grad.copy_(grad_value)
+        for p, flag in self.requires_grad:
+            p.requires_grad_(flag)
+
+
+def rng_devices(model: nn.Module) -> list[int]:
+    """CUDA device indices of the model's parameters, for :func:`torch.random.fork_rng`."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+@contextlib.contextmanager
+def swapped_buffers(model: nn.Module) -> Iterator[None]:
+    """Run with every buffer replaced by a copy, then put the originals back.
+
+    A forward in train mode updates BatchNorm running statistics in place; the copies absorb that while
+    the originals stay untouched (and copies referenced by a kept autograd graph are never modified).
+    """
+    saved: list[tuple[nn.Module, str, Tensor]] = []
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                saved.append((module, name, buf))
+                module._buffers[name] = buf.clone()
+    try:
+        yield
+    finally:
+        for module, name, buf in saved:
+            module._buffers[name] = buf
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return _FALLBACK_FREE_BYTES
+
+
+class _SavedBytes:
+    """Counts the bytes autograd saves for backward (deduplicated by storage) while active."""
+
+    def __init__(self) -> None:
+        self.nbytes = 0
+        self._seen: set[int] = set()
+
+    def pack(self, tensor: Tensor) -> Tensor:
+        try:
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key not in self._seen:
+                self._seen.add(key)
+                self.nbytes += storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - exotic tensor subclasses
+            self.nbytes += tensor.numel() * tensor.element_size()
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: Tensor) -> Tensor:
+        return tensor
+
+
+class HessianOperator:
+    r"""The Hessian of a loss over fixed batches w.r.t. a model's trainable parameters, as a linear operator.
+
+    The loss is the batch-size-weighted mean of ``loss_fn(model, batch)`` over ``batches`` (the batch size
+    is the leading dimension of the first tensor found in the batch). Parameters with
+    ``requires_grad=False`` are left out; vectors are flat, in the order of ``model.parameters()``, in the
+    parameters' dtype and on their device.
+
+    Products are reverse-over-reverse (double backward), which works where forward-over-reverse does not
+    (``jvp`` of a gradient breaks on ``nn.MSELoss``, pytorch issue 123996) and are run under the math
+    scaled-dot-product-attention kernel, the only one with a double backward (CPU flash attention has none).
+
+    ``memory`` chooses how:
+
+    * ``"reuse"``: build the gradient graph once (``create_graph=True``) and backpropagate through it for
+      every product (about 1.4x the cost of a gradient); the graph of all batches stays in memory.
+    * ``"recompute"``: forward and double backward per batch and product (about 2.5-3x a gradient), only
+      one batch's graph alive at a time.
+    * ``"auto"``: measure the bytes autograd saves for the first batch, multiply by the number of batches,
+      and reuse if that is below a quarter of the free memory of the device (CUDA: ``mem_get_info``;
+      CPU: available physical pages), else recompute.
+
+    By default the loss is evaluated in eval mode (dropout off, BatchNorm on running statistics) so that
+    :math:`H` is the Hessian of a deterministic function; ``train_mode=True`` keeps the model's own flags,
+    and then random layers draw from a private RNG seeded by ``seed`` and the batch index, so every product
+    sees the same masks. Buffers (e.g. BatchNorm running statistics) are never modified.
+
+    Under an initialized ``torch.distributed`` process group (and ``distributed`` not ``False``) each rank
+    passes its own batches; products are all-reduced as (sum of batch-size-weighted products) / (total
+    batch size over ranks), so every rank gets the product of the global Hessian.
+
+    The model is left exactly as found: modes, parameter values, ``.grad``, ``requires_grad`` and the
+    global RNG states.
+
+    Args:
+        model: the model; its trainable parameters are the variables.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: a non-empty list of batches (tensors, tuples or dicts), already on the model's device.
+        memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see above).
+        train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
+        seed: seeds the private RNG used by random layers in train mode.
+        distributed: all-reduce products across ranks; ``None`` does so when ``torch.distributed`` is
+            initialized.
+
+    Raises:
+        TypeError: for a non-module ``model``, a non-callable ``loss_fn`` or batches that are not a list of
+            tensors/tuples/dicts.
+        ValueError: for empty ``batches``, no trainable parameters, an unknown ``memory`` or a loss that is
+            not a scalar.
+        NonFiniteError: if the loss (on construction with ``"reuse"``, otherwise on a product) or a product
+            is not finite.
+
+    Example::
+
+        >>> model = nn.Linear(3, 1)
+        >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+        >>> op = HessianOperator(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [(x, y)])
+        >>> hv = op.matvec(torch.ones(op.num_params))
+        >>> op.num_products
+        1
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Any],
+        memory: MemoryMode = "auto",
+        train_mode: bool = False,
+        seed: int = 0,
+        distributed: bool | None = None,
+    ) -> None:
+        self._batches = validate_inputs(model, loss_fn, batches)
+        if memory not in _MEMORY_MODES:
+            raise ValueError(f"`memory` must be one of {_MEMORY_MODES}, got {memory!r}.")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.train_mode = bool(train_mode)
+        self.seed = int(seed)
+        self.params: list[Tensor] = list(trainable_parameters(model))
+        self.num_params: int = sum(p.numel() for p in self.params)
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+        self.num_products = 0
+        self._weights = [float(batch_size(b)) for b in self._batches]
+
+        if distributed is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.distributed = bool(distributed)
+        total = torch.tensor([sum(self._weights)], dtype=torch.float64, device=self._comm_device())
+        if self.distributed:
+            torch.distributed.all_reduce(total)
+        self.total_weight = float(total.item())
+
+        self._grads: list[Tensor | None] | None = None
+        self._bad_loss = False
+        self.memory: Literal["reuse", "recompute"] = "recompute" if memory == "recompute" else "reuse"
+        if memory != "recompute":
+            self._build_graph(auto=memory == "auto")
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def _comm_device(self) -> torch.device:
+        # gloo reduces CPU tensors, nccl CUDA ones: follow the parameters.
+        return self.device
+
+    @contextlib.contextmanager
+    def _probe(self, index: int) -> Iterator[None]:
+        modes = [(m, m.training) for m in self.model.modules()]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=rng_devices(self.model)))
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            stack.enter_context(swapped_buffers(self.model))
+            stack.enter_context(_math_attention())
+            stack.enter_context(torch.enable_grad())
+            if not self.train_mode:
+                self.model.eval()
+            try:
+                yield
+            finally:
+                for module, training in modes:
+                    module.training = training
+
+    def _loss(self, index: int) -> Tensor:
+        loss = self.loss_fn(self.model, self._batches[index])
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape} for batch {index}.")
+        return loss.reshape(())
+
+    def _check_loss(self, loss: Tensor, index: int) -> None:
+        if not bool(torch.isfinite(loss.detach())):
+            raise NonFiniteError(f"The loss is not finite ({loss.item()}) on batch {index}.")
+
+    def _grad(self, loss: Tensor) -> list[Tensor | None]:
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return list(grads)
+
+    def _build_graph(self, auto: bool) -> None:
+        total: Tensor | None = None
+        counter = _SavedBytes()
+        for i in range(len(self._batches)):
+            hooks = torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack)
+            with self._probe(i), hooks if (auto and i == 0) else contextlib.nullcontext():
+                loss = self._loss(i)
+                if not bool(torch.isfinite(loss.detach())):
+                    if not self.distributed:
+                        self._check_loss(loss, i)
+                    # Raised in the first product's all-reduce, so that no rank waits forever.
+                    self._bad_loss = True
+                if auto and i == 0:
+                    # The double-backward graph is what a kept graph costs: measure it on batch 0.
+                    self._grad(loss * (self._weights[0] / self.total_weight))
+                    estimate = counter.nbytes * len(self._batches)
+                    if estimate > _AUTO_MEMORY_FRACTION * _available_bytes(self.device):
+                        self.memory = "recompute"
+                        return
+            term = loss * (self._weights[i] / self.total_weight)
+            total = term if total is None else total + term
+        assert total is not None
+        with torch.enable_grad(), _math_attention():
+            self._grads = self._grad(total)
+
+    # -- products -----------------------------------------------------------------------------------
+    def _split(self, v: Tensor) -> list[Tensor]:
+        out, offset = [], 0
+        for p in self.params:
+            out.append(v[offset : offset + p.numel()].view_as(p).to(p.dtype))
+            offset += p.numel()
+        return out
+
+    def _hvp(self, grads: Sequence[Tensor | None], vs: list[Tensor], retain: bool) -> list[Tensor]:
+        pairs = [(g, v) for g, v in zip(grads, vs, strict=True) if g is not None and g.requires_grad]
+        if not pairs:
+            return [torch.zeros_like(p) for p in self.params]
+        hv = torch.autograd.grad(
+            [g for g, _ in pairs],
+            self.params,
+            grad_outputs=[v for _, v in pairs],
+            retain_graph=retain,
+            allow_unused=True,
+        )
+        return [torch.zeros_like(p) if h is None else h for h, p in zip(hv, self.params, strict=True)]
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """The product :math:`Hv` for a flat vector ``v`` of length :attr:`num_params`.
+
+        Raises:
+            ValueError: if ``v`` does not have ``num_params`` elements.
+            NonFiniteError: if the loss or the product is not finite.
+        """
+        if v.numel() != self.num_params:
+            raise ValueError(f"`v` must have num_params={self.num_params} elements, got {v.numel()}.")
+        v = v.detach().reshape(-1).to(device=self.device, dtype=self.dtype)
+        vs = self._split(v)
+        loss_bad = self._bad_loss
+        if self.memory == "reuse":
+            assert self._grads is not None
+            hv = self._flatten(self._hvp(self._grads, vs, retain=True))
+        else:
+            acc = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+            for i in range(len(self._batches)):
+                with self._probe(i):
+                    loss = self._loss(i)
+                    if not bool(torch.isfinite(loss.detach())):
+                        loss_bad = True
+                        if not self.distributed:
+                            self._check_loss(loss, i)
+                    grads = self._grad(loss)
+                    acc += self._flatten(self._hvp(grads, vs, retain=False)) * self._weights[i]
+            hv = acc / self.total_weight
+        if self.distributed:
+            flag = torch.tensor([1.0 if loss_bad else 0.0], dtype=self.dtype, device=self.device)
+            packed = torch.cat([hv, flag])
+            torch.distributed.all_reduce(packed)
+            hv, bad = packed[:-1], float(packed[-1].item())
+            if bad > 0:
+                where = "on this rank" if loss_bad else "on another rank"
+                raise NonFiniteError(f"The loss is not finite {where} (Hessian-vector product aborted).")
+        self.num_products += 1
+        if not bool(torch.isfinite(hv).all()):
+            raise NonFiniteError(
+                f"The Hessian-vector product is not finite ({int((~torch.isfinite(hv)).sum())} of "
+                f"{self.num_params} entries) at product {self.num_products}."
+            )
+        return hv
+
+    def _flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        return torch.cat([t.reshape(-1).to(self.dtype) for t in tensors])
+
+    def close(self) -> None:
+        """Free the kept gradient graph (also done when the operator is garbage collected)."""
+        self._grads = None
+
+    def dense(self) -> Tensor:
+        """The full :math:`n \\times n` Hessian built from ``n`` products (for tests and tiny models)."""
+        eye = torch.eye(self.num_params, dtype=self.dtype, device=self.device)
+        cols = [self.matvec(eye[i]) for i in range(self.num_params)]
+        return torch.stack(cols, dim=1)
+
+
+__all__ = [
+    "HessianOperator",
+    "LossFn",
+    "MemoryMode",
+    "ModelState",
+    "NonFiniteError",
+    "batch_size",
+    "trainable_parameters",
+    "validate_inputs",
+]
