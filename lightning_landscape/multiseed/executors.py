@@ -1,0 +1,367 @@
+"""How seeds are run: the one per-seed function and the executors that call it.
+
+:func:`run_seed` trains one seed from start to finish (or from its ``last.ckpt``) and returns a
+:class:`~lightning_landscape.multiseed.result.SeedRun`; it never raises for a failure of the seed
+itself. The executors only decide *where* it runs: :func:`run_sequential` in this process,
+:func:`run_ray` as one Ray task per seed. Both report through the same two callbacks, so the files,
+the results and the resume logic are the same whichever executor ran a seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import pickle
+import random
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch import nn
+from typing_extensions import override
+
+from lightning_landscape.multiseed.result import SeedRun
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+# Set in SeedRun.extra when the monitored key is missing: a configuration error, not a seed failure.
+CONFIG_ERROR_KEY = "config_error"
+_MISSING_MONITOR_TEXT = "could not find the monitored key"
+
+BuildKind = Literal["class", "factory", "rebuild", "reset", "copy"]
+
+
+def seed_dir(root_dir: str | Path, seed: int) -> Path:
+    """The folder of one seed: ``root_dir/seed_<seed>``."""
+    return Path(root_dir) / f"seed_{seed}"
+
+
+def is_rank_zero() -> bool:
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+@dataclass
+class ObjectBuilder:
+    """Builds a fresh model or datamodule for one seed, after the seed is set.
+
+    Args:
+        kind: ``"class"``/``"factory"``/``"rebuild"`` call ``target(**kwargs)``; ``"copy"`` deep-copies
+            ``target``; ``"reset"`` deep-copies it and calls every submodule's ``reset_parameters()``.
+        target: the class, factory or instance.
+        kwargs: keyword arguments of the call.
+    """
+
+    kind: BuildKind
+    target: Any
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        if self.kind in ("class", "factory", "rebuild"):
+            return self.target(**self.kwargs)
+        obj = copy.deepcopy(self.target)
+        if self.kind == "reset":
+            reset_parameters(obj)
+        return obj
+
+
+def _resetter(module: nn.Module) -> Callable[[], None] | None:
+    # nn.MultiheadAttention only has the underscored variant.
+    for name in ("reset_parameters", "_reset_parameters"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def modules_without_reset(model: nn.Module) -> list[str]:
+    """Names of submodules that own parameters but cannot re-initialize them."""
+    return [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False)) and _resetter(module) is None
+    ]
+
+
+def reset_parameters(model: nn.Module) -> None:
+    """Re-draws every parameter through its module's own initializer, in module order."""
+    for module in model.modules():
+        fn = _resetter(module)
+        if fn is not None:
+            fn()
+
+
+def _rng_state() -> dict[str, Any]:
+    # Plain tensors, ints and lists only, so the checkpoint still loads with weights_only=True.
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, py_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            str(name),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+        "python": [int(version), list(py_state), gauss],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+
+
+class _GlobalRNGState(Callback):
+    """Carries the global RNG states through a checkpoint, so a resumed seed draws what it would have.
+
+    Lightning restores weights, optimizer and loops but not the global generators that shuffle the
+    data and drive dropout. The states are captured when the checkpoint is written and put back at the
+    start of the next training epoch, the first point where the uninterrupted run draws again.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return "MultiSeedGlobalRNGState"
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return _rng_state()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._pending is not None:
+            _set_rng_state(self._pending)
+            self._pending = None
+
+
+@dataclass
+class SeedJob:
+    """Everything the seeds share: sent once to each worker.
+
+    Args:
+        root_dir: the run's folder.
+        monitor: the metric a :class:`ModelCheckpoint` tracks.
+        mode: ``"min"`` or ``"max"``.
+        trainer_kwargs: the user's ``Trainer`` arguments (callbacks are deep-copied per seed).
+        model: builds the model.
+        datamodule: builds the datamodule, or ``None``.
+        train_dataloaders: passed to ``Trainer.fit`` as they are.
+        val_dataloaders: passed to ``Trainer.fit`` as they are.
+    """
+
+    root_dir: str
+    monitor: str
+    mode: str
+    trainer_kwargs: dict[str, Any]
+    model: ObjectBuilder
+    datamodule: ObjectBuilder | None = None
+    train_dataloaders: Any = None
+    val_dataloaders: Any = None
+
+
+def _checkpoint_loads_weights_only(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        log.warning("%s holds objects torch refuses with weights_only=True; loading it in full", path)
+        return False
+    return True
+
+
+def _plain_hparams(model: LightningModule) -> dict[str, Any]:
+    hparams = getattr(model, "_hparams", None) or {}
+    return {str(k): v for k, v in dict(hparams).items() if isinstance(v, (bool, int, float, str))}
+
+
+def run_seed(job: SeedJob, seed: int, resume: bool = False, prior_wall_time: float = 0.0) -> SeedRun:
+    """Trains one seed and reports what it produced; a failure of the seed is returned, not raised.
+
+    Args:
+        job: what all seeds share.
+        seed: the seed for ``seed_everything(seed, workers=True)``, set before anything is built.
+        resume: continue from ``seed_<k>/checkpoints/last.ckpt`` if it exists; otherwise the seed's
+            folder is cleared and the seed starts afresh.
+        prior_wall_time: seconds already spent on this seed by interrupted attempts.
+
+    Returns:
+        The seed's :class:`SeedRun`: ``"finished"`` with a finite score, or ``"failed"`` with the error.
+        A missing monitored key is flagged in ``extra["config_error"]`` for the caller to stop the run.
+    """
+    start = time.perf_counter()
+    folder = seed_dir(job.root_dir, seed)
+    ckpt_dir = folder / CHECKPOINT_DIR
+    last = ckpt_dir / LAST_CHECKPOINT
+    resume_from = last if resume and last.is_file() else None
+    if resume_from is None:
+        prior_wall_time = 0.0
+        if folder.exists() and is_rank_zero():
+            # A fresh start must not mix its checkpoints and event files with an earlier attempt's.
+            shutil.rmtree(folder)
+    run = SeedRun(seed=seed, status="running", log_dir=str(folder))
+    if resume_from is not None:
+        run.extra["resumed_from"] = str(resume_from)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=job.monitor, mode=job.mode, save_last=True)
+    try:
+        seed_everything(seed, workers=True, verbose=False)
+        model = job.model.build()
+        if not isinstance(model, LightningModule):
+            raise TypeError(f"`model` built a {type(model).__name__}, expected a LightningModule")
+        datamodule = job.datamodule.build() if job.datamodule is not None else None
+        train_dataloaders = job.train_dataloaders
+        if isinstance(train_dataloaders, LightningDataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        kwargs = dict(job.trainer_kwargs)
+        user_callbacks = kwargs.pop("callbacks", None) or []
+        if isinstance(user_callbacks, Callback):
+            user_callbacks = [user_callbacks]
+        logger: TensorBoardLogger | bool = False
+        if kwargs.pop("logger", True) is not False:
+            logger = TensorBoardLogger(
+                save_dir=job.root_dir, name=folder.name, version="", default_hp_metric=False
+            )
+        trainer = Trainer(
+            **kwargs,
+            default_root_dir=str(folder),
+            callbacks=[checkpoint, _GlobalRNGState(), *copy.deepcopy(list(user_callbacks))],
+            logger=logger,
+        )
+        trainer.fit(
+            model,
+            train_dataloaders=train_dataloaders,
+            val_dataloaders=job.val_dataloaders,
+            datamodule=datamodule,
+            ckpt_path=resume_from,
+            weights_only=_checkpoint_loads_weights_only(resume_from) if resume_from is not None else None,
+        )
+        run.extra["hparams"] = _plain_hparams(model)
+        best = checkpoint.best_model_score
+        if best is None:
+            raise RuntimeError(
+                f"no value of monitor={job.monitor!r} was ever checkpointed (did validation run?)"
+            )
+        score = float(best)
+        if not math.isfinite(score):
+            raise FloatingPointError(f"the monitored {job.monitor!r} is not finite (best value {score})")
+        run.status = "finished"
+        run.score = score
+    except MisconfigurationException as err:
+        run.status = "failed"
+        run.error = f"{type(err).__name__}: {err}"
+        if _MISSING_MONITOR_TEXT in str(err):
+            run.extra[CONFIG_ERROR_KEY] = str(err)
+    except Exception as err:
+        log.debug("seed %d failed:\n%s", seed, traceback.format_exc())
+        run.status = "failed"
+        run.error = f"{type(err).__name__}: {err}"
+    run.best_model_path = str(checkpoint.best_model_path or "")
+    run.last_model_path = str(checkpoint.last_model_path or "")
+    run.wall_time = prior_wall_time + (time.perf_counter() - start)
+    return run
+
+
+@dataclass
+class SeedTask:
+    """One seed to run: the seed, whether to resume it, and the time its earlier attempts took."""
+
+    seed: int
+    resume: bool = False
+    prior_wall_time: float = 0.0
+
+
+OnStart = Callable[[SeedTask], None]
+OnResult = Callable[[SeedRun], None]
+
+
+def run_sequential(job: SeedJob, tasks: Sequence[SeedTask], on_start: OnStart, on_result: OnResult) -> None:
+    """Runs the seeds one after another in this process."""
+    for task in tasks:
+        on_start(task)
+        on_result(run_seed(job, task.seed, task.resume, task.prior_wall_time))
+
+
+def run_ray(
+    job: SeedJob,
+    tasks: Sequence[SeedTask],
+    on_start: OnStart,
+    on_result: OnResult,
+    *,
+    address: str | None = None,
+    cpus_per_seed: float = 1.0,
+    gpus_per_seed: float = 0.0,
+    max_concurrent: int | None = None,
+    max_retries: int = 3,
+) -> None:
+    """Runs one Ray task per seed; results are handed to ``on_result`` in the driver as they arrive.
+
+    Ray places the tasks by their resources (``cpus_per_seed``, ``gpus_per_seed``: fractions let small
+    seeds share a GPU) and re-runs a task whose worker died up to ``max_retries`` times; ``max_concurrent``
+    caps the tasks in flight. A Ray session already started by the caller is used as it is; otherwise
+    one is started (``address=None``: a local cluster) and shut down afterwards.
+    """
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address)
+    try:
+        remote: Any = ray.remote(run_seed).options(
+            num_cpus=cpus_per_seed, num_gpus=gpus_per_seed, max_retries=max_retries
+        )
+        job_ref = ray.put(job)
+        queue = list(tasks)
+        limit = max_concurrent or len(queue) or 1
+        in_flight: dict[Any, SeedTask] = {}
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < limit:
+                    task = queue.pop(0)
+                    on_start(task)
+                    in_flight[remote.remote(job_ref, task.seed, task.resume, task.prior_wall_time)] = task
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in done:
+                    task = in_flight.pop(ref)
+                    try:
+                        run = ray.get(ref)
+                    except Exception as err:  # the worker died more often than max_retries allows
+                        run = SeedRun(
+                            seed=task.seed,
+                            status="failed",
+                            error=f"Ray task failed: {type(err).__name__}: {err}",
+                            log_dir=str(seed_dir(job.root_dir, task.seed)),
+                        )
+                    on_result(run)
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+    finally:
+        if started_here:
+            ray.shutdown()

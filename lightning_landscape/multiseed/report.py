@@ -1,0 +1,190 @@
+"""The files a multi-seed run leaves: ``summary.json``, ``summary.csv``, ``seeds.png``, hparams entries.
+
+``summary.json`` is the single source of truth: it is rewritten after every seed, always through a
+temporary file and :func:`os.replace`, so a run killed at any moment leaves either the previous or the
+new version, never half of one. A rerun reads it to know which seeds are finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_CSV = "summary.csv"
+SEEDS_PNG = "seeds.png"
+BEST_CHECKPOINT = "best.ckpt"
+SCORE_TAG = "multiseed/score"
+SUMMARY_VERSION = 1
+
+_CSV_FIELDS = (
+    "seed",
+    "status",
+    "score",
+    "wall_time",
+    "best_model_path",
+    "last_model_path",
+    "log_dir",
+    "error",
+)
+
+
+def _atomic_write(path: Path, write: Any, binary: bool = False) -> None:
+    # The temporary file lives next to the target: os.replace is atomic only within one filesystem.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    # JSON has no NaN/inf; None keeps the file readable by strict parsers.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def select_best(runs: Sequence[SeedRun], mode: str) -> SeedRun | None:
+    """The finished run with the lowest (``mode="min"``) or highest score; ties go to the earlier seed."""
+    finished = [r for r in runs if r.status == "finished" and r.score is not None]
+    if not finished:
+        return None
+    sign = 1.0 if mode == "min" else -1.0
+    return min(finished, key=lambda r: sign * float(r.score))  # type: ignore[arg-type]
+
+
+def summary_dict(
+    runs: Sequence[SeedRun],
+    *,
+    monitor: str,
+    mode: str,
+    root_dir: str | Path,
+    best: SeedRun | None = None,
+    best_model_path: str = "",
+) -> dict[str, Any]:
+    """The content of ``summary.json``: the configuration, every seed's run, and the winner if known."""
+    stats = MultiSeedResult(
+        runs=list(runs), monitor=monitor, mode="min", best_seed=-1, best_score=math.nan,
+        best_model_path="", root_dir=str(root_dir),
+    ).summary_stats()  # fmt: skip
+    return _json_safe(
+        {
+            "version": SUMMARY_VERSION,
+            "monitor": monitor,
+            "mode": mode,
+            "root_dir": str(root_dir),
+            "seeds": [r.seed for r in runs],
+            "best_seed": best.seed if best is not None else None,
+            "best_score": best.score if best is not None else None,
+            "best_model_path": best_model_path,
+            "stats": stats,
+            "runs": [r.to_dict() for r in runs],
+        }
+    )
+
+
+def write_summary_json(root_dir: str | Path, summary: dict[str, Any]) -> Path:
+    path = Path(root_dir) / SUMMARY_JSON
+    _atomic_write(path, lambda f: json.dump(summary, f, indent=2, sort_keys=False))
+    return path
+
+
+def read_summary(root_dir: str | Path) -> dict[str, Any] | None:
+    """The parsed ``summary.json`` of ``root_dir``, or ``None`` if there is none yet."""
+    path = Path(root_dir) / SUMMARY_JSON
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_summary_csv(root_dir: str | Path, runs: Sequence[SeedRun]) -> Path:
+    path = Path(root_dir) / SUMMARY_CSV
+
+    def write(f: Any) -> None:
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        for run in runs:
+            row = run.to_dict()
+            writer.writerow({k: "" if row[k] is None else row[k] for k in _CSV_FIELDS})
+
+    _atomic_write(path, write)
+    return path
+
+
+def plot_seeds(root_dir: str | Path, runs: Sequence[SeedRun], monitor: str, best: SeedRun | None) -> Path:
+    """``seeds.png``: each finished seed's score, the best one starred, failed seeds crossed on the axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A bare Figure with its own Agg canvas: no pyplot, so the user's global backend is left alone.
+    fig = Figure(figsize=(max(4.0, 0.5 * len(runs) + 2.0), 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    positions = {r.seed: i for i, r in enumerate(runs)}
+    finished = [r for r in runs if r.status == "finished" and r.score is not None]
+    failed = [r for r in runs if r.status != "finished" or r.score is None]
+    scores = [float(r.score) for r in finished if r.score is not None]
+    ax.scatter([positions[r.seed] for r in finished], scores, color="tab:blue", label="seed")
+    if best is not None and best.score is not None:
+        ax.scatter(
+            [positions[best.seed]], [best.score], marker="*", s=250, color="tab:red", zorder=3,
+            label=f"best: seed {best.seed}",
+        )  # fmt: skip
+    if failed:
+        ax.scatter(
+            [positions[r.seed] for r in failed], [0.0] * len(failed), marker="x", color="grey",
+            transform=ax.get_xaxis_transform(), clip_on=False, label="failed / not finished",
+        )  # fmt: skip
+    ax.set_xticks(range(len(runs)), [str(r.seed) for r in runs])
+    ax.set_xlabel("seed")
+    ax.set_ylabel(monitor)
+    ax.set_title(f"{monitor} per seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(root_dir) / SEEDS_PNG
+    _atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    return path
+
+
+def write_hparams(log_dir: str | Path, run: SeedRun, monitor: str, mode: str) -> None:
+    """A TensorBoard hparams entry for one finished seed, so the seeds compare side by side.
+
+    The hyperparameters are the seed, ``monitor``, ``mode`` and the module's own scalar hparams; the
+    metric ``multiseed/score`` is the seed's best monitored value.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    params: dict[str, Any] = dict(run.extra.get("hparams") or {})
+    params.update({"seed": run.seed, "monitor": monitor, "mode": mode})
+    metrics = {SCORE_TAG: float(run.score) if run.score is not None else math.nan}
+    exp, ssi, sei = hparams(params, metrics)
+    writer = SummaryWriter(log_dir=str(log_dir), filename_suffix=".hparams")
+    try:
+        file_writer = writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            file_writer.add_summary(summary)
+        writer.add_scalar(SCORE_TAG, metrics[SCORE_TAG], 0)
+    finally:
+        writer.close()
