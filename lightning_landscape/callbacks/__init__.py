@@ -1,0 +1,7 @@
+"""Drop-in Lightning callbacks: gradient norms, Hessian eigenvalues, risk gaps."""
+
+from lightning_landscape.callbacks.grad_norm import GradientNormMonitor
+from lightning_landscape.callbacks.hessian import HessianEigenMonitor
+from lightning_landscape.callbacks.risk_gap import RiskGapMonitor
+
+__all__ = ["GradientNormMonitor", "HessianEigenMonitor", "RiskGapMonitor"]

@@ -1,0 +1,221 @@
+"""Fixed probe batches and a loss closure for any LightningModule.
+
+A probe measures the loss landscape at the current weights on batches that stay the same for the whole run, so
+that values logged at different steps describe one fixed empirical risk. Drawing those batches and evaluating
+the loss must leave training exactly as it would have been without the probe: no global RNG stream, sampler
+generator, sampler epoch, ``self.log`` result or logger sees any trace of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities.data import extract_batch_size
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+
+
+def resolve_loss_fn(path: str, argument: str = "loss_fn") -> LossFn:
+    """Import ``loss_fn(model, batch) -> Tensor`` from ``"pkg.mod:fn"`` or ``"pkg.mod.fn"``.
+
+    Raises:
+        ValueError: If ``path`` is malformed, cannot be imported or does not name a callable.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"`{argument}` must be an import path like 'pkg.module:function', got {path!r}")
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"`{argument}` must be an import path like 'pkg.module:function', got {path!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`{argument}`={path!r} could not be imported: {err}") from err
+    if not callable(obj):
+        raise ValueError(
+            f"`{argument}`={path!r} names a {type(obj).__name__}, not a callable loss_fn(model, batch)"
+        )
+    return obj
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextmanager
+def silenced_logging(module: nn.Module) -> Iterator[None]:
+    """``self.log`` and ``self.log_dict`` of ``module`` do nothing inside the block.
+
+    Instance attributes shadow the bound methods, so the values never reach the logger, the progress bar or
+    ``trainer.callback_metrics``, and deleting them afterwards restores the class methods.
+    """
+    saved = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
+    module.__dict__["log"] = _noop
+    module.__dict__["log_dict"] = _noop
+    try:
+        yield
+    finally:
+        for name in ("log", "log_dict"):
+            if name in saved:
+                module.__dict__[name] = saved[name]
+            else:
+                module.__dict__.pop(name, None)
+
+
+class TrainingStepLoss:
+    """``loss_fn(model, batch)`` from the module's own ``training_step``, with its logging silenced.
+
+    ``training_step`` may return the loss tensor or a dict holding it under ``"loss"``; ``batch_idx`` is 0.
+    """
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+        with silenced_logging(model):
+            out = model.training_step(batch, 0)  # type: ignore[operator]
+        if isinstance(out, dict):
+            out = out.get("loss")
+        if not isinstance(out, Tensor) or out.numel() != 1:
+            raise TypeError(
+                f"{type(model).__name__}.training_step must return a scalar loss tensor or a dict with "
+                f"'loss' to be probed, got {type(out).__name__}; pass `loss_fn='pkg.module:function'` instead"
+            )
+        return out.reshape(())
+
+
+def _generators(dataloader: DataLoader) -> list[torch.Generator]:
+    found: list[torch.Generator] = []
+    owners = [dataloader, dataloader.sampler, getattr(dataloader.batch_sampler, "sampler", None)]
+    for owner in owners:
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+def _epoch_samplers(dataloader: DataLoader) -> list[Any]:
+    owners = [dataloader.sampler, getattr(dataloader.batch_sampler, "sampler", None)]
+    found: list[Any] = []
+    for owner in owners:
+        if owner is not None and isinstance(getattr(owner, "epoch", None), int) and owner not in found:
+            found.append(owner)
+    return found
+
+
+@contextmanager
+def fixed_data_rng(dataloader: DataLoader, seed: int) -> Iterator[None]:
+    """Iterate ``dataloader`` under ``seed`` and put every random state it touches back afterwards.
+
+    Seeding (rather than only saving and restoring) makes the probe batches the same whenever they are drawn,
+    so a resumed run probes the very batches of the original run. CUDA generators are left alone: samplers and
+    worker seeds draw from the CPU generator.
+    """
+    torch_state = torch.get_rng_state()
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    generators = _generators(dataloader)
+    generator_states = [g.get_state() for g in generators]
+    samplers = _epoch_samplers(dataloader)
+    epochs = [s.epoch for s in samplers]
+    try:
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        for g in generators:
+            g.manual_seed(seed)
+        for s in samplers:
+            s.epoch = 0
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for g, state in zip(generators, generator_states, strict=True):
+            g.set_state(state)
+        for s, epoch in zip(samplers, epochs, strict=True):
+            s.epoch = epoch
+
+
+def iterate_fresh(dataloader: DataLoader) -> Iterator[Any]:
+    """A new iterator over ``dataloader`` that shares nothing with the training loop's iterator.
+
+    ``iter(dataloader)`` would hand out (and later reset) the cached iterator of a loader with
+    ``persistent_workers=True``; the private ``_get_iterator`` always builds a fresh one.
+    """
+    get_iterator = getattr(dataloader, "_get_iterator", None)
+    it = get_iterator() if callable(get_iterator) else iter(dataloader)
+    try:
+        yield from it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+
+
+def probe_dataloader(trainer: pl.Trainer, which: Literal["train", "val"]) -> DataLoader:
+    """The (distributed-sampler-wrapped) train or first val dataloader the Trainer itself iterates.
+
+    Raises:
+        ValueError: If there is no such dataloader or it is not a single ``DataLoader``.
+    """
+    if which == "val" and trainer.val_dataloaders is None:
+        # The val loop loads its dataloaders lazily; this is the same call the sanity check makes.
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+    loaders: Any = trainer.train_dataloader if which == "train" else trainer.val_dataloaders
+    if isinstance(loaders, (list, tuple)) and len(loaders) > 0:
+        loaders = loaders[0]
+    if not isinstance(loaders, DataLoader):
+        raise ValueError(
+            f"the probe needs a single {which} DataLoader, found {type(loaders).__name__}; "
+            f"pass `dataloader='{'val' if which == 'train' else 'train'}'` or give the Trainer one DataLoader"
+        )
+    return loaders
+
+
+def draw_batches(
+    trainer: pl.Trainer, dataloader: DataLoader, num_batches: int | None, seed: int
+) -> list[Any]:
+    """The first ``num_batches`` batches (all if ``None``) of a fresh pass over ``dataloader`` under ``seed``,
+    moved to the module's device as the training loop moves them.
+
+    Raises:
+        ValueError: If the dataloader yields no batch.
+    """
+    batches: list[Any] = []
+    with fixed_data_rng(dataloader, seed):
+        it = iterate_fresh(dataloader)
+        try:
+            for batch in it:
+                batches.append(trainer.strategy.batch_to_device(batch))
+                if num_batches is not None and len(batches) >= num_batches:
+                    break
+        finally:
+            it.close()  # type: ignore[attr-defined]
+    if not batches:
+        raise ValueError("the probe dataloader yielded no batch")
+    return batches
+
+
+def batch_size_of(batch: Any) -> int:
+    """Number of samples in ``batch`` as Lightning counts them, 1 if it cannot tell."""
+    try:
+        return int(extract_batch_size(batch))
+    except Exception:
+        return 1
+
+
+def logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs the current batch's metrics at, so that our series line up with the user's."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)

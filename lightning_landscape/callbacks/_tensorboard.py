@@ -1,0 +1,116 @@
+"""Where the callbacks' numbers go: scalars to every logger, TensorBoard-only artifacts to TensorBoard.
+
+Scalars reach every logger through ``logger.log_metrics`` at an explicit step (:func:`log_scalars`); what only
+TensorBoard can show (the custom-scalars layout, histograms) goes to ``logger.experiment`` behind an
+``isinstance(logger, TensorBoardLogger)`` check. Everything here acts on global rank zero only and never calls
+a collective, so calling it from every rank is safe.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from lightning_landscape.callbacks import _tags
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+# One chart group per family; regexes so per-layer and eig_k tags join their chart whatever their number.
+_LAYOUTS: dict[str, dict[str, list[Any]]] = {
+    _tags.GRAD_NORM_SECTION: {
+        "total": ["Multiline", [f"^{_tags.GRAD_NORM_TOTAL}$"]],
+        "per layer": ["Multiline", [rf"^{_tags.GRAD_NORM_SECTION}/(?!total$).*"]],
+    },
+    _tags.HESSIAN_SECTION: {
+        "eigenvalues": ["Multiline", [rf"^{_tags.HESSIAN_SECTION}/eig_.*"]],
+        "trace": ["Multiline", [f"^{_tags.HESSIAN_TRACE}$"]],
+        "products": ["Multiline", [f"^{_tags.HESSIAN_NUM_PRODUCTS}$"]],
+    },
+    _tags.RISK_SECTION: {
+        "risk": ["Multiline", [f"^{_tags.RISK_TRAIN}$", f"^{_tags.RISK_VAL}$"]],
+        "gaps": ["Multiline", [f"^{_tags.RISK_GENERALIZATION_GAP}$", f"^{_tags.RISK_OPTIMALITY_GAP}$"]],
+    },
+}
+
+# Marker set on a SummaryWriter once the layout is in its event file: TensorBoard keeps one layout per run,
+# so every landscape callback of the Trainer contributes its family to a single write.
+_LAYOUT_WRITTEN = "_lightning_landscape_layout_written"
+
+
+def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
+    """The ``SummaryWriter`` of every ``TensorBoardLogger`` of ``trainer``, on global rank zero only."""
+    if not trainer.is_global_zero:
+        return []
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def write_layout(trainer: pl.Trainer) -> None:
+    """Write one custom-scalars layout with the families of all landscape callbacks in ``trainer``.
+
+    Each callback class declares its family in ``_landscape_family``; the first callback to call this writes
+    the layout for all of them, later calls are no-ops.
+    """
+    callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]
+    families = {getattr(cb, "_landscape_family", None) for cb in callbacks}
+    layout = {family: _LAYOUTS[family] for family in _LAYOUTS if family in families}
+    if not layout:
+        return
+    for writer in tensorboard_writers(trainer):
+        if getattr(writer, _LAYOUT_WRITTEN, False):
+            continue
+        writer.add_custom_scalars(layout)
+        setattr(writer, _LAYOUT_WRITTEN, True)
+
+
+def add_histogram(trainer: pl.Trainer, tag: str, values: Tensor, step: int) -> None:
+    """Histogram of ``values`` under ``tag`` in every TensorBoard logger (rank zero only)."""
+    writers = tensorboard_writers(trainer)
+    if not writers:
+        return
+    values = values.detach().to("cpu", torch.float64)
+    for writer in writers:
+        writer.add_histogram(tag, values, global_step=step)
+
+
+def add_density(
+    trainer: pl.Trainer, tag: str, grid: Tensor, density: Tensor, total: float, step: int
+) -> None:
+    """A spectral density on ``grid`` shown as a TensorBoard histogram holding ``total`` eigenvalues.
+
+    The density is integrated over each grid cell, so the bucket counts estimate how many eigenvalues fall in
+    it.
+    """
+    writers = tensorboard_writers(trainer)
+    if not writers:
+        return
+    grid = grid.detach().to("cpu", torch.float64)
+    density = density.detach().to("cpu", torch.float64).clamp_min(0)
+    widths = torch.diff(grid, prepend=grid[:1] - (grid[1:2] - grid[:1]) if grid.numel() > 1 else grid[:1] - 1)
+    mass = density * widths
+    counts = mass / mass.sum().clamp_min(torch.finfo(torch.float64).tiny) * total
+    num = float(counts.sum())
+    mean_sq = float((counts * grid * grid).sum())
+    for writer in writers:
+        writer.add_histogram_raw(
+            tag,
+            min=float(grid[0]),
+            max=float(grid[-1]),
+            num=num,
+            sum=float((counts * grid).sum()),
+            sum_squares=mean_sq,
+            bucket_limits=grid.tolist(),
+            bucket_counts=counts.tolist(),
+            global_step=step,
+        )
+
+
+def log_scalars(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Write scalars to every logger at ``step`` (loggers write on rank zero only)."""
+    if not metrics or not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)

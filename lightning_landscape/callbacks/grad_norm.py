@@ -1,0 +1,172 @@
+r"""Gradient norms per layer and in total, in one fused pass, only on the steps that log."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks._probe import logging_step
+from lightning_landscape.callbacks._tensorboard import add_histogram, log_scalars, write_layout
+
+
+class GradientNormMonitor(Callback):
+    r"""Log the gradient :math:`p`-norm of the whole model and of each module (or parameter).
+
+    For gradients :math:`g_1, \dots, g_n` of the parameters of a group (a module, a parameter, the model),
+
+    .. math::
+
+        \|g\|_p = \Big(\sum_i \|g_i\|_p^p\Big)^{1/p}, \qquad \|g\|_\infty = \max_i \|g_i\|_\infty .
+
+    Norms are measured in ``on_before_optimizer_step``: after AMP unscaling and gradient accumulation, before
+    gradient clipping, i.e. the gradient the optimizer is about to use. All per-parameter norms come from one
+    fused ``torch._foreach_norm`` call and are combined on the device; on steps that do not log nothing is
+    computed, so there is no host synchronisation there.
+
+    Scalars go to every logger at the same step as the module's own step metrics (``grad_norm/total``,
+    ``grad_norm/<name>``); ``grad_norm/total`` also goes to ``trainer.callback_metrics`` through
+    ``pl_module.log(..., logger=False)`` so that ``ModelCheckpoint``/``EarlyStopping`` can monitor it.
+    (Logging through ``pl_module.log(logger=True)`` on our own schedule would let Lightning drop the value and
+    later re-log it as stale on its ``log_every_n_steps`` grid.)
+
+    Args:
+        norm_type: The :math:`p` of the norm, ``> 0``; ``inf`` (``float("inf")``, ``"inf"`` or YAML ``.inf``)
+            for the max-norm.
+        granularity: ``"module"`` for one norm per module owning parameters directly (e.g. ``net.0``),
+            ``"parameter"`` for one per parameter (e.g. ``net.0.weight``).
+        log_every_n_steps: Log every this many optimizer steps; ``None`` uses the Trainer's
+            ``log_every_n_steps``, so the norms line up with the loss curve.
+        histogram: Also write a TensorBoard histogram of the per-module (per-parameter) norms under
+            ``grad_norm/histogram``.
+        per_layer: Log the per-module (per-parameter) scalars; with ``False`` only ``grad_norm/total``.
+
+    Raises:
+        ValueError: If ``norm_type``, ``granularity`` or ``log_every_n_steps`` is invalid.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_landscape import GradientNormMonitor
+        >>> trainer = Trainer(callbacks=[GradientNormMonitor(norm_type=2.0, granularity="module")])
+    """
+
+    _landscape_family = _tags.GRAD_NORM_SECTION
+
+    def __init__(
+        self,
+        norm_type: float = 2.0,
+        granularity: Literal["module", "parameter"] = "module",
+        log_every_n_steps: int | None = None,
+        histogram: bool = False,
+        per_layer: bool = True,
+    ) -> None:
+        try:
+            norm = float(norm_type)
+        except (TypeError, ValueError):
+            norm = math.nan
+        if not norm > 0:
+            raise ValueError(f"`norm_type` must be a number > 0 or 'inf', got {norm_type!r}")
+        if granularity not in ("module", "parameter"):
+            raise ValueError(f"`granularity` must be 'module' or 'parameter', got {granularity!r}")
+        if log_every_n_steps is not None and (
+            isinstance(log_every_n_steps, bool)
+            or not isinstance(log_every_n_steps, int)
+            or log_every_n_steps < 1
+        ):
+            raise ValueError(f"`log_every_n_steps` must be a positive int or None, got {log_every_n_steps!r}")
+        self.norm_type = norm
+        self.granularity = granularity
+        self.log_every_n_steps = log_every_n_steps
+        self.histogram = bool(histogram)
+        self.per_layer = bool(per_layer)
+        self._names: dict[int, str] = {}  # id(parameter) -> group name
+        self._last_logged_step = -1
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(norm_type=self.norm_type, granularity=self.granularity)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._names = {}
+        for name, param in pl_module.named_parameters():
+            if self.granularity == "module":
+                name = name.rpartition(".")[0] or "root"
+            self._names[id(param)] = name
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_layout(trainer)
+
+    def _interval(self, trainer: pl.Trainer) -> int:
+        if self.log_every_n_steps is not None:
+            return self.log_every_n_steps
+        # Set on the Trainer by its logger connector, not declared on the class.
+        return int(getattr(trainer, "log_every_n_steps", 50))
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        interval = self._interval(trainer)
+        step = logging_step(trainer)
+        # Lightning's own rule (`should_update_logs`): the batch that makes `step + 1` a multiple logs.
+        if interval < 1 or (step + 1) % interval != 0 or step == self._last_logged_step:
+            return
+        names: list[str] = []
+        grads: list[Tensor] = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    grads.append(param.grad.detach())
+                    names.append(self._names.get(id(param), "unnamed"))
+        if not grads:
+            return
+        total, group_names, group_norms = self._norms(grads, names)
+        values = [total, *group_norms] if self.per_layer else [total]
+        # One host transfer for every scalar of the step.
+        numbers = torch.stack([v.to(torch.float64) for v in values]).tolist()
+        metrics = {_tags.GRAD_NORM_TOTAL: numbers[0]}
+        if self.per_layer:
+            metrics.update({_tags.grad_norm_tag(n): x for n, x in zip(group_names, numbers[1:], strict=True)})
+        self._last_logged_step = step
+        log_scalars(trainer, metrics, step)
+        pl_module.log(_tags.GRAD_NORM_TOTAL, numbers[0], logger=False, sync_dist=False)
+        if self.histogram:
+            add_histogram(trainer, _tags.GRAD_NORM_HISTOGRAM, torch.stack(group_norms), step)
+
+    def _norms(self, grads: list[Tensor], names: list[str]) -> tuple[Tensor, list[str], list[Tensor]]:
+        """The total norm and the per-group norms, all still on the device."""
+        per_param = torch._foreach_norm(grads, self.norm_type)
+        # Parameters may live on several devices or dtypes; combine in float32 on the first one's device.
+        device = per_param[0].device
+        stacked = torch.stack([n.to(device, torch.float32) for n in per_param])
+        inf = math.isinf(self.norm_type)
+        total = stacked.max() if inf else stacked.pow(self.norm_type).sum().pow(1.0 / self.norm_type)
+        if self.granularity == "parameter" and len(set(names)) == len(names):
+            return total, names, list(stacked.unbind())
+        order: dict[str, int] = {}
+        index = torch.tensor([order.setdefault(n, len(order)) for n in names], device=device)
+        if inf:
+            group = torch.zeros(len(order), device=device).scatter_reduce(0, index, stacked, "amax")
+        else:
+            group = torch.zeros(len(order), device=device).index_add(0, index, stacked.pow(self.norm_type))
+            group = group.pow(1.0 / self.norm_type)
+        return total, list(order), list(group.unbind())
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_logged_step": self._last_logged_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_logged_step = int(state_dict.get("last_logged_step", -1))

@@ -1,0 +1,292 @@
+r"""Extreme Hessian eigenvalues (and optionally trace and spectral density) of the training loss during
+fit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from typing_extensions import override
+
+from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks._probe import (
+    LossFn,
+    TrainingStepLoss,
+    draw_batches,
+    logging_step,
+    probe_dataloader,
+    resolve_loss_fn,
+)
+from lightning_landscape.callbacks._tensorboard import add_density, log_scalars, write_layout
+from lightning_landscape.curvature import (
+    NonFiniteError,
+    hessian_eigenvalues,
+    hessian_trace,
+    spectral_density,
+)
+
+
+def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
+
+
+class HessianEigenMonitor(Callback):
+    r"""Log the top-``k`` Hessian eigenvalues of the training loss at the current weights, on a schedule.
+
+    With :math:`L(\theta) = \sum_b \frac{|b|}{\sum_{b'} |b'|} \ell_b(\theta)` the batch-size-weighted mean
+    loss over ``num_batches`` fixed probe batches, the monitor logs the largest eigenvalues
+    :math:`\lambda_1 \ge \dots \ge \lambda_k` of :math:`H = \nabla^2_\theta L(\theta_t)` (the Ritz values of
+    Lanczos, converged to ``tol * |lambda|``), optionally :math:`\lambda_{\min}`, :math:`\operatorname{tr} H`
+    (Hutchinson) and the spectral density (stochastic Lanczos quadrature), at the iterate :math:`\theta_t`
+    right after the optimizer step.
+
+    The probe batches are the first ``num_batches`` batches of a fresh pass over the train (or ``"val"``)
+    dataloader, drawn once when training starts under ``seed`` and held fixed, so the values describe one
+    empirical risk along the trajectory (and a resumed run probes the same batches). Drawing them and probing
+    touch no RNG stream, gradient, train/eval flag or logged metric: training is bit-identical with and
+    without the monitor. The loss is the module's ``training_step`` (returning the loss or a dict with
+    ``"loss"``) with ``self.log`` silenced, in eval mode unless ``train_mode``; or ``loss_fn``.
+
+    Values go to every logger under ``hessian/eig_1`` ... ``hessian/eig_k``, ``hessian/eig_min``,
+    ``hessian/trace``, ``hessian/num_products`` (and a ``hessian/density`` TensorBoard histogram), at the same
+    step as the module's metrics of that batch, and to ``trainer.callback_metrics`` through
+    ``pl_module.log(..., logger=False)`` so they can be monitored. Under DDP every rank probes its own shard
+    of the probe batches (its distributed sampler's), the products are all-reduced, all ranks hold the same
+    values and rank zero writes them. A probe whose loss or products are not finite is skipped with one
+    warning.
+
+    Args:
+        k: How many of the largest eigenvalues.
+        every_n_steps: Probe after every this many optimizer steps; ``None`` for none.
+        every_n_epochs: Probe at the end of every this many training epochs; ``None`` for none.
+        smallest: Also log the smallest eigenvalue ``hessian/eig_min`` (negative at a saddle).
+        trace: Also log the Hutchinson estimate of the trace with ``trace_samples`` probe vectors.
+        trace_samples: Rademacher vectors for the trace estimate.
+        density: Also write the spectral density as a TensorBoard histogram ``hessian/density``.
+        density_iter: Lanczos steps per run of the spectral density.
+        density_runs: Independent runs averaged in the spectral density.
+        num_batches: How many batches of the dataloader form the probe.
+        dataloader: ``"train"`` or ``"val"``: where the probe batches come from.
+        loss_fn: Import path ``"pkg.module:function"`` (or ``"pkg.module.function"``) of
+            ``loss_fn(model, batch) -> Tensor``; ``None`` uses the module's ``training_step``.
+        tol: Relative tolerance of each eigenvalue, ``> 0``.
+        backend: ``"lanczos"``, ``"power"`` or ``"pyhessian"`` (largest only; needs the ``pyhessian`` extra).
+        max_iter: Most Lanczos steps (power/pyhessian: iterations per eigenvalue); ``None`` for the default.
+        train_mode: Evaluate the loss in the module's own train/eval mode instead of eval mode.
+        memory: ``"auto"``, ``"reuse"`` or ``"recompute"``: keep the gradient graph between products or not.
+        seed: Seeds the probe batches' draw and the solvers' start vectors.
+
+    Raises:
+        ValueError: If an argument is invalid (checked in ``__init__``).
+        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_landscape import HessianEigenMonitor
+        >>> monitor = HessianEigenMonitor(k=3, every_n_steps=100, smallest=True)
+        >>> trainer = Trainer(callbacks=[monitor])
+    """
+
+    _landscape_family = _tags.HESSIAN_SECTION
+
+    def __init__(
+        self,
+        k: int = 1,
+        every_n_steps: int | None = 100,
+        every_n_epochs: int | None = None,
+        smallest: bool = False,
+        trace: bool = False,
+        trace_samples: int = 100,
+        density: bool = False,
+        density_iter: int = 100,
+        density_runs: int = 1,
+        num_batches: int = 1,
+        dataloader: Literal["train", "val"] = "train",
+        loss_fn: str | None = None,
+        tol: float = 1e-3,
+        backend: Literal["lanczos", "power", "pyhessian"] = "lanczos",
+        max_iter: int | None = None,
+        train_mode: bool = False,
+        memory: Literal["auto", "reuse", "recompute"] = "auto",
+        seed: int = 0,
+    ) -> None:
+        _check_int("k", k, 1)
+        _check_int("every_n_steps", every_n_steps, 1, optional=True)
+        _check_int("every_n_epochs", every_n_epochs, 1, optional=True)
+        if every_n_steps is None and every_n_epochs is None:
+            raise ValueError("`every_n_steps` and `every_n_epochs` are both None: set at least one of them")
+        _check_int("trace_samples", trace_samples, 1)
+        _check_int("density_iter", density_iter, 2)
+        _check_int("density_runs", density_runs, 1)
+        _check_int("num_batches", num_batches, 1)
+        _check_int("max_iter", max_iter, 1, optional=True)
+        _check_int("seed", seed, 0)
+        if dataloader not in ("train", "val"):
+            raise ValueError(f"`dataloader` must be 'train' or 'val', got {dataloader!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol > 0 and math.isfinite(tol)):
+            raise ValueError(f"`tol` must be a finite float > 0, got {tol!r}")
+        if backend not in ("lanczos", "power", "pyhessian"):
+            raise ValueError(f"`backend` must be 'lanczos', 'power' or 'pyhessian', got {backend!r}")
+        if backend == "pyhessian" and smallest:
+            raise ValueError(
+                "`backend`='pyhessian' computes the largest eigenvalues only: use smallest=False"
+            )
+        if memory not in ("auto", "reuse", "recompute"):
+            raise ValueError(f"`memory` must be 'auto', 'reuse' or 'recompute', got {memory!r}")
+        self.k = k
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.smallest = bool(smallest)
+        self.trace = bool(trace)
+        self.trace_samples = trace_samples
+        self.density = bool(density)
+        self.density_iter = density_iter
+        self.density_runs = density_runs
+        self.num_batches = num_batches
+        self.dataloader = dataloader
+        self.loss_fn = loss_fn
+        self.tol = float(tol)
+        self.backend = backend
+        self.max_iter = max_iter
+        self.train_mode = bool(train_mode)
+        self.memory = memory
+        self.seed = seed
+        self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
+        self._batches: list[Any] | None = None
+        self._last_probe_step = -1
+        self.num_probes = 0
+        self.num_skipped = 0
+        self.total_products = 0
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            k=self.k,
+            every_n_steps=self.every_n_steps,
+            every_n_epochs=self.every_n_epochs,
+            dataloader=self.dataloader,
+            num_batches=self.num_batches,
+        )
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+            raise MisconfigurationException(
+                f"HessianEigenMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
+                "Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "
+                "device."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_layout(trainer)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = probe_dataloader(trainer, self.dataloader)
+        self._batches = draw_batches(trainer, loader, self.num_batches, self.seed)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps is None or step == 0 or step % self.every_n_steps != 0:
+            return
+        if step != self._last_probe_step:
+            self._probe(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        if trainer.global_step != self._last_probe_step:
+            self._probe(trainer, pl_module)
+
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One measurement at the current weights; all ranks run it (the products are all-reduced)."""
+        if self._batches is None:
+            return
+        self._last_probe_step = trainer.global_step
+        loss_fn = self._loss_fn if self._loss_fn is not None else TrainingStepLoss()
+        common: dict[str, Any] = {"train_mode": self.train_mode, "memory": self.memory, "seed": self.seed}
+        try:
+            result = hessian_eigenvalues(
+                pl_module,
+                loss_fn,
+                self._batches,
+                k=self.k,
+                which="both" if self.smallest else "largest",
+                tol=self.tol,
+                max_iter=self.max_iter,
+                backend=self.backend,
+                **common,
+            )
+            metrics = {_tags.hessian_eig_tag(i + 1): float(v) for i, v in enumerate(result.eigenvalues)}
+            products = result.num_products
+            if self.smallest and result.smallest is not None:
+                metrics[_tags.HESSIAN_EIG_MIN] = float(result.smallest[0])
+            if self.trace:
+                tr = hessian_trace(
+                    pl_module, loss_fn, self._batches, num_samples=self.trace_samples, **common
+                )
+                metrics[_tags.HESSIAN_TRACE] = tr.trace
+                products += tr.num_products
+            sd = None
+            if self.density:
+                sd = spectral_density(
+                    pl_module,
+                    loss_fn,
+                    self._batches,
+                    num_iter=self.density_iter,
+                    num_runs=self.density_runs,
+                    **common,
+                )
+                products += sd.num_products
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise NonFiniteError(f"non-finite Hessian values {metrics}")
+        except NonFiniteError as err:
+            self.num_skipped += 1
+            rank_zero_warn(
+                f"HessianEigenMonitor: skipped the probe at step {trainer.global_step}, the loss or a "
+                f"Hessian-vector product is not finite ({err}). Nothing was logged for it; training goes on.",
+                category=RuntimeWarning,
+            )
+            return
+        self.num_probes += 1
+        self.total_products += products
+        metrics[_tags.HESSIAN_NUM_PRODUCTS] = float(products)
+        step = logging_step(trainer)
+        log_scalars(trainer, metrics, step)
+        for tag, value in metrics.items():
+            pl_module.log(tag, value, logger=False, sync_dist=False)
+        if sd is not None:
+            grid, dens = sd.on_grid()
+            add_density(trainer, _tags.HESSIAN_DENSITY, grid, dens, float(sd.num_params), step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_probe_step": self._last_probe_step,
+            "num_probes": self.num_probes,
+            "num_skipped": self.num_skipped,
+            "total_products": self.total_products,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_probe_step = int(state_dict.get("last_probe_step", -1))
+        self.num_probes = int(state_dict.get("num_probes", 0))
+        self.num_skipped = int(state_dict.get("num_skipped", 0))
+        self.total_products = int(state_dict.get("total_products", 0))
