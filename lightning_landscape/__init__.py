@@ -7,6 +7,7 @@ and a framework-free curvature core.
 __version__ = "0.1.0"
 
 # --- callbacks ---
+from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
 
 # --- multi-seed ---
 
@@ -15,6 +16,9 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     # callbacks
+    "GradientNormMonitor",
+    "HessianEigenMonitor",
+    "RiskGapMonitor",
     # multi-seed
     # curvature
 ]
