@@ -1,0 +1,168 @@
+"""Model fixtures for the curvature tests: every solver meets every case.
+
+Each case is float64 (tight tolerances), tiny (dense Hessians in well under a second) and comes with an
+independent dense truth: ``torch.autograd.functional.hessian`` of the batch-weighted mean loss written
+with ``torch.func.functional_call`` over a flat parameter vector (a different code path from
+``HessianOperator``), eigenvalues by ``torch.linalg.eigvalsh``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.demos.transformer import Transformer
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+DTYPE = torch.float64
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module
+    loss_fn: Callable[[nn.Module, Any], Tensor]
+    batches: list[Any]
+
+
+def mse_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def shallow_relu(trained: bool = False, seed: int = 0) -> Case:
+    """1-20-1 ReLU net, x ~ U[0, 1], target x^2 + 2x; at init or after 200 Adam steps."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(1, 20), nn.ReLU(), nn.Linear(20, 1)).to(DTYPE)
+    x = torch.rand(64, 1, generator=gen, dtype=DTYPE)
+    y = x**2 + 2 * x
+    batches = [(x[:40], y[:40]), (x[40:], y[40:])]  # unequal sizes: the weighting matters
+    if trained:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(200):
+            opt.zero_grad()
+            mse_loss(model, (x, y)).backward()
+            opt.step()
+        model.zero_grad(set_to_none=True)
+    return Case("relu_trained" if trained else "relu_init", model, mse_loss, batches)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.bn = nn.BatchNorm2d(2)
+        self.head = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def ce_dict_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    return nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+
+
+def small_cnn(seed: int = 0) -> Case:
+    """Conv-BatchNorm-ReLU-Linear on 6x6 images, 3 classes, dict batches; BN has non-trivial running stats."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SmallCNN().to(DTYPE)
+    x = torch.randn(24, 1, 6, 6, generator=gen, dtype=DTYPE)
+    y = torch.randint(0, 3, (24,), generator=gen)
+    with torch.no_grad():  # running statistics away from their (0, 1) defaults
+        model.train()
+        model(x)
+        model.eval()
+    model.train()
+    return Case("cnn_bn", model, ce_dict_loss, [{"x": x[:12], "y": y[:12]}, {"x": x[12:], "y": y[12:]}])
+
+
+def transformer_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    inputs, target = batch
+    return nn.functional.nll_loss(model(inputs, target), target.reshape(-1))
+
+
+def tiny_transformer(seed: int = 0) -> Case:
+    """Lightning's demo Transformer at tiny width; its attention is scaled-dot-product attention."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = Transformer(vocab_size=5, ninp=2, nhead=1, nhid=2, nlayers=1, dropout=0.1).to(DTYPE)
+    tokens = torch.randint(0, 5, (4, 4), generator=gen)
+    return Case("transformer", model, transformer_loss, [(tokens[:, :3], tokens[:, 1:])])
+
+
+BUILDERS: dict[str, Callable[[], Case]] = {
+    "relu_init": lambda: shallow_relu(trained=False),
+    "relu_trained": lambda: shallow_relu(trained=True),
+    "cnn_bn": small_cnn,
+    "transformer": tiny_transformer,
+}
+CASE_NAMES = list(BUILDERS)
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, dict):
+        return int(next(iter(batch.values())).shape[0])
+    return int(batch[0].shape[0])
+
+
+def dense_hessian(case: Case, train_mode: bool = False) -> Tensor:
+    """The n x n Hessian of the batch-weighted mean loss w.r.t. the trainable parameters."""
+    model = case.model
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+    weights = torch.tensor([_batch_size(b) for b in case.batches], dtype=DTYPE)
+    weights = weights / weights.sum()
+    modes = [(m, m.training) for m in model.modules()]
+
+    def loss(flat: Tensor) -> Tensor:
+        params, offset = dict(frozen), 0
+        for name, p in named:
+            params[name] = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        total = flat.new_zeros(())
+        for w, batch in zip(weights, case.batches, strict=True):
+            # Copies of the buffers so that train-mode BatchNorm leaves the real ones alone.
+            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            total = total + w * case.loss_fn(_Bound(model, {**params, **buffers}), batch)
+        return total
+
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+    try:
+        if not train_mode:
+            model.eval()
+        with sdpa_kernel(SDPBackend.MATH):
+            hess = torch.autograd.functional.hessian(loss, flat)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return hess.detach()
+
+
+class _Bound(nn.Module):
+    """Calls ``module`` with the given parameters and buffers (so ``loss_fn(model, batch)`` still works)."""
+
+    def __init__(self, module: nn.Module, tensors: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.inner = [module]
+        self.tensors = tensors
+
+    def forward(self, *args: Any) -> Tensor:
+        return functional_call(self.inner[0], self.tensors, args)
+
+
+@functools.cache
+def truth(name: str, train_mode: bool = False) -> Tensor:
+    """Ascending float64 eigenvalues of the dense Hessian of case ``name`` (cached per process)."""
+    return torch.linalg.eigvalsh(dense_hessian(BUILDERS[name](), train_mode))
+
+
+def case(name: str) -> Case:
+    """A fresh instance of case ``name`` (tests may not share mutable models)."""
+    return BUILDERS[name]()
