@@ -219,3 +219,8 @@ def batch_size_of(batch: Any) -> int:
 def logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning logs the current batch's metrics at, so that our series line up with the user's."""
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def epoch_end_logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs epoch-end metrics at: it steps its counter back by one for them."""
+    return max(logging_step(trainer) - 1, 0)

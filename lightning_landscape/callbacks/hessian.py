@@ -18,6 +18,7 @@ from lightning_landscape.callbacks._probe import (
     LossFn,
     TrainingStepLoss,
     draw_batches,
+    epoch_end_logging_step,
     logging_step,
     probe_dataloader,
     resolve_loss_fn,
@@ -205,16 +206,16 @@ class HessianEigenMonitor(Callback):
         if self.every_n_steps is None or step == 0 or step % self.every_n_steps != 0:
             return
         if step != self._last_probe_step:
-            self._probe(trainer, pl_module)
+            self._probe(trainer, pl_module, logging_step(trainer))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
         if trainer.global_step != self._last_probe_step:
-            self._probe(trainer, pl_module)
+            self._probe(trainer, pl_module, epoch_end_logging_step(trainer))
 
-    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         """One measurement at the current weights; all ranks run it (the products are all-reduced)."""
         if self._batches is None:
             return
@@ -267,7 +268,6 @@ class HessianEigenMonitor(Callback):
         self.num_probes += 1
         self.total_products += products
         metrics[_tags.HESSIAN_NUM_PRODUCTS] = float(products)
-        step = logging_step(trainer)
         log_scalars(trainer, metrics, step)
         for tag, value in metrics.items():
             pl_module.log(tag, value, logger=False, sync_dist=False)

@@ -15,9 +15,9 @@ from lightning_landscape.callbacks._probe import (
     LossFn,
     TrainingStepLoss,
     batch_size_of,
+    epoch_end_logging_step,
     fixed_data_rng,
     iterate_fresh,
-    logging_step,
     probe_dataloader,
     resolve_loss_fn,
 )
@@ -159,7 +159,7 @@ class RiskGapMonitor(Callback):
             risk = train if self.optimality_of == "train" else val
             if risk is not None:
                 metrics[_tags.RISK_OPTIMALITY_GAP] = risk - self.optimal_risk
-        log_scalars(trainer, metrics, logging_step(trainer))
+        log_scalars(trainer, metrics, epoch_end_logging_step(trainer))
         for tag, value in metrics.items():
             pl_module.log(tag, value, logger=False, sync_dist=False)
         self._num_logged += 1
