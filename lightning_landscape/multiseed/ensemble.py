@@ -132,7 +132,7 @@ def buffer_updating_modules(net: nn.Module) -> list[str]:
     found = []
     for name, module in net.named_modules():
         if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            found.append(name or type(module).__name__)
+            found.append(f"{name or '<root>'} ({type(module).__name__})")
     return found
 
 
@@ -174,7 +174,9 @@ class PerSeedLoader:
 
     Member ``k`` sees exactly the batch stream of ``loaders[k]``; build each loader from its seed (e.g. a
     ``DataLoader(..., shuffle=True, generator=torch.Generator().manual_seed(seed))``) and the single run with
-    that seed uses the same loader. Iteration stops with the shortest loader.
+    that seed uses the same loader (iterated as ``for batch in loader``). Iteration stops with the shortest
+    loader. It has no ``len`` on purpose: Lightning then iterates it to exhaustion, as a plain loop does,
+    rather than stopping after ``len`` batches and skipping the sampler's final generator draw.
 
     Args:
         loaders: one iterable of batches per member, in member order.
@@ -193,11 +195,21 @@ class PerSeedLoader:
         self.loaders = list(loaders)
 
     def __iter__(self) -> Iterator[Any]:
-        for batches in zip(*self.loaders, strict=False):
+        iterators = [iter(loader) for loader in self.loaders]
+        while True:
+            batches = []
+            for it in iterators:
+                try:
+                    batches.append(next(it))
+                except StopIteration:
+                    # Run every loader to its own end, as `for batch in loader` does: a shuffling
+                    # sampler draws from its generator once more on exhaustion, and the next epoch's
+                    # order depends on that draw.
+                    for other in iterators:
+                        for _ in other:
+                            pass
+                    return
             yield torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *batches)
-
-    def __len__(self) -> int:
-        return min(len(loader) for loader in self.loaders)  # type: ignore[arg-type]
 
 
 class _StackedEnsemble(LightningModule):
@@ -402,8 +414,9 @@ class _StackedEnsemble(LightningModule):
             result = hessian_eigenvalues(
                 net, lambda m, b: self._member_loss(m, b), [data], k=1, which="largest", tol=tol
             )
-            values.append(result.eigenvalues[0].to(self.device, torch.get_default_dtype()))
-        return torch.stack(values)
+            values.append(result.eigenvalues[0])
+        dtype = next(self.members.parameters()).dtype
+        return torch.stack(values).to(self.device, dtype)
 
     @override
     def on_validation_epoch_start(self) -> None:
