@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
 
 # --- multi-seed ---
+from lightning_landscape.multiseed.ensemble import SeedEnsemble
 
 # --- curvature ---
 
@@ -20,5 +21,6 @@ __all__ = [
     "HessianEigenMonitor",
     "RiskGapMonitor",
     # multi-seed
+    "SeedEnsemble",
     # curvature
 ]
