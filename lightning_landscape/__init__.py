@@ -13,6 +13,17 @@ from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonit
 from lightning_landscape.multiseed.ensemble import SeedEnsemble
 
 # --- curvature ---
+# isort: split
+from lightning_landscape.curvature import (
+    EigenResult,
+    HessianOperator,
+    NonFiniteError,
+    SpectralDensity,
+    TraceResult,
+    hessian_eigenvalues,
+    hessian_trace,
+    spectral_density,
+)
 
 __all__ = [
     "__version__",
@@ -23,4 +34,12 @@ __all__ = [
     # multi-seed
     "SeedEnsemble",
     # curvature
+    "EigenResult",
+    "HessianOperator",
+    "NonFiniteError",
+    "SpectralDensity",
+    "TraceResult",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "spectral_density",
 ]
