@@ -62,7 +62,7 @@ class GradientNormMonitor(Callback):
 
     def __init__(
         self,
-        norm_type: float = 2.0,
+        norm_type: float | Literal["inf"] = 2.0,
         granularity: Literal["module", "parameter"] = "module",
         log_every_n_steps: int | None = None,
         histogram: bool = False,

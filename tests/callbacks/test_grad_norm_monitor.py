@@ -92,7 +92,7 @@ def test_state_and_state_key() -> None:
 
 
 def test_norm_type_accepts_inf_string() -> None:
-    assert GradientNormMonitor(norm_type="inf").norm_type == math.inf  # type: ignore[arg-type]
+    assert GradientNormMonitor(norm_type="inf").norm_type == math.inf
 
 
 @pytest.mark.parametrize(

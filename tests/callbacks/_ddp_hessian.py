@@ -1,0 +1,47 @@
+"""Run by test_callbacks_subprocess.py: HessianEigenMonitor under strategy='ddp' on 2 CPU processes (gloo).
+
+Usage: python _ddp_hessian.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning.pytorch as pl
+from _cb_helpers import TinyRegression, make_loader
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lightning_landscape import HessianEigenMonitor
+
+
+class ShardedData(pl.LightningDataModule):
+    """Rank r gets samples r, r+2, ... in order (Lightning's own sampler would shuffle), so both ranks
+    together see the same 8 samples per step as one process with batch_size=8."""
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = make_loader(n=48).dataset
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=self.trainer.global_rank, shuffle=False)
+        return DataLoader(dataset, batch_size=4, sampler=sampler)
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    pl.seed_everything(11)
+    model = TinyRegression()
+    monitor = HessianEigenMonitor(k=3, every_n_steps=2, smallest=True, num_batches=1, tol=1e-9)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=6,
+        callbacks=[monitor],
+        logger=TensorBoardLogger(out, name="tb", version=0),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(model, datamodule=ShardedData())
+    print(f"rank {trainer.global_rank} probes {monitor.num_probes}", flush=True)
