@@ -108,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eig_rtol", type=float, default=1e-3, help="minimum: eig_min >= -eig_rtol*|eig_max|")
     p.add_argument("--tiny", action="store_true", help="2 seeds, 40 steps, width 5: a smoke test in seconds")
     p.add_argument("--fresh", action="store_true", help="delete root_dir first instead of resuming")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the networks are tiny)")
     args = p.parse_args(argv)
     for name in ("seeds", "steps"):
         if getattr(args, name) < 1:
@@ -501,6 +502,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps(asdict(cfg), indent=2))
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     run_seeds(cfg, root)
     outcomes, data = analyse(cfg, root, args.grad_tol, args.eig_rtol)

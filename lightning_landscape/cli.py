@@ -49,7 +49,7 @@ class _HelpFormatter(DefaultHelpFormatter):
 def _callback_classes() -> list[type]:
     import lightning_landscape.callbacks as callbacks
 
-    return [getattr(callbacks, name) for name in CALLBACKS if hasattr(callbacks, name)]
+    return [getattr(callbacks, name) for name in CALLBACKS]
 
 
 def callbacks_help() -> str:
@@ -180,7 +180,7 @@ class LandscapeCLI(LightningCLI):
         monitor: str = "val_loss",
         mode: Literal["min", "max"] = "min",
         executor: Literal["sequential", "ray", "vectorized"] = "sequential",
-        root_dir: str = "multiseed",
+        root_dir: str | None = None,
         ray_address: str | None = None,
         cpus_per_seed: float = 1.0,
         gpus_per_seed: float = 0.0,
@@ -199,7 +199,7 @@ class LandscapeCLI(LightningCLI):
             executor: ``sequential`` (in-process), ``ray`` (one Ray task per seed) or ``vectorized``
                 (all seeds in one batched model; the model must qualify).
             root_dir: folder of ``seed_<k>/``, ``summary.json``, ``summary.csv``, ``seeds.png`` and
-                ``best.ckpt``.
+                ``best.ckpt``; unset: ``<trainer.default_root_dir>/multiseed`` (``./multiseed`` without one).
             ray_address: address of a running Ray cluster; local cluster if unset.
             cpus_per_seed: CPUs reserved per seed (Ray).
             gpus_per_seed: GPUs reserved per seed (Ray).
@@ -216,20 +216,29 @@ class LandscapeCLI(LightningCLI):
         model_cfg = self._get(self.config, "model")
         model_cls, model_kwargs = _class_and_kwargs(model_cfg, fallback=type(model))
         trainer_kwargs = _non_default_trainer_kwargs(self._get(self.config_init, "trainer", default={}))
-        ms = MultiSeedTrainer(
-            seeds=seeds,
-            monitor=monitor,
-            mode=mode,
-            root_dir=root_dir,
-            executor=executor,
-            model_kwargs=model_kwargs,
-            ray_address=ray_address,
-            cpus_per_seed=cpus_per_seed,
-            gpus_per_seed=gpus_per_seed,
-            max_concurrent=max_concurrent,
-            **trainer_kwargs,
-        )
-        result = ms.fit(model_cls, datamodule=datamodule)
+        # Each seed trains in root_dir/seed_<k>/: the Trainer's own root only decides the default root_dir.
+        default_root = trainer_kwargs.pop("default_root_dir", None)
+        if root_dir is None:
+            root_dir = os.path.join(default_root, "multiseed") if default_root else "multiseed"
+        try:
+            ms = MultiSeedTrainer(
+                seeds=seeds,
+                monitor=monitor,
+                mode=mode,
+                root_dir=root_dir,
+                executor=executor,
+                model_kwargs=model_kwargs,
+                ray_address=ray_address,
+                cpus_per_seed=cpus_per_seed,
+                gpus_per_seed=gpus_per_seed,
+                max_concurrent=max_concurrent,
+                **trainer_kwargs,
+            )
+            result = ms.fit(model_cls, datamodule=datamodule)
+        except (ValueError, TypeError) as err:
+            # MultiSeedTrainer validates before the first seed trains: report it like a parser error.
+            sys.stderr.write(f"lightning-landscape multiseed: error: {err}\n")
+            raise SystemExit(2) from err
         print(format_result(result))
         return result
 
