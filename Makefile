@@ -25,7 +25,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo
-	$(PY) examples/curvature_demo.py $(DEMO_ARGS)
+	$(PY) examples/study.py $(DEMO_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check lightning_landscape tests examples benchmarks
