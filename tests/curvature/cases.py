@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch.demos.transformer import Transformer
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -90,6 +89,9 @@ def transformer_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
 
 def tiny_transformer(seed: int = 0) -> Case:
     """Lightning's demo Transformer at tiny width; its attention is scaled-dot-product attention."""
+    # Imported here: Lightning is slow to import and the distributed workers do not need it.
+    from lightning.pytorch.demos.transformer import Transformer
+
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = Transformer(vocab_size=5, ninp=2, nhead=1, nhid=2, nlayers=1, dropout=0.1).to(DTYPE)

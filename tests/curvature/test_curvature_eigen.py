@@ -55,11 +55,11 @@ def test_lanczos_bottom3_ascending(name: str) -> None:
 @pytest.mark.parametrize("name", ["relu_init", "cnn_bn", "transformer"])
 def test_power_top3_and_smallest(name: str) -> None:
     c, ev = case(name), truth(name)
-    top = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=3, tol=1e-5, backend="power", max_iter=3000)
+    top = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=3, tol=1e-4, backend="power", max_iter=3000)
     assert top.converged and top.backend == "power"
     assert rel_err(top.eigenvalues, ev.flip(0)[:3]) < REL
     low = hessian_eigenvalues(
-        c.model, c.loss_fn, c.batches, which="smallest", tol=1e-5, backend="power", max_iter=3000
+        c.model, c.loss_fn, c.batches, which="smallest", tol=1e-4, backend="power", max_iter=3000
     )
     assert low.converged and rel_err(low.eigenvalues, ev[:1]) < REL
 
