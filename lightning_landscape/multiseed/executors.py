@@ -136,12 +136,17 @@ class _GlobalRNGState(Callback):
     """Carries the global RNG states through a checkpoint, so a resumed seed draws what it would have.
 
     Lightning restores weights, optimizer and loops but not the global generators that shuffle the
-    data and drive dropout. The states are captured when the checkpoint is written and put back at the
-    start of the next training epoch, the first point where the uninterrupted run draws again.
+    data and drive dropout. The states are captured when the checkpoint is written and set again as
+    soon as it is loaded, before Lightning re-creates the training iterator (which draws the shuffle
+    and prefetches a batch). A checkpoint written by ``ModelCheckpoint`` at the end of an epoch's
+    validation makes Lightning repeat that validation on resume; the uninterrupted run drew nothing
+    there, so the repeat is made RNG-neutral, and a checkpoint re-written during it keeps the loaded
+    states.
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+        self._loaded: dict[str, Any] | None = None
+        self._stash: dict[str, Any] | None = None
 
     @property
     @override
@@ -150,17 +155,29 @@ class _GlobalRNGState(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return _rng_state()
+        return self._loaded if self._loaded is not None else _rng_state()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
+        _set_rng_state(state_dict)
+        self._loaded = state_dict
 
     @override
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._pending is not None:
-            _set_rng_state(self._pending)
-            self._pending = None
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._loaded is not None:
+            self._stash = _rng_state()
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._stash is not None:
+            _set_rng_state(self._stash)
+            self._stash = None
+
+    @override
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._loaded = None
 
 
 @dataclass
@@ -229,7 +246,13 @@ def run_seed(job: SeedJob, seed: int, resume: bool = False, prior_wall_time: flo
     run = SeedRun(seed=seed, status="running", log_dir=str(folder))
     if resume_from is not None:
         run.extra["resumed_from"] = str(resume_from)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=job.monitor, mode=job.mode, save_last=True)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=job.monitor, mode=job.mode)
+    # Lightning >= 2.6 rewrites `save_last` only when the best improves; this one is written at every
+    # save point, after `checkpoint` (same order in the callback list), so it also holds the best so far.
+    last_checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+        enable_version_counter=False,
+    )  # fmt: skip
     try:
         seed_everything(seed, workers=True, verbose=False)
         model = job.model.build()
@@ -251,7 +274,7 @@ def run_seed(job: SeedJob, seed: int, resume: bool = False, prior_wall_time: flo
         trainer = Trainer(
             **kwargs,
             default_root_dir=str(folder),
-            callbacks=[checkpoint, _GlobalRNGState(), *copy.deepcopy(list(user_callbacks))],
+            callbacks=[checkpoint, last_checkpoint, _GlobalRNGState(), *copy.deepcopy(list(user_callbacks))],
             logger=logger,
         )
         trainer.fit(
@@ -283,7 +306,7 @@ def run_seed(job: SeedJob, seed: int, resume: bool = False, prior_wall_time: flo
         run.status = "failed"
         run.error = f"{type(err).__name__}: {err}"
     run.best_model_path = str(checkpoint.best_model_path or "")
-    run.last_model_path = str(checkpoint.last_model_path or "")
+    run.last_model_path = str(last_checkpoint.best_model_path or "")
     run.wall_time = prior_wall_time + (time.perf_counter() - start)
     return run
 

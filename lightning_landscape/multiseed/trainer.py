@@ -424,10 +424,10 @@ class MultiSeedTrainer:
             val_dataloaders=val_dataloaders,
         )
         runs, tasks = self._plan()
-        self._write(runs)
         if tasks and self.executor != "ray":
             # Ray seeds may need resources this driver lacks; a worker reports a missing monitor instead.
             self._preflight(job)
+        self._write(runs)
 
         done = len(runs) - len(tasks)
         total = len(runs)
