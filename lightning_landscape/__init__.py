@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
 
 # --- multi-seed ---
+from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer, SeedRun
 from lightning_landscape.multiseed.ensemble import SeedEnsemble
 
 # --- curvature ---
@@ -32,7 +33,10 @@ __all__ = [
     "HessianEigenMonitor",
     "RiskGapMonitor",
     # multi-seed
+    "MultiSeedResult",
+    "MultiSeedTrainer",
     "SeedEnsemble",
+    "SeedRun",
     # curvature
     "EigenResult",
     "HessianOperator",
