@@ -227,3 +227,22 @@ def test_refusals_name_the_reason_and_suggest_sequential(
     assert isinstance(info.value, ValueError)
     # Refused before any member was trained or exported.
     assert not list(tmp_path.glob("seed_*/checkpoints/*.ckpt"))
+
+
+def test_multiseed_trainer_vectorized_executor_keeps_the_best_member(tmp_path: Path) -> None:
+    from lightning_landscape.multiseed.trainer import MultiSeedTrainer
+
+    train, val = _loaders()
+    trainer = MultiSeedTrainer(
+        seeds=SEEDS[:2],
+        executor="vectorized",
+        root_dir=str(tmp_path / "ms"),
+        max_epochs=2,
+        precision="64-true",
+    )
+    result = trainer.fit(TinyRegressor, train_dataloaders=train, val_dataloaders=val)
+    assert [r.status for r in result.runs] == ["finished", "finished"]
+    assert result.best_score == min(result.scores)
+    best = TinyRegressor.load_from_checkpoint(result.best_model_path, weights_only=True)
+    assert isinstance(best, TinyRegressor)
+    assert all(r.extra["executor"] == "vectorized" for r in result.runs)
