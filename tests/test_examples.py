@@ -234,7 +234,7 @@ def test_bad_arguments_raise_a_value_error_naming_argument_and_value(build, argu
 @pytest.mark.parametrize(
     ("script", "args", "expect"),
     [
-        ("shallow_relu.py", ["--max_steps", "30", "--target", "sin3"], "population risk"),
+        ("shallow_relu.py", ["--max_steps", "10", "--target", "sin3"], "population risk"),
         ("digits.py", ["--max_epochs", "1"], "val_acc"),
     ],
 )
