@@ -1,0 +1,155 @@
+"""Overhead of the landscape callbacks on the fit time of a small MLP, measured side by side in one run.
+
+Configurations (same model, data, seed, Trainer options and TensorBoardLogger; only the callbacks differ):
+
+* ``none``: no callback;
+* ``grad_norm``: :class:`~lightning_landscape.GradientNormMonitor` at default settings (target <= 1.05x);
+* ``grad_norm_every_step``: ours, logging every step;
+* ``lightning_grad_norm_every_step``: Lightning's route, ``self.log_dict(grad_norm(self, norm_type=2))`` in
+  ``on_before_optimizer_step`` every step (what users write today);
+* ``hessian_top1``: :class:`~lightning_landscape.HessianEigenMonitor` top-1 every 100 steps (target <= 1.10x);
+* ``pyhessian_top1``: pyhessian 0.1's ``hessian(...).eigenvalues(top_n=1)``, same place, same batch.
+
+Each configuration is fitted ``--repeats`` times, interleaved round-robin so that load on the machine hits all
+alike; the fastest fit of each (the least disturbed by other load) is reported with its ratio to ``none``. Run
+``python benchmarks/callbacks.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import grad_norm
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_landscape import GradientNormMonitor, HessianEigenMonitor
+
+
+class MLP(LightningModule):
+    def __init__(self, d_in: int = 32, width: int = 64, classes: int = 10, lightning_grad_norm: bool = False):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, classes)
+        )
+        self.lightning_grad_norm = lightning_grad_norm
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.lightning_grad_norm:
+            self.log_dict(grad_norm(self, norm_type=2))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class PyHessianTop1(Callback):
+    """pyhessian's top eigenvalue every ``every`` steps on the first training batch, as users call it."""
+
+    def __init__(self, every: int, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.every = every
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            from pyhessian import hessian
+
+            hessian(pl_module.net, nn.CrossEntropyLoss(), data=self.batch, cuda=False).eigenvalues(top_n=1)
+
+
+def make_loader(n: int, batch_size: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 32, generator=gen)
+    y = (x[:, :10] + 0.5 * torch.randn(n, 10, generator=gen)).argmax(dim=1)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+
+
+def fit_time(
+    steps: int, callbacks: Callable[[DataLoader], list[Callback]], lightning_grad_norm: bool
+) -> float:
+    seed_everything(0, verbose=False)
+    loader = make_loader(steps * 64, 64)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            devices=1,
+            logger=TensorBoardLogger(root),
+            callbacks=callbacks(loader),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        model = MLP(lightning_grad_norm=lightning_grad_norm)
+        start = time.perf_counter()
+        trainer.fit(model, loader)
+        return time.perf_counter() - start
+
+
+def first_batch(loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = loader.dataset.tensors  # type: ignore[attr-defined]
+    return x[:64], y[:64]
+
+
+CONFIGS: dict[str, tuple[Callable[[DataLoader], list[Callback]], bool]] = {
+    "none": (lambda loader: [], False),
+    "grad_norm": (lambda loader: [GradientNormMonitor()], False),
+    "grad_norm_every_step": (lambda loader: [GradientNormMonitor(log_every_n_steps=1)], False),
+    "lightning_grad_norm_every_step": (lambda loader: [], True),
+    "hessian_top1": (lambda loader: [HessianEigenMonitor(k=1, every_n_steps=100)], False),
+    "pyhessian_top1": (lambda loader: [PyHessianTop1(100, first_batch(loader))], False),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    fit_time(50, CONFIGS["none"][0], False)  # warm-up: imports, allocator
+    for _ in range(args.repeats):
+        for name, (callbacks, lightning_route) in CONFIGS.items():
+            times[name].append(fit_time(args.steps, callbacks, lightning_route))
+    base = min(times["none"])
+    print(f"small MLP (32-64-64-10, batch 64), {args.steps} steps, best of {args.repeats}, TensorBoardLogger")
+    print(f"{'configuration':34s} {'fit s':>8s} {'x none':>8s}")
+    for name, ts in times.items():
+        med = min(ts)
+        print(f"{name:34s} {med:8.3f} {med / base:8.3f}")
+    ours = min(times["grad_norm_every_step"]) - base
+    theirs = min(times["lightning_grad_norm_every_step"]) - base
+    hess = min(times["hessian_top1"]) - base
+    pyh = min(times["pyhessian_top1"]) - base
+    print(f"per-step logging overhead, ours vs Lightning grad_norm+log_dict: {ours / max(theirs, 1e-9):.2f}x")
+    print(f"  ({1e3 * ours / args.steps:.3f} ms vs {1e3 * theirs / args.steps:.3f} ms per step)")
+    print(
+        f"Hessian top-1 every 100 steps: ours {1 + hess / base:.3f}x, pyhessian {1 + pyh / base:.3f}x of none"
+    )
+
+
+if __name__ == "__main__":
+    main()
