@@ -97,7 +97,14 @@ def default_max_iter(n: int, k: int) -> int:
 
 
 class _Lanczos:
-    """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice), restarting on breakdown."""
+    """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) and restarted blocks.
+
+    A new block starts from a random vector orthogonal to the basis, either on breakdown (invariant
+    subspace) or when asked (to look for further copies of repeated eigenvalues, which one Krylov
+    sequence cannot see). The projected matrix :math:`M = Q^\\top H Q` stays exact: tridiagonal within
+    blocks, plus the couplings :math:`f_e^\\top q_j` between the residual :math:`f_e` left at the end
+    :math:`e` of an earlier block and each later basis vector :math:`q_j`.
+    """
 
     def __init__(self, op: LinearOperator, v0: Tensor, max_steps: int, gen: torch.Generator) -> None:
         self.op = op
@@ -107,10 +114,14 @@ class _Lanczos:
         self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
         self.Q[0] = v0 / torch.linalg.vector_norm(v0)
         self.alphas: list[float] = []
-        self.betas: list[float] = []  # betas[j] couples step j and j+1 (0 after a restart)
+        self.betas: list[float] = []  # betas[j] couples step j and j+1 (0 at a block boundary)
         self.residual = 0.0  # |beta| of the last step: the factor of the residual bounds
         self.steps = 0
-        self.restarted = False
+        self.restarted = False  # the last step ended on breakdown and opened a new block
+        self.block_start = 0
+        self.ends: list[tuple[int, Tensor]] = []  # (index, residual f_e kept orthogonal to later q)
+        self.couplings: list[tuple[int, int, float]] = []
+        self._w: Tensor | None = None
 
     def _orthogonalize(self, w: Tensor, m: int) -> Tensor:
         basis = self.Q[:m]
@@ -118,13 +129,25 @@ class _Lanczos:
             w = w - basis.T @ (basis @ w)
         return w
 
+    def _grow(self) -> None:
+        if self.steps >= self.capacity:
+            grow = min(self.capacity * 2, self.max_steps + 1) - self.capacity
+            extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
+            self.Q = torch.cat([self.Q, extra])
+            self.capacity += grow
+
     def step(self) -> None:
         j = self.steps
         q = self.Q[j]
+        for e, f in self.ends:
+            c = float(torch.dot(f, q))
+            if c != 0.0:
+                self.couplings.append((e, j, c))
+                f.sub_(c * q)
         w = self.op.matvec(q)
         alpha = float(torch.dot(w, q))
         w = w - alpha * q
-        if j > 0 and self.betas[j - 1] != 0.0:
+        if j > self.block_start:
             w = w - self.betas[j - 1] * self.Q[j - 1]
         w = self._orthogonalize(w, j + 1)
         beta = float(torch.linalg.vector_norm(w))
@@ -132,43 +155,92 @@ class _Lanczos:
         self.steps += 1
         self.residual = beta
         self.restarted = False
+        self._w = w
         if self.steps >= self.op.num_params:
             self.residual = 0.0
             return
-        if j + 1 >= self.capacity:
-            grow = min(self.capacity * 2, self.max_steps + 1) - self.capacity
-            extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
-            self.Q = torch.cat([self.Q, extra])
-            self.capacity += grow
+        self._grow()
         scale = max(abs(a) for a in self.alphas) + max(self.betas, default=0.0)
         if beta <= 10 * torch.finfo(self.op.dtype).eps * max(scale, 1e-300):
-            # Invariant subspace: its Ritz values are exact. Continue in a fresh direction (block
-            # diagonal T) so that further copies of repeated eigenvalues can be found.
-            w = self._orthogonalize(random_vector(self.op, self.gen), j + 1)
-            self.betas.append(0.0)
-            self.residual = 0.0
+            # Invariant subspace: its Ritz values are exact; continue in a fresh direction.
+            self.new_block()
             self.restarted = True
-            self.Q[j + 1] = w / torch.linalg.vector_norm(w)
         else:
             self.betas.append(beta)
             self.Q[j + 1] = w / beta
 
-    def ritz(self) -> tuple[Tensor, Tensor]:
-        """Ritz values (ascending, float64 CPU) and the eigenvectors of T (columns)."""
+    def new_block(self) -> None:
+        """Continue from a random vector orthogonal to the basis (the current residual becomes an end)."""
         m = self.steps
-        T = torch.diag(torch.tensor(self.alphas, dtype=torch.float64))
-        if m > 1:
-            off = torch.tensor(self.betas[: m - 1], dtype=torch.float64)
+        assert self._w is not None and m < self.op.num_params
+        if len(self.betas) == m:
+            self.betas[-1] = 0.0
+        else:
+            self.betas.append(0.0)
+        self.ends.append((m - 1, self._w.clone()))
+        u = self._orthogonalize(random_vector(self.op, self.gen), m)
+        self.Q[m] = u / torch.linalg.vector_norm(u)
+        self.block_start = m
+        self.residual = 0.0
+
+    def ritz(self, start: int = 0) -> tuple[Tensor, Tensor]:
+        """Ritz values (ascending, float64 CPU) and eigenvectors (columns) of M, or of block ``start:``."""
+        m = self.steps
+        T = torch.diag(torch.tensor(self.alphas[start:m], dtype=torch.float64))
+        if m - start > 1:
+            off = torch.tensor(self.betas[start : m - 1], dtype=torch.float64)
             T = T + torch.diag(off, 1) + torch.diag(off, -1)
+        if start == 0:
+            for e, j, c in self.couplings:
+                if j < m:
+                    T[e, j] += c
+                    T[j, e] += c
         return torch.linalg.eigh(T)
 
     def bounds(self, S: Tensor) -> Tensor:
-        return (self.residual * S[-1, :]).abs()
+        """Upper bounds on ``||H Q s - theta Q s||`` for the Ritz vectors of M (columns of S)."""
+        out = (self.residual * S[-1, :]).abs()
+        for e, f in self.ends:
+            out = out + float(torch.linalg.vector_norm(f)) * S[e, :].abs()
+        return out
 
     def vectors(self, S: Tensor, idx: Sequence[int]) -> Tensor:
         coeffs = S[:, list(idx)].to(device=self.op.device, dtype=self.op.dtype)
         vecs = (self.Q[: self.steps].T @ coeffs).T
         return vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
+
+
+def _block_settled(run: _Lanczos, which: str, theta: Tensor, k: int, tol: float, floor: float) -> bool:
+    """Has the newest block resolved its extreme Ritz value(s) at the wanted end(s)?
+
+    Its extreme Ritz value approaches the extreme eigenvalue of the complement (where further copies
+    live) from inside. It counts as resolved once its within-block residual bound meets ``tol``, or is
+    below a tenth of its distance to the wanted set (then it is clearly not another copy).
+    """
+    t, s = run.ritz(run.block_start)
+    bounds = (run.residual * s[-1, :]).abs()
+    scale = float(theta.abs().max())
+    ends: list[tuple[int, float]] = []
+    if which in ("largest", "both"):
+        ends.append((-1, float(theta[-min(k, theta.numel())]) - float(t[-1])))
+    if which in ("smallest", "both"):
+        ends.append((0, float(t[0]) - float(theta[min(k, theta.numel()) - 1])))
+    for i, distance in ends:
+        value, bound = float(t[i]), float(bounds[i])
+        if not (bound <= tol * max(abs(value), floor * scale) or bound <= 0.1 * distance):
+            return False
+    return True
+
+
+def _block_found_more(run: _Lanczos, which: str, theta: Tensor, k: int) -> bool:
+    """Did the newest block's extreme value land among the wanted ones (a further copy, or better)?"""
+    t, _ = run.ritz(run.block_start)
+    found = False
+    if which in ("largest", "both"):
+        found |= float(t[-1]) >= float(theta[-min(k, theta.numel())])
+    if which in ("smallest", "both"):
+        found |= float(t[0]) <= float(theta[min(k, theta.numel()) - 1])
+    return found
 
 
 def lanczos(
@@ -179,17 +251,22 @@ def lanczos(
     max_iter: int | None = None,
     seed: int = 0,
     return_eigenvectors: bool = False,
+    find_copies: bool = True,
 ) -> EigenResult:
     """Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization.
 
     Stops when each wanted Ritz value :math:`\\theta_i` has residual bound
-    :math:`|\\beta_m s_{i,m}| \\le \\mathrm{tol} \\cdot \\max(|\\theta_i|, \\sqrt{\\epsilon}\\,\\|T\\|)`,
-    or after ``max_iter`` steps (``converged=False``), or when the Krylov space is the whole space (exact).
-    One run serves both ends for ``which="both"``.
+    :math:`r_i \\le \\mathrm{tol} \\cdot \\max(|\\theta_i|, \\sqrt{\\epsilon}\\,\\|M\\|)`,
+    or after ``max_iter`` steps (``converged`` then says whether the bounds hold), or when the basis spans
+    the whole space (exact). One run serves both ends for ``which="both"``.
 
-    A single start vector sees one direction of each eigenspace: of an eigenvalue repeated ``r`` times it
-    returns one copy (unless the Krylov space is exhausted, where a restart finds further copies). The
-    ``"power"`` backend, deflating, returns all copies.
+    One Krylov sequence sees a single direction of each eigenspace, so of an eigenvalue repeated ``r``
+    times it finds one copy. With ``find_copies`` (default), once the wanted values have converged a new
+    block starts from a random vector orthogonal to the basis: it runs on the complement, where the
+    further copies live, until its extreme Ritz value is resolved. If that value joins the wanted set,
+    another block follows; otherwise the result stands. This costs a few products more and makes the
+    values right on networks with symmetric units (e.g. a shallow ReLU net, whose Hessian repeats
+    eigenvalues across units).
 
     Args:
         op: the operator (e.g. a :class:`HessianOperator`).
@@ -197,8 +274,9 @@ def lanczos(
         which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or ``"both"``.
         tol: relative tolerance per eigenvalue.
         max_iter: the most steps (one product each); default ``min(n, max(100, 20 k))``.
-        seed: seeds the private generator of the start vector.
+        seed: seeds the private generator of the start vectors.
         return_eigenvectors: also return the Ritz vectors.
+        find_copies: look for further copies of repeated eigenvalues (see above).
 
     Returns:
         An :class:`EigenResult`; ``num_products`` counts this call's products.
@@ -210,26 +288,43 @@ def lanczos(
     need = min(n, 2 * k if which == "both" else k)
     floor = _floor(op.dtype)
     converged = False
-    theta, S = torch.empty(0, dtype=torch.float64), torch.empty(0, 0, dtype=torch.float64)
+    ok = False
+    m = 0
     while run.steps < run.max_steps:
         run.step()
-        if (run.steps < need or run.restarted) and run.steps < n:
+        m = run.steps
+        if m >= n:
+            converged = True
+            break
+        if m < need or run.restarted:
             continue
         theta, S = run.ritz()
         bounds = run.bounds(S)
         scale = float(theta.abs().max())
         wanted: list[int] = []
-        m = run.steps
         if which in ("largest", "both"):
             wanted += list(range(m - 1, m - 1 - min(k, m), -1))
         if which in ("smallest", "both"):
             wanted += list(range(min(k, m)))
         ok = all(float(bounds[i]) <= tol * max(abs(float(theta[i])), floor * scale) for i in wanted)
-        if ok or run.steps >= n:
+        if not ok:
+            continue
+        if not find_copies:
             converged = True
             break
-    if theta.numel() == 0 or theta.numel() != run.steps:
-        theta, S = run.ritz()
+        if run.block_start == 0:
+            run.new_block()
+            continue
+        if not _block_settled(run, which, theta, k, tol, floor):
+            continue
+        if _block_found_more(run, which, theta, k):
+            run.new_block()
+            continue
+        converged = True
+        break
+    if not converged:
+        converged = ok
+    theta, S = run.ritz()
     m = run.steps
     top = list(range(m - 1, m - 1 - min(k, m), -1))
     bottom = list(range(min(k, m)))
