@@ -351,7 +351,8 @@ class MultiSeedTrainer:
                     **kwargs,
                     max_epochs=1,
                     limit_train_batches=1,
-                    limit_val_batches=1,
+                    # A user who switched validation off keeps it off: the monitor must come from training.
+                    limit_val_batches=0 if self.trainer_kwargs.get("limit_val_batches") == 0 else 1,
                     num_sanity_val_steps=0,
                     logger=False,
                     enable_checkpointing=False,
