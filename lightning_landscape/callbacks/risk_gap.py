@@ -56,8 +56,8 @@ class RiskGapMonitor(Callback):
 
     Args:
         train_key: The key the module logs its training loss under.
-        val_key: The key the module logs its validation loss under; ``None`` logs no validation risk and no
-        gap.
+        val_key: The key the module logs its validation loss under; ``None`` logs no validation risk and
+            no gap.
         full_train_risk: Evaluate the training risk over the whole training set at the end of each epoch.
         optimal_risk: The known optimal risk :math:`R^\star`; ``None`` logs no optimality gap.
         optimality_of: Which risk the optimality gap is measured on: ``"train"`` or ``"val"``.
