@@ -117,3 +117,18 @@ class RecordStart(Callback):
 
 
 QUIET: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+class DieOnceInWorker(Callback):
+    """SIGKILLs a worker process (never the process that built it) the first time it trains ``seed``."""
+
+    def __init__(self, seed: int, marker: str) -> None:
+        self.seed, self.marker, self.driver_pid = seed, marker, os.getpid()
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if os.getpid() == self.driver_pid or int(os.environ.get("PL_GLOBAL_SEED", "-1")) != self.seed:
+            return
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from _tiny import QUIET, TinyData, TinyRegressor, loaders, val_loss
+from _tiny import QUIET, DieOnceInWorker, TinyData, TinyRegressor, loaders, val_loss
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -275,13 +275,20 @@ def test_vectorized_executor_dispatch(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ray_executor_matches_sequential(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    expected = fit(tmp_path / "seq", seeds=3).scores
+    marker = tmp_path / "worker_died"
+    # The same callback in both runs; it only ever kills a Ray worker, once, in seed 2.
+    trainer = {"callbacks": [DieOnceInWorker(seed=2, marker=str(marker))]}
+    expected = fit(tmp_path / "seq", seeds=3, trainer=trainer).scores
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
-        result = fit(tmp_path / "ray", seeds=3, executor="ray", max_concurrent=2)
+        result = fit(
+            tmp_path / "ray", seeds=3, executor="ray", max_concurrent=2, max_retries=1, trainer=trainer
+        )
     finally:
         ray.shutdown()
+    assert marker.exists(), "the worker of seed 2 was not killed: the retry went untested"
+    # Ray re-ran seed 2 after its worker died; the fresh attempt gives the uninterrupted score.
     assert result.scores == pytest.approx(expected, rel=1e-6)
     assert [r.status for r in result.runs] == ["finished"] * 3
     assert (tmp_path / "ray" / "best.ckpt").is_file() and (tmp_path / "ray" / "seeds.png").is_file()
