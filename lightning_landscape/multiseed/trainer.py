@@ -60,7 +60,6 @@ _MODES = ("min", "max")
 # Trainer arguments the multi-seed trainer sets itself, with what to use instead.
 _OWNED_TRAINER_ARGS = {
     "default_root_dir": "`root_dir` (each seed trains in root_dir/seed_<k>/)",
-    "ckpt_path": "nothing: an interrupted seed resumes from its own last.ckpt",
 }
 # Overrides that turn the user's Trainer into a one-batch probe of what gets logged.
 _PREFLIGHT_DROP = (

@@ -64,6 +64,8 @@ def test_best_seed_is_chosen_and_best_ckpt_reloads_to_its_score(tmp_path: Path) 
     assert result.best_model_path == str(tmp_path / "best.ckpt")
     assert filecmp.cmp(result.best_model_path, result.runs[result.best_seed].best_model_path, shallow=False)
     assert reload_score(result.best_model_path) == pytest.approx(result.best_score, rel=1e-5)
+    best = TinyRegressor.load_from_checkpoint(result.best_model_path, weights_only=True)
+    assert val_loss(best, loaders()[1]) == pytest.approx(result.best_score, rel=1e-5)
     scores = [r.score for r in result.runs]
     assert result.mean == pytest.approx(sum(scores) / 3)
     assert result.min == min(scores) and result.max == max(scores)
