@@ -153,19 +153,7 @@ class _VectorizedModule(_StackedEnsemble):
             config = template.configure_optimizers()
         finally:
             template.trainer = None
-        optimizers, schedulers, _ = _configure_optimizers(config)
-        if len(optimizers) != 1:
-            raise VectorizationError(
-                f"Cannot vectorize: configure_optimizers returned {len(optimizers)} optimizers; one is "
-                f"supported. {_SEQUENTIAL_HINT}"
-            )
-        for sched in schedulers:
-            if isinstance(_scheduler_of(sched), torch.optim.lr_scheduler.ReduceLROnPlateau):
-                raise VectorizationError(
-                    "Cannot vectorize ReduceLROnPlateau: it reacts to one monitored value, not to each "
-                    f"member's. {_SEQUENTIAL_HINT}"
-                )
-        _rebind_optimizer(optimizers[0], template.net, self.members)
+        _rebind_optimizer(_single_optimizer(config), template.net, self.members)
         return config
 
 
@@ -327,6 +315,12 @@ def _precheck_optimizer(template: LightningModule) -> None:
         config: Any = template.configure_optimizers()
     except Exception:
         return
+    # Rebinding onto its own net checks the optimizer's type and parameters and changes nothing else.
+    _rebind_optimizer(_single_optimizer(config), template.net, template.net)  # type: ignore[arg-type]
+
+
+def _single_optimizer(config: Any) -> torch.optim.Optimizer:
+    """The one optimizer of a ``configure_optimizers`` result; refuse several, and ReduceLROnPlateau."""
     optimizers, schedulers, _ = _configure_optimizers(config)
     if len(optimizers) != 1:
         raise VectorizationError(
@@ -339,8 +333,7 @@ def _precheck_optimizer(template: LightningModule) -> None:
                 "Cannot vectorize ReduceLROnPlateau: it reacts to one monitored value, not to each "
                 f"member's. {_SEQUENTIAL_HINT}"
             )
-    # Rebinding onto its own net checks the optimizer's type and parameters and changes nothing else.
-    _rebind_optimizer(optimizers[0], template.net, template.net)  # type: ignore[arg-type]
+    return optimizers[0]
 
 
 def _export_member(ensemble: _StackedEnsemble, template: LightningModule, k: int, path: Path) -> None:
