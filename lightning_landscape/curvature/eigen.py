@@ -96,6 +96,61 @@ def default_max_iter(n: int, k: int) -> int:
     return min(n, max(100, 20 * k))
 
 
+# Weight of the random part of a warm start, relative to the unit warm vector. The random part gives every
+# eigendirection a component of about WARM_MIX / sqrt(n), whatever v0 is: a v0 that is (nearly) an
+# eigenvector of a non-extreme eigenvalue, or orthogonal to a top direction that appeared since, still
+# leaves Lanczos a seed to grow the true extreme directions from (a cold start has 1 / sqrt(n)), so the
+# result is right from any v0 and a wrong one costs only about log(1 / WARM_MIX) extra steps. A good v0
+# starts with error components of about WARM_MIX instead of 1, which saves about log(sqrt(n) / WARM_MIX) steps
+# of error reduction: a small weight keeps most of the saving. It also rules out an exact eigenvector as the
+# start, whose one-dimensional Krylov space would break down at the first step.
+WARM_MIX = 1e-2
+
+
+def check_start_vector(v0: Any, num_params: int) -> None:
+    """Validate a warm start ``v0``: a flat ``[n]`` vector or a ``[j, n]`` block of non-zero finite rows.
+
+    Raises:
+        TypeError: if ``v0`` is not a tensor.
+        ValueError: for a wrong shape, non-finite entries, a zero row or rows that sum to zero.
+    """
+    if not isinstance(v0, Tensor):
+        raise TypeError(f"`v0` must be None or a tensor of shape [n] or [j, n], got {type(v0).__name__}.")
+    shape = tuple(v0.shape)
+    if not (
+        (v0.dim() == 1 and shape[0] == num_params)
+        or (v0.dim() == 2 and shape[0] >= 1 and shape[1] == num_params)
+    ):
+        raise ValueError(
+            f"`v0` must have shape [n] or [j, n] with n = {num_params} (the number of trainable parameters), "
+            f"got {list(shape)}."
+        )
+    if v0.is_complex() or not v0.is_floating_point():
+        raise ValueError(f"`v0` must be a real floating-point tensor, got dtype {v0.dtype}.")
+    if not bool(torch.isfinite(v0).all()):
+        raise ValueError("`v0` must be finite, got NaN or infinite entries.")
+    rows = v0.detach().reshape(-1, num_params).to(torch.float64)
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    if bool((norms == 0).any()):
+        raise ValueError("`v0` must have non-zero rows, got a zero vector.")
+    if float(torch.linalg.vector_norm((rows / norms[:, None]).sum(0))) <= 1e-8 * rows.shape[0]:
+        raise ValueError(
+            "`v0`: the normalized rows sum to zero; pass one of them or vectors that do not cancel."
+        )
+
+
+def warm_start_vector(op: LinearOperator, v0: Tensor, gen: torch.Generator) -> Tensor:
+    """The start vector for a warm start: the normalized sum of ``v0``'s unit rows plus a small random part.
+
+    ``v0`` must have passed :func:`check_start_vector`. One Gaussian vector is drawn from ``gen``.
+    """
+    rows = v0.detach().reshape(-1, op.num_params).to(device=op.device, dtype=op.dtype)
+    warm = (rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True)).sum(0)
+    warm = warm / torch.linalg.vector_norm(warm)
+    noise = random_vector(op, gen)
+    return warm + WARM_MIX * noise / torch.linalg.vector_norm(noise)
+
+
 class _Lanczos:
     """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) and restarted blocks.
 
@@ -252,6 +307,7 @@ def lanczos(
     seed: int = 0,
     return_eigenvectors: bool = False,
     find_copies: bool = True,
+    v0: Tensor | None = None,
 ) -> EigenResult:
     """Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -277,14 +333,25 @@ def lanczos(
         seed: seeds the private generator of the start vectors.
         return_eigenvectors: also return the Ritz vectors.
         find_copies: look for further copies of repeated eigenvalues (see above).
+        v0: warm start: a flat vector of length ``n`` or a ``[j, n]`` block (e.g. the Ritz vectors of an
+            earlier call at nearby weights); the run starts from the normalized sum of its unit rows plus a
+            random part of relative weight ``WARM_MIX`` (0.01) from the seeded generator, so any ``v0``
+            gives the right values and a good one needs fewer products. ``None`` (default): a random start.
 
     Returns:
         An :class:`EigenResult`; ``num_products`` counts this call's products.
+
+    Raises:
+        TypeError: if ``v0`` is not a tensor.
+        ValueError: if ``v0`` has the wrong shape, non-finite entries, a zero row or rows that cancel.
     """
     n = op.num_params
+    if v0 is not None:
+        check_start_vector(v0, n)
     steps = default_max_iter(n, k) if max_iter is None else max_iter
     gen = make_generator(seed)
-    run = _Lanczos(op, random_vector(op, gen), steps, gen)
+    start = random_vector(op, gen) if v0 is None else warm_start_vector(op, v0, gen)
+    run = _Lanczos(op, start, steps, gen)
     need = min(n, 2 * k if which == "both" else k)
     floor = _floor(op.dtype)
     converged = False
@@ -357,6 +424,7 @@ def _power_one(
     max_iter: int,
     gen: torch.Generator,
     scale: float,
+    start: Tensor | None = None,
 ) -> tuple[float, Tensor, bool]:
     """Dominant eigenpair of ``sign * H + shift * I`` on the complement of ``found``; returns H's value."""
     basis = torch.stack(found) if found else None
@@ -366,7 +434,7 @@ def _power_one(
             x = x - basis.T @ (basis @ x)
         return x / torch.linalg.vector_norm(x)
 
-    v = project(random_vector(op, gen))
+    v = project(random_vector(op, gen) if start is None else start)
     theta = 0.0
     floor = _floor(op.dtype)
     for _ in range(max_iter):
@@ -394,6 +462,7 @@ def power_iteration(
     max_iter: int | None = None,
     seed: int = 0,
     return_eigenvectors: bool = False,
+    v0: Tensor | None = None,
 ) -> EigenResult:
     """Extreme eigenvalues by power iteration with deflation (for comparison with Lanczos).
 
@@ -411,11 +480,22 @@ def power_iteration(
         max_iter: the most iterations per eigenvalue (default 1000).
         seed: seeds the private generator of the start vectors.
         return_eigenvectors: also return the eigenvectors.
+        v0: warm start, as in :func:`lanczos` (the normalized sum of its unit rows plus a small seeded random
+            part): it starts the dominant run and the first run at each wanted end (power iteration on
+            :math:`\rho I - H` damps the top components of a vector that holds both ends); runs deflated
+            against values already found start at random. ``None``: all start at random.
+
+    Raises:
+        TypeError: if ``v0`` is not a tensor.
+        ValueError: if ``v0`` has the wrong shape, non-finite entries, a zero row or rows that cancel.
     """
+    if v0 is not None:
+        check_start_vector(v0, op.num_params)
     iters = _POWER_MAX_ITER if max_iter is None else max_iter
     gen = make_generator(seed)
     start = getattr(op, "num_products", 0)
-    lam_d, v_d, ok_d = _power_one(op, 0.0, 1.0, [], tol, iters, gen, 0.0)
+    first = None if v0 is None else warm_start_vector(op, v0, gen)
+    lam_d, v_d, ok_d = _power_one(op, 0.0, 1.0, [], tol, iters, gen, 0.0, first)
     rho = abs(lam_d)
     all_ok = ok_d
 
@@ -427,7 +507,7 @@ def power_iteration(
             values.append(lam_d)
             vectors.append(v_d)
         while len(values) < k:
-            lam, v, ok = _power_one(op, rho, sign, vectors, tol, iters, gen, rho)
+            lam, v, ok = _power_one(op, rho, sign, vectors, tol, iters, gen, rho, None if vectors else first)
             all_ok = all_ok and ok
             values.append(lam)
             vectors.append(v)
@@ -495,6 +575,7 @@ def hessian_eigenvalues(
     train_mode: bool = False,
     memory: MemoryMode = "auto",
     seed: int = 0,
+    v0: Tensor | None = None,
 ) -> EigenResult:
     """Extreme eigenvalues of the Hessian of a model's mean loss over fixed batches.
 
@@ -521,15 +602,22 @@ def hessian_eigenvalues(
         train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see :class:`HessianOperator`).
         seed: seeds the private generator of start vectors (the global RNG is never touched).
+        v0: warm start (Lanczos and power only): a flat vector of length ``n`` (the number of trainable
+            parameters) or a ``[j, n]`` block, typically the ``eigenvectors`` (and ``smallest_eigenvectors``)
+            of an earlier call at nearby weights; the solver starts from the normalized sum of its unit rows
+            plus a 1% random part, so the values are right from any ``v0`` and take fewer products from a good
+            one (see :func:`lanczos`). ``backend="pyhessian"`` draws its own start and refuses a ``v0``.
 
     Returns:
         An :class:`EigenResult`.
 
     Raises:
-        TypeError: for a non-module model, a non-callable ``loss_fn`` or batches that are not a list.
+        TypeError: for a non-module model, a non-callable ``loss_fn``, batches that are not a list or a
+            ``v0`` that is not a tensor.
         ValueError: for ``k < 1``, ``k >=`` the number of trainable parameters, ``tol <= 0``, a bad
             ``which``, ``backend``, ``memory`` or ``max_iter``, empty batches, no trainable parameters, a
-            non-scalar loss, or ``which != "largest"`` with ``backend="pyhessian"``.
+            non-scalar loss, ``which != "largest"`` with ``backend="pyhessian"``, or a ``v0`` of the wrong
+            shape, not finite, with a zero row or given with ``backend="pyhessian"``.
         NonFiniteError: if the loss or a Hessian-vector product is not finite.
 
     Example::
@@ -548,6 +636,13 @@ def hessian_eigenvalues(
         raise ValueError(f"`which` must be one of {_WHICH}, got {which!r}.")
     if backend not in _BACKENDS:
         raise ValueError(f"`backend` must be one of {_BACKENDS}, got {backend!r}.")
+    if v0 is not None:
+        if backend == "pyhessian":
+            raise ValueError(
+                "`v0` is not supported with backend='pyhessian' (it draws its own start vectors); "
+                "use backend='lanczos' or 'power', or v0=None."
+            )
+        check_start_vector(v0, n)
     if backend == "pyhessian":
         from lightning_landscape.curvature._pyhessian import pyhessian_eigenvalues
 
@@ -557,7 +652,7 @@ def hessian_eigenvalues(
     op = HessianOperator(model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed)
     solver: Callable[..., EigenResult] = lanczos if backend == "lanczos" else power_iteration
     try:
-        result = solver(op, k, which, tol, max_iter, seed, return_eigenvectors)
+        result = solver(op, k, which, tol, max_iter, seed, return_eigenvectors, v0=v0)
     finally:
         op.close()
     result.num_products = op.num_products

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import pytest
 import torch
-from cases import CASE_NAMES, case, truth
+from cases import CASE_NAMES, Case, case, dense_hessian, truth
 
-from lightning_landscape.curvature import EigenResult, HessianOperator, hessian_eigenvalues, lanczos
+from lightning_landscape.curvature import EigenResult, HessianOperator, eigen, hessian_eigenvalues, lanczos
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
 
@@ -155,3 +157,172 @@ def test_seed_reproducible_and_private() -> None:
     b = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=2, tol=1e-3, seed=3)
     assert isinstance(a, EigenResult)
     assert torch.equal(a.eigenvalues, b.eigenvalues) and a.num_products == b.num_products
+
+
+# --- warm start -------------------------------------------------------------------------------------
+
+
+def moved(c: Case, scale: float = 1e-2, seed: int = 1) -> Case:
+    """``c`` after a small step: each parameter moves by ``scale`` of its RMS value in a random direction."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in c.model.parameters():
+            rms = p.norm() / p.numel() ** 0.5
+            p.add_(scale * rms * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return c
+
+
+def ritz_block(res: EigenResult) -> torch.Tensor:
+    assert res.eigenvectors is not None
+    if res.smallest_eigenvectors is None:
+        return res.eigenvectors
+    return torch.cat([res.eigenvectors, res.smallest_eigenvectors])
+
+
+@pytest.mark.parametrize(
+    ("name", "k", "which"),
+    [
+        ("relu_init", 1, "largest"),
+        ("relu_init", 1, "both"),
+        ("cnn_bn", 1, "largest"),
+        ("cnn_bn", 1, "both"),
+        ("cnn_bn", 3, "largest"),
+        ("transformer", 1, "largest"),
+        ("transformer", 1, "both"),
+    ],
+)
+def test_warm_start_same_values_fewer_products(name: str, k: int, which: Literal["largest", "both"]) -> None:
+    # The previous probe's Ritz vectors, then the weights move a little: the warm start must reach the
+    # dense truth of the *new* Hessian as the cold start does, with fewer products.
+    c = case(name)
+    before = hessian_eigenvalues(
+        c.model, c.loss_fn, c.batches, k=k, which=which, tol=1e-6, return_eigenvectors=True
+    )
+    moved(c)
+    ev = torch.linalg.eigvalsh(dense_hessian(c))
+    assert rel_err(before.eigenvalues, ev.flip(0)[:k]) > 2 * REL  # the Hessian did change
+    cold = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=k, which=which, tol=1e-6)
+    warm = hessian_eigenvalues(
+        c.model, c.loss_fn, c.batches, k=k, which=which, tol=1e-6, v0=ritz_block(before)
+    )
+    for res in (cold, warm):
+        assert res.converged and rel_err(res.eigenvalues, ev.flip(0)[:k]) < REL
+        if which == "both":
+            assert res.smallest is not None and rel_err(res.smallest, ev[:k]) < REL
+    assert warm.num_products < cold.num_products, (warm.num_products, cold.num_products)
+
+
+@pytest.mark.parametrize("name", ["cnn_bn", "transformer"])
+def test_power_warm_start(name: str) -> None:
+    c = case(name)
+    before = hessian_eigenvalues(c.model, c.loss_fn, c.batches, tol=1e-4, return_eigenvectors=True)
+    moved(c)
+    ev = torch.linalg.eigvalsh(dense_hessian(c))
+    kwargs: dict[str, Any] = {"tol": 1e-4, "backend": "power", "max_iter": 3000}
+    cold = hessian_eigenvalues(c.model, c.loss_fn, c.batches, **kwargs)
+    warm = hessian_eigenvalues(c.model, c.loss_fn, c.batches, v0=ritz_block(before), **kwargs)
+    for res in (cold, warm):
+        assert res.converged and rel_err(res.eigenvalues, ev[-1:]) < REL
+    assert warm.num_products < cold.num_products, (warm.num_products, cold.num_products)
+
+
+def test_warm_start_from_wrong_vectors_is_still_right() -> None:
+    # relu_init: top-5 = 12.3, 3.56, then 3.45 repeated. Start from exact eigenvectors of the wrong
+    # eigenvalues: of lambda_2 alone (Lanczos would stop at 3.56 without the random part), of the bottom of
+    # the spectrum, and a block from the bulk.
+    c = case("relu_init")
+    ev, vecs = torch.linalg.eigh(dense_hessian(c))
+    n = ev.numel()
+    starts = {
+        "second": vecs[:, -2],
+        "bottom": vecs[:, 0],
+        "bulk": vecs[:, n // 2 - 2 : n // 2 + 2].T.contiguous(),
+    }
+    for label, v0 in starts.items():
+        top = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=1, tol=1e-6, v0=v0)
+        assert top.converged and rel_err(top.eigenvalues, ev[-1:]) < REL, label
+        top5 = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=5, tol=1e-6, v0=v0)
+        assert top5.converged and rel_err(top5.eigenvalues, ev.flip(0)[:5]) < REL, label
+        low = hessian_eigenvalues(c.model, c.loss_fn, c.batches, which="smallest", tol=1e-6, v0=-v0)
+        assert low.converged and rel_err(low.eigenvalues, ev[:1]) < REL, label
+        power = hessian_eigenvalues(
+            c.model, c.loss_fn, c.batches, tol=1e-4, backend="power", max_iter=3000, v0=v0
+        )
+        assert power.converged and rel_err(power.eigenvalues, ev[-1:]) < REL, label
+    # The same v0 gives the same result: the random part comes from the seeded private generator.
+    a = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=2, tol=1e-3, v0=starts["bulk"], seed=5)
+    b = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=2, tol=1e-3, v0=starts["bulk"], seed=5)
+    assert torch.equal(a.eigenvalues, b.eigenvalues) and a.num_products == b.num_products
+
+
+def test_warm_start_breakdown_opens_a_random_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the random part, an exact eigenvector spans an invariant subspace: Lanczos breaks down at the
+    # first step and must go on from a fresh random block to find the true top.
+    values = torch.cat([torch.tensor([-50.0, 10.0, 9.0, 8.5]), torch.linspace(-1, 1, 496)])
+    e9 = torch.zeros(500, dtype=torch.float64)
+    e9[2] = 1.0
+    monkeypatch.setattr(eigen, "WARM_MIX", 0.0)
+    res = lanczos(DiagOperator(values), k=2, tol=1e-8, v0=e9)
+    assert res.converged
+    assert torch.allclose(res.eigenvalues, torch.tensor([10.0, 9.0], dtype=torch.float64), rtol=1e-8)
+    monkeypatch.undo()
+    # With it (the default) the same start converges too, from a proper Krylov sequence.
+    mixed = lanczos(DiagOperator(values), k=2, tol=1e-8, v0=e9)
+    assert mixed.converged
+    assert torch.allclose(mixed.eigenvalues, torch.tensor([10.0, 9.0], dtype=torch.float64), rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("v0", "error", "match"),
+    [
+        ([1.0] * 61, TypeError, r"`v0` must be None or a tensor of shape \[n\] or \[j, n\], got list"),
+        (torch.ones(60), ValueError, r"`v0` must have shape \[n\] or \[j, n\] with n = 61 .* got \[60\]"),
+        (torch.ones(2, 62), ValueError, r"`v0` must have shape .* got \[2, 62\]"),
+        (torch.ones(0, 61), ValueError, r"`v0` must have shape .* got \[0, 61\]"),
+        (torch.ones(1, 1, 61), ValueError, r"`v0` must have shape .* got \[1, 1, 61\]"),
+        (torch.ones(61, dtype=torch.long), ValueError, r"`v0` must be a real floating-point tensor"),
+        (torch.full((61,), float("nan")), ValueError, r"`v0` must be finite"),
+        (
+            torch.stack([torch.ones(61), torch.zeros(61)]),
+            ValueError,
+            r"`v0` must have non-zero rows",
+        ),
+        (
+            torch.stack([torch.ones(61), -torch.ones(61)]),
+            ValueError,
+            r"`v0`: the normalized rows sum to zero",
+        ),
+    ],
+)
+def test_bad_v0_errors_before_any_product(v0: Any, error: type[Exception], match: str) -> None:
+    c = case("relu_init")
+    loss = CountingLoss(c.loss_fn)
+    with pytest.raises(error, match=match):
+        hessian_eigenvalues(c.model, loss, c.batches, v0=v0)
+    with pytest.raises(error, match=match):
+        hessian_eigenvalues(c.model, loss, c.batches, backend="power", v0=v0)
+    assert loss.calls == 0
+    op = DiagOperator(torch.linspace(0, 1, 61))
+    with pytest.raises(error, match=match):
+        lanczos(op, v0=v0)
+    assert op.num_products == 0
+
+
+def test_pyhessian_refuses_v0() -> None:
+    c = case("relu_init")
+    loss = CountingLoss(c.loss_fn)
+    with pytest.raises(ValueError, match=r"`v0` is not supported with backend='pyhessian'"):
+        hessian_eigenvalues(c.model, loss, c.batches, backend="pyhessian", v0=torch.ones(61))
+    assert loss.calls == 0
+
+
+class CountingLoss:
+    """Counts its calls: argument errors must come before any evaluation."""
+
+    def __init__(self, loss_fn: Any) -> None:
+        self.loss_fn = loss_fn
+        self.calls = 0
+
+    def __call__(self, model: Any, batch: Any) -> torch.Tensor:
+        self.calls += 1
+        return self.loss_fn(model, batch)
