@@ -7,10 +7,12 @@ import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
 from typing_extensions import override
 
 from lightning_landscape.callbacks import _tags
@@ -65,6 +67,13 @@ class HessianEigenMonitor(Callback):
     values and rank zero writes them. A probe whose loss or products are not finite is skipped with one
     warning.
 
+    With ``warm_start`` (default) each probe's Lanczos (or power) iteration starts from the Ritz vectors of
+    the previous probe (top-``k``, and bottom-``k`` with ``smallest``) plus a small seeded random part: the
+    weights move little between probes, so the iteration needs fewer products, and the values are as
+    accurate as from a random start (each is still held to ``tol``). The vectors live on the module's device
+    and in this callback's ``state_dict``, so a resumed run continues exactly as the uninterrupted one; they
+    are dropped when the number of trainable parameters changes. ``backend="pyhessian"`` starts cold.
+
     Args:
         k: How many of the largest eigenvalues.
         every_n_steps: Probe after every this many optimizer steps; ``None`` for none.
@@ -85,6 +94,7 @@ class HessianEigenMonitor(Callback):
         train_mode: Evaluate the loss in the module's own train/eval mode instead of eval mode.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"``: keep the gradient graph between products or not.
         seed: Seeds the probe batches' draw and the solvers' start vectors.
+        warm_start: Start each probe from the previous probe's Ritz vectors (Lanczos and power backends).
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``).
@@ -120,6 +130,7 @@ class HessianEigenMonitor(Callback):
         train_mode: bool = False,
         memory: Literal["auto", "reuse", "recompute"] = "auto",
         seed: int = 0,
+        warm_start: bool = True,
     ) -> None:
         _check_int("k", k, 1)
         _check_int("every_n_steps", every_n_steps, 1, optional=True)
@@ -162,12 +173,15 @@ class HessianEigenMonitor(Callback):
         self.train_mode = bool(train_mode)
         self.memory = memory
         self.seed = seed
+        self.warm_start = bool(warm_start)
         self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
         self._batches: list[Any] | None = None
         self._last_probe_step = -1
         self.num_probes = 0
         self.num_skipped = 0
         self.total_products = 0
+        # Ritz vectors of the last probe, [j, n] on the module's device: the next probe's start.
+        self._warm_vectors: Tensor | None = None
 
     @property
     @override
@@ -222,6 +236,7 @@ class HessianEigenMonitor(Callback):
         self._last_probe_step = trainer.global_step
         loss_fn = self._loss_fn if self._loss_fn is not None else TrainingStepLoss()
         common: dict[str, Any] = {"train_mode": self.train_mode, "memory": self.memory, "seed": self.seed}
+        warm = self.warm_start and self.backend != "pyhessian"
         try:
             result = hessian_eigenvalues(
                 pl_module,
@@ -232,6 +247,8 @@ class HessianEigenMonitor(Callback):
                 tol=self.tol,
                 max_iter=self.max_iter,
                 backend=self.backend,
+                return_eigenvectors=warm,
+                v0=self._start_vectors(pl_module) if warm else None,
                 **common,
             )
             metrics = {_tags.hessian_eig_tag(i + 1): float(v) for i, v in enumerate(result.eigenvalues)}
@@ -265,6 +282,11 @@ class HessianEigenMonitor(Callback):
                 category=RuntimeWarning,
             )
             return
+        if warm and result.eigenvectors is not None:
+            vectors = [result.eigenvectors]
+            if result.smallest_eigenvectors is not None:
+                vectors.append(result.smallest_eigenvectors)
+            self._warm_vectors = torch.cat(vectors).detach()
         self.num_probes += 1
         self.total_products += products
         metrics[_tags.HESSIAN_NUM_PRODUCTS] = float(products)
@@ -275,14 +297,36 @@ class HessianEigenMonitor(Callback):
             grid, dens = sd.on_grid()
             add_density(trainer, _tags.HESSIAN_DENSITY, grid, dens, float(sd.num_params), step)
 
+    def _start_vectors(self, pl_module: pl.LightningModule) -> Tensor | None:
+        """The warm start for this probe: the last probe's Ritz vectors, if they still fit the model.
+
+        Under DDP every rank holds the same vectors: they come out of identical Lanczos runs on all-reduced
+        products (or from the same checkpoint), so every rank starts from the same ``v0``.
+        """
+        vectors = self._warm_vectors
+        if vectors is None:
+            return None
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        if not params or vectors.shape[-1] != sum(p.numel() for p in params):
+            # The trainable parameters changed (e.g. layers frozen or unfrozen): the vectors mean nothing now.
+            self._warm_vectors = None
+            return None
+        vectors = vectors.to(device=params[0].device, dtype=params[0].dtype)
+        self._warm_vectors = vectors
+        return vectors
+
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "last_probe_step": self._last_probe_step,
             "num_probes": self.num_probes,
             "num_skipped": self.num_skipped,
             "total_products": self.total_products,
         }
+        if self._warm_vectors is not None:
+            # On the CPU, so that the checkpoint loads on any device (moved back at the next probe).
+            state["warm_vectors"] = self._warm_vectors.detach().cpu().clone()
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -290,3 +334,5 @@ class HessianEigenMonitor(Callback):
         self.num_probes = int(state_dict.get("num_probes", 0))
         self.num_skipped = int(state_dict.get("num_skipped", 0))
         self.total_products = int(state_dict.get("total_products", 0))
+        warm = state_dict.get("warm_vectors", None)
+        self._warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None

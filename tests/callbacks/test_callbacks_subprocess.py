@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,8 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path, trainer_kwargs: dic
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Every rank took part in every probe.
     assert "rank 0 probes 3" in proc.stdout and "rank 1 probes 3" in proc.stdout, proc.stdout
+    digests = re.findall(r"rank (\d) warm (\w+)", proc.stdout)
+    assert len(digests) == 2 and digests[0][1] == digests[1][1] != "none", digests
     ddp = read_scalars(tmp_path / "ddp")
 
     pl.seed_everything(11)
