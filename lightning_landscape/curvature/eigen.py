@@ -177,6 +177,10 @@ class _Lanczos:
         self.ends: list[tuple[int, Tensor]] = []  # (index, residual f_e kept orthogonal to later q)
         self.couplings: list[tuple[int, int, float]] = []
         self._w: Tensor | None = None
+        # M itself, kept up to date entry by entry (rebuilding it for every Ritz check costs more than the
+        # small eigh); leading m x m block after m steps.
+        self.M = torch.zeros(self.capacity, self.capacity, dtype=torch.float64)
+        self._ritz_cache: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _orthogonalize(self, w: Tensor, m: int) -> Tensor:
         basis = self.Q[:m]
@@ -189,15 +193,21 @@ class _Lanczos:
             grow = min(self.capacity * 2, self.max_steps + 1) - self.capacity
             extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
             self.Q = torch.cat([self.Q, extra])
+            M = torch.zeros(self.capacity + grow, self.capacity + grow, dtype=torch.float64)
+            M[: self.capacity, : self.capacity] = self.M
+            self.M = M
             self.capacity += grow
 
     def step(self) -> None:
         j = self.steps
         q = self.Q[j]
+        self._ritz_cache.clear()
         for e, f in self.ends:
             c = float(torch.dot(f, q))
             if c != 0.0:
                 self.couplings.append((e, j, c))
+                self.M[e, j] += c
+                self.M[j, e] += c
                 f.sub_(c * q)
         w = self.op.matvec(q)
         alpha = float(torch.dot(w, q))
@@ -207,6 +217,7 @@ class _Lanczos:
         w = self._orthogonalize(w, j + 1)
         beta = float(torch.linalg.vector_norm(w))
         self.alphas.append(alpha)
+        self.M[j, j] = alpha
         self.steps += 1
         self.residual = beta
         self.restarted = False
@@ -222,6 +233,8 @@ class _Lanczos:
             self.restarted = True
         else:
             self.betas.append(beta)
+            self.M[j, j + 1] = beta
+            self.M[j + 1, j] = beta
             self.Q[j + 1] = w / beta
 
     def new_block(self) -> None:
@@ -230,6 +243,8 @@ class _Lanczos:
         assert self._w is not None and m < self.op.num_params
         if len(self.betas) == m:
             self.betas[-1] = 0.0
+            self.M[m - 1, m] = 0.0
+            self.M[m, m - 1] = 0.0
         else:
             self.betas.append(0.0)
         self.ends.append((m - 1, self._w.clone()))
@@ -240,17 +255,10 @@ class _Lanczos:
 
     def ritz(self, start: int = 0) -> tuple[Tensor, Tensor]:
         """Ritz values (ascending, float64 CPU) and eigenvectors (columns) of M, or of block ``start:``."""
-        m = self.steps
-        T = torch.diag(torch.tensor(self.alphas[start:m], dtype=torch.float64))
-        if m - start > 1:
-            off = torch.tensor(self.betas[start : m - 1], dtype=torch.float64)
-            T = T + torch.diag(off, 1) + torch.diag(off, -1)
-        if start == 0:
-            for e, j, c in self.couplings:
-                if j < m:
-                    T[e, j] += c
-                    T[j, e] += c
-        return torch.linalg.eigh(T)
+        # A block after the first holds no coupling: every end lies before the block that it couples to.
+        if start not in self._ritz_cache:
+            self._ritz_cache[start] = torch.linalg.eigh(self.M[start : self.steps, start : self.steps])
+        return self._ritz_cache[start]
 
     def bounds(self, S: Tensor) -> Tensor:
         """Upper bounds on ``||H Q s - theta Q s||`` for the Ritz vectors of M (columns of S)."""
@@ -366,14 +374,14 @@ def lanczos(
         if m < need or run.restarted:
             continue
         theta, S = run.ritz()
-        bounds = run.bounds(S)
-        scale = float(theta.abs().max())
+        values, bounds = theta.tolist(), run.bounds(S).tolist()
+        scale = max(abs(x) for x in values)
         wanted: list[int] = []
         if which in ("largest", "both"):
             wanted += list(range(m - 1, m - 1 - min(k, m), -1))
         if which in ("smallest", "both"):
             wanted += list(range(min(k, m)))
-        ok = all(float(bounds[i]) <= tol * max(abs(float(theta[i])), floor * scale) for i in wanted)
+        ok = all(bounds[i] <= tol * max(abs(values[i]), floor * scale) for i in wanted)
         if not ok:
             continue
         if not find_copies:
