@@ -96,14 +96,16 @@ def default_max_iter(n: int, k: int) -> int:
     return min(n, max(100, 20 * k))
 
 
-# Weight of the random part of a warm start, relative to the unit warm vector. The random part gives every
-# eigendirection a component of about WARM_MIX / sqrt(n), whatever v0 is: a v0 that is (nearly) an
-# eigenvector of a non-extreme eigenvalue, or orthogonal to a top direction that appeared since, still
-# leaves Lanczos a seed to grow the true extreme directions from (a cold start has 1 / sqrt(n)), so the
-# result is right from any v0 and a wrong one costs only about log(1 / WARM_MIX) extra steps. A good v0
-# starts with error components of about WARM_MIX instead of 1, which saves about log(sqrt(n) / WARM_MIX) steps
-# of error reduction: a small weight keeps most of the saving. It also rules out an exact eigenvector as the
-# start, whose one-dimensional Krylov space would break down at the first step.
+# Weight of the random part of a warm start, relative to the unit warm vector. It gives every eigendirection a
+# component of about WARM_MIX / sqrt(n) whatever v0 is, so a v0 that is (nearly) an eigenvector of a
+# non-extreme eigenvalue, or orthogonal to a top direction that appeared since, still leaves Lanczos a seed to
+# grow the extreme directions from (a cold start has 1 / sqrt(n)); and no start is an exact eigenvector, whose
+# one-dimensional Krylov space breaks down at the first step (that path works too: a random block follows).
+# A good v0 starts with error components of about WARM_MIX instead of 1: a small weight keeps most of the
+# saving, a wrong v0 costs about log(1 / WARM_MIX) steps more. The seed alone cannot stop the residual test
+# from accepting a wrong eigenvalue early when the spectrum is flat around it (residual ~ WARM_MIX * spread):
+# the guarantee comes from `find_copies`, whose block from a random vector on the complement must fail to
+# find anything beyond the accepted values before the result stands.
 WARM_MIX = 1e-2
 
 
@@ -343,8 +345,10 @@ def lanczos(
         find_copies: look for further copies of repeated eigenvalues (see above).
         v0: warm start: a flat vector of length ``n`` or a ``[j, n]`` block (e.g. the Ritz vectors of an
             earlier call at nearby weights); the run starts from the normalized sum of its unit rows plus a
-            random part of relative weight ``WARM_MIX`` (0.01) from the seeded generator, so any ``v0``
-            gives the right values and a good one needs fewer products. ``None`` (default): a random start.
+            random part of relative weight ``WARM_MIX`` (0.01) from the seeded generator. With
+            ``find_copies`` (whose random block checks the complement) any ``v0`` gives the right values and
+            a good one needs fewer products; without it a ``v0`` near a wrong eigenvector can stop there.
+            ``None`` (default): a random start.
 
     Returns:
         An :class:`EigenResult`; ``num_products`` counts this call's products.

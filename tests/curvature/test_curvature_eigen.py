@@ -272,6 +272,21 @@ def test_warm_start_breakdown_opens_a_random_block(monkeypatch: pytest.MonkeyPat
     assert torch.allclose(mixed.eigenvalues, torch.tensor([10.0, 9.0], dtype=torch.float64), rtol=1e-8)
 
 
+def test_warm_start_near_a_wrong_eigenvector_in_a_flat_spectrum() -> None:
+    # Top 1.1 above a flat bulk near 1.0, v0 = an eigenvector of 1.0: the residual of the start is only
+    # ~0.01 * the spread of the bulk, so the residual test alone accepts 1.0 at once. The random block of
+    # the copy search (on by default) finds 1.1 beyond it.
+    gen = torch.Generator().manual_seed(1)
+    bulk = 1.0 - 0.01 * torch.rand(498, generator=gen, dtype=torch.float64)
+    values = torch.cat([torch.tensor([1.1, 1.0], dtype=torch.float64), bulk])
+    e1 = torch.zeros(500, dtype=torch.float64)
+    e1[1] = 1.0
+    res = lanczos(DiagOperator(values), k=1, tol=1e-3, v0=e1)
+    assert res.converged and abs(float(res.eigenvalues[0]) - 1.1) < 1e-3 * 1.1
+    trusting = lanczos(DiagOperator(values), k=1, tol=1e-3, v0=e1, find_copies=False)
+    assert abs(float(trusting.eigenvalues[0]) - 1.0) < 1e-3  # documented: without the check, v0 is trusted
+
+
 @pytest.mark.parametrize(
     ("v0", "error", "match"),
     [
