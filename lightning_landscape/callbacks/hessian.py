@@ -182,17 +182,24 @@ class HessianEigenMonitor(Callback):
         self.total_products = 0
         # Ritz vectors of the last probe, [j, n] on the module's device: the next probe's start.
         self._warm_vectors: Tensor | None = None
+        self._state_key: tuple[tuple[Any, ...], str] | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            k=self.k,
-            every_n_steps=self.every_n_steps,
-            every_n_epochs=self.every_n_epochs,
-            dataloader=self.dataloader,
-            num_batches=self.num_batches,
-        )
+        # Lightning reads the key at every hook call of every step (to name profiler actions): build the
+        # string only when an argument it depends on has changed.
+        args = (self.k, self.every_n_steps, self.every_n_epochs, self.dataloader, self.num_batches)
+        if self._state_key is None or self._state_key[0] != args:
+            key = self._generate_state_key(
+                k=self.k,
+                every_n_steps=self.every_n_steps,
+                every_n_epochs=self.every_n_epochs,
+                dataloader=self.dataloader,
+                num_batches=self.num_batches,
+            )
+            self._state_key = (args, key)
+        return self._state_key[1]
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
