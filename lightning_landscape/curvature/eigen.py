@@ -131,11 +131,13 @@ def check_start_vector(v0: Any, num_params: int) -> None:
         raise ValueError(f"`v0` must be a real floating-point tensor, got dtype {v0.dtype}.")
     if not bool(torch.isfinite(v0).all()):
         raise ValueError("`v0` must be finite, got NaN or infinite entries.")
-    rows = v0.detach().reshape(-1, num_params).to(torch.float64)
+    rows = v0.detach().reshape(-1, num_params)
     norms = torch.linalg.vector_norm(rows, dim=1)
     if bool((norms == 0).any()):
         raise ValueError("`v0` must have non-zero rows, got a zero vector.")
-    if float(torch.linalg.vector_norm((rows / norms[:, None]).sum(0))) <= 1e-8 * rows.shape[0]:
+    if rows.shape[0] > 1 and float(torch.linalg.vector_norm((rows / norms[:, None]).sum(0))) <= 1e-6 * len(
+        rows
+    ):
         raise ValueError(
             "`v0`: the normalized rows sum to zero; pass one of them or vectors that do not cancel."
         )
