@@ -175,3 +175,19 @@ def test_warm_start_flag_and_pyhessian(tmp_path: Path, trainer_kwargs: dict[str,
     trainer.fit(TinyRegression(), make_loader(batch_size=8))
     assert monitor.num_probes == 2 and monitor._warm_vectors is None
     assert "warm_vectors" not in monitor.state_dict()
+
+
+def test_power_backend_warm_start_matches_dense(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
+    truth = DenseTruth(num_samples=16)
+    pl.seed_everything(5)
+    monitor = HessianEigenMonitor(k=1, every_n_steps=EVERY, num_batches=2, tol=1e-6, backend="power")
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(max_steps=8, callbacks=[monitor, truth], logger=logger, **trainer_kwargs)
+    trainer.fit(TinyRegression(hidden=12), make_loader(batch_size=8, shuffle=False))
+    scalars = read_scalars(logger.log_dir)
+    assert sorted(scalars[_tags.hessian_eig_tag(1)]) == sorted(truth.eigenvalues) == [1, 3, 5, 7]
+    for step, eig in truth.eigenvalues.items():
+        assert scalars[_tags.hessian_eig_tag(1)][step] == pytest.approx(float(eig[-1]), rel=1e-5)
+    products = scalars[_tags.HESSIAN_NUM_PRODUCTS]
+    assert monitor._warm_vectors is not None and monitor._warm_vectors.shape == (1, 61)
+    assert max(products[s] for s in (3, 5, 7)) < products[1]  # the first power run starts cold
