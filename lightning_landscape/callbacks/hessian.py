@@ -70,9 +70,10 @@ class HessianEigenMonitor(Callback):
     With ``warm_start`` (default) each probe's Lanczos (or power) iteration starts from the Ritz vectors of
     the previous probe (top-``k``, and bottom-``k`` with ``smallest``) plus a small seeded random part: the
     weights move little between probes, so the iteration needs fewer products, and the values are as
-    accurate as from a random start (each is still held to ``tol``). The vectors live on the module's device
-    and in this callback's ``state_dict``, so a resumed run continues exactly as the uninterrupted one; they
-    are dropped when the number of trainable parameters changes. ``backend="pyhessian"`` starts cold.
+    accurate as from a random start (each is still held to ``tol``). The vectors (``k``, or ``2k`` with
+    ``smallest``, each the size of the trainable parameters) live on the module's device and in this
+    callback's ``state_dict``, so a resumed run continues exactly as the uninterrupted one; they are dropped
+    when the number of trainable parameters changes. ``backend="pyhessian"`` always starts cold.
 
     Args:
         k: How many of the largest eigenvalues.
