@@ -361,10 +361,14 @@ class HessianOperator:
                     self._bad_loss = True
                 if auto and i == 0:
                     # The double-backward graph is what a kept graph costs: measure it on batch 0.
-                    self._grad(loss * (self._weights[0] / self.total_weight))
+                    first = self._grad(loss * (self._weights[0] / self.total_weight))
                     estimate = counter.nbytes * len(self._batches)
                     if estimate > _AUTO_MEMORY_FRACTION * _available_bytes(self.device):
                         self.memory = "recompute"
+                        return
+                    if len(self._batches) == 1:
+                        # The measured graph is the one to keep: building it again would cost a gradient.
+                        self._grads = first
                         return
             term = loss * (self._weights[i] / self.total_weight)
             total = term if total is None else total + term
