@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import pickle
 import random
 import shutil
@@ -21,9 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from weakref import proxy
 
 import numpy as np
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -180,6 +184,98 @@ class _GlobalRNGState(Callback):
         self._loaded = None
 
 
+class _BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint(monitor, mode)`` that remembers where and when it last wrote a file."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.saved_at: tuple[int, str | None, str] | None = None
+
+    @override
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.saved_at = (trainer.global_step, _current_hook(trainer), filepath)
+
+
+def _current_hook(trainer: Trainer) -> str | None:
+    module = trainer.lightning_module
+    return getattr(module, "_current_fx_name", None) if module is not None else None
+
+
+class _LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, rewritten at every save point, whether or not the best improved.
+
+    Lightning >= 2.6 rewrites ``save_last`` only when the top-k checkpoint is saved, which leaves a resume
+    behind by up to the whole run; this callback has no monitor, so it saves at every save point. It
+    runs right after ``best`` (the same triggers, later in the callback list): when ``best`` has just
+    written a file in this very hook at this step, that file already holds exactly this checkpoint
+    (the loops, weights, optimizer and RNG states have not moved, and this callback's own state is
+    reported as it will be after the save), so ``last.ckpt`` becomes a hard link to it (a copy where
+    links are not possible) instead of a second serialization. Either way ``last.ckpt`` is replaced by
+    a rename, never rewritten in place, so a kill leaves the previous or the new one whole, and a
+    linked best file is never touched.
+
+    Args:
+        best: the seed's monitored checkpoint callback.
+        dirpath: the folder of ``last.ckpt``.
+    """
+
+    def __init__(self, best: _BestCheckpoint, dirpath: Path) -> None:
+        super().__init__(
+            dirpath=dirpath, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+            enable_version_counter=False,
+        )  # fmt: skip
+        self._best = best
+        self.reused = 0
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        # Every save of this callback goes to the same path, so its state after any save is known in
+        # advance; reporting it so makes the checkpoint `best` writes just before identical to ours.
+        state["best_model_path"] = self.format_checkpoint_name({})
+        return state
+
+    def _can_reuse(self, trainer: Trainer) -> str | None:
+        saved = self._best.saved_at
+        if (
+            saved is None
+            or saved[:2] != (trainer.global_step, _current_hook(trainer))
+            or self.save_weights_only != self._best.save_weights_only
+            # An asynchronous or remote writer may not have the file complete on local disk yet.
+            or type(trainer.strategy.checkpoint_io) is not TorchCheckpointIO
+            or not _is_local_file_protocol(str(self.dirpath))
+        ):
+            return None
+        return saved[2]
+
+    @override
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        source = self._can_reuse(trainer)
+        target = Path(filepath)
+        tmp = target.with_name(f".{target.name}.tmp")
+        if source is not None:
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(source, tmp)
+                except OSError:
+                    shutil.copyfile(source, tmp)
+                os.replace(tmp, target)
+            trainer.strategy.barrier()
+            self.reused += 1
+        else:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if trainer.is_global_zero:
+                os.replace(tmp, target)
+            trainer.strategy.barrier()
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
 @dataclass
 class SeedJob:
     """Everything the seeds share: sent once to each worker.
@@ -246,13 +342,8 @@ def run_seed(job: SeedJob, seed: int, resume: bool = False, prior_wall_time: flo
     run = SeedRun(seed=seed, status="running", log_dir=str(folder))
     if resume_from is not None:
         run.extra["resumed_from"] = str(resume_from)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=job.monitor, mode=job.mode)
-    # Lightning >= 2.6 rewrites `save_last` only when the best improves; this one is written at every
-    # save point, after `checkpoint` (same order in the callback list), so it also holds the best so far.
-    last_checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None, save_top_k=1,
-        enable_version_counter=False,
-    )  # fmt: skip
+    checkpoint = _BestCheckpoint(dirpath=ckpt_dir, monitor=job.monitor, mode=job.mode)
+    last_checkpoint = _LastCheckpoint(checkpoint, ckpt_dir)
     try:
         seed_everything(seed, workers=True, verbose=False)
         model = job.model.build()
