@@ -184,7 +184,19 @@ class _GlobalRNGState(Callback):
         self._loaded = None
 
 
-class _BestCheckpoint(ModelCheckpoint):
+class _SeedCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose state is stored under a plain ``ModelCheckpoint``'s key.
+
+    Lightning keys a callback's state by its class name; keeping the plain name lets a ``last.ckpt``
+    written by a plain ``ModelCheckpoint`` (an earlier version) resume with its best score intact.
+    """
+
+    @override
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
+
+
+class _BestCheckpoint(_SeedCheckpoint):
     """``ModelCheckpoint(monitor, mode)`` that remembers where and when it last wrote a file."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -202,7 +214,7 @@ def _current_hook(trainer: Trainer) -> str | None:
     return getattr(module, "_current_fx_name", None) if module is not None else None
 
 
-class _LastCheckpoint(ModelCheckpoint):
+class _LastCheckpoint(_SeedCheckpoint):
     """``last.ckpt``, rewritten at every save point, whether or not the best improved.
 
     Lightning >= 2.6 rewrites ``save_last`` only when the top-k checkpoint is saved, which leaves a resume
