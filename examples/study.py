@@ -266,6 +266,28 @@ def analyse(cfg: StudyConfig, root: Path, grad_tol: float, eig_rtol: float) -> t
 # --- figures and report -------------------------------------------------------------------------------
 
 
+def _loglog_per_seed(
+    ax: Any,
+    series: dict[int, dict[str, list[tuple[int, float]]]],
+    color: dict[int, Any],
+    key: str,
+    offset: float,
+    lw: float,
+    ylabel: str,
+    title: str,
+) -> None:
+    """One line per seed of ``value - offset`` against the step, log-log (non-positive points dropped)."""
+    for seed, s in series.items():
+        pts = [(st, v - offset) for st, v in s.get(key, []) if st > 0 and v - offset > 0]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), color=color.get(seed, "grey"), lw=lw, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
 def make_figures(
     cfg: StudyConfig, root: Path, outcomes: list[SeedOutcome], series: dict, risk_rtol: float
 ) -> None:
@@ -306,15 +328,11 @@ def make_figures(
 
     # 2. stochastic gradient norm against steps, log-log
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for seed, s in series.items():
-        pts = [(st, v) for st, v in s.get(_tags.GRAD_NORM_TOTAL, []) if st > 0 and v > 0]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), color=color.get(seed, "grey"), lw=0.8, alpha=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("‖∇ loss of the batch‖₂  (grad_norm/total)")
-    ax.set_title("gradient norm per seed (colour: final-risk rank, dark = best)")
+    _loglog_per_seed(
+        ax, series, color, _tags.GRAD_NORM_TOTAL, 0.0, lw=0.8,
+        ylabel="‖∇ loss of the batch‖₂  (grad_norm/total)",
+        title="gradient norm per seed (colour: final-risk rank, dark = best)",
+    )  # fmt: skip
     fig.tight_layout()
     fig.savefig(root / "grad_norm.png", dpi=110)
     plt.close(fig)
@@ -322,27 +340,15 @@ def make_figures(
     # 3. risk gap to the best seed (and to 0 for the teacher) against steps
     panels = 2 if cfg.target == "teacher" else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.6), squeeze=False)
-    ax = axes[0][0]
-    for seed, s in series.items():
-        pts = [(st, v - best) for st, v in s.get("val_loss", []) if st > 0 and v - best > 0]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), color=color.get(seed, "grey"), lw=0.9, alpha=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("R(θ_t) - min over seeds of R(θ_T)")
-    ax.set_title("risk gap to the best seed")
+    _loglog_per_seed(
+        axes[0][0], series, color, "val_loss", best, lw=0.9,
+        ylabel="R(θ_t) - min over seeds of R(θ_T)", title="risk gap to the best seed",
+    )  # fmt: skip
     if panels == 2:
-        ax = axes[0][1]
-        for seed, s in series.items():
-            pts = [(st, v) for st, v in s.get(_tags.RISK_OPTIMALITY_GAP, []) if st > 0 and v > 0]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), color=color.get(seed, "grey"), lw=0.9, alpha=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("R(θ_t) - 0  (risk/optimality_gap)")
-        ax.set_title("gap to the optimal risk 0")
+        _loglog_per_seed(
+            axes[0][1], series, color, _tags.RISK_OPTIMALITY_GAP, 0.0, lw=0.9,
+            ylabel="R(θ_t) - 0  (risk/optimality_gap)", title="gap to the optimal risk 0",
+        )  # fmt: skip
     fig.tight_layout()
     fig.savefig(root / "risk_gap.png", dpi=110)
     plt.close(fig)
