@@ -561,10 +561,18 @@ def power_iteration(
     )
 
 
+def check_int(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
+    """A ``ValueError`` naming ``name`` unless ``value`` is an int >= ``minimum`` (or None if optional)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = ("None or " if optional else "") + f"an integer >= {minimum}"
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+
+
 def check_k_tol(k: Any, tol: Any, num_params: int, max_iter: Any = None) -> None:
     """Validate ``k``, ``tol`` and ``max_iter`` against the number of parameters."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
+    check_int("k", k)
     if k >= num_params:
         raise ValueError(
             f"`k` must be below the number of trainable parameters ({num_params}): valid 1..{num_params - 1},"
@@ -572,8 +580,7 @@ def check_k_tol(k: Any, tol: Any, num_params: int, max_iter: Any = None) -> None
         )
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
         raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}.")
-    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
-        raise ValueError(f"`max_iter` must be None or an integer >= 1, got {max_iter!r}.")
+    check_int("max_iter", max_iter, optional=True)
 
 
 def hessian_eigenvalues(

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.curvature.eigen import _Lanczos, make_generator, random_vector
+from lightning_landscape.curvature.eigen import _Lanczos, check_int, make_generator, random_vector
 from lightning_landscape.curvature.operator import HessianOperator, LossFn, MemoryMode, validate_inputs
 
 
@@ -100,8 +100,7 @@ class SpectralDensity:
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"`sigma` must be a finite number > 0, got {sigma!r}.")
         if grid is None:
-            if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
-                raise ValueError(f"`num_points` must be an integer >= 2, got {num_points!r}.")
+            check_int("num_points", num_points, minimum=2)
             grid = torch.linspace(lo - 6 * sigma, hi + 6 * sigma, num_points, dtype=torch.float64)
         else:
             grid = torch.as_tensor(grid, dtype=torch.float64).reshape(-1).cpu()
@@ -109,11 +108,6 @@ class SpectralDensity:
         kernel = torch.exp(-0.5 * (diff / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
         density = kernel @ self.weights.reshape(-1) / self.nodes.shape[0]
         return grid, density
-
-
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
 def hessian_trace(
@@ -149,7 +143,7 @@ def hessian_trace(
         >>> res.trace, res.std_error
     """
     batches = validate_inputs(model, loss_fn, batches)
-    _check_positive_int("num_samples", num_samples)
+    check_int("num_samples", num_samples)
     op = HessianOperator(model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed)
     gen = make_generator(seed)
     try:
@@ -166,8 +160,8 @@ def hessian_trace(
 
 def slq(op: HessianOperator | Any, num_iter: int = 100, num_runs: int = 10, seed: int = 0) -> SpectralDensity:
     """Stochastic Lanczos quadrature on any symmetric operator (see :func:`spectral_density`)."""
-    _check_positive_int("num_iter", num_iter)
-    _check_positive_int("num_runs", num_runs)
+    check_int("num_iter", num_iter)
+    check_int("num_runs", num_runs)
     gen = make_generator(seed)
     m = min(num_iter, op.num_params)
     nodes = torch.zeros(num_runs, m, dtype=torch.float64)
@@ -230,8 +224,8 @@ def spectral_density(
         >>> grid, density = sd.on_grid()
     """
     batches = validate_inputs(model, loss_fn, batches)
-    _check_positive_int("num_iter", num_iter)
-    _check_positive_int("num_runs", num_runs)
+    check_int("num_iter", num_iter)
+    check_int("num_runs", num_runs)
     op = HessianOperator(model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed)
     try:
         return slq(op, num_iter=num_iter, num_runs=num_runs, seed=seed)
