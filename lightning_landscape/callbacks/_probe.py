@@ -8,7 +8,6 @@ generator, sampler epoch, ``self.log`` result or logger sees any trace of it.
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +18,8 @@ import torch
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+
+from lightning_landscape._imports import import_object
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -32,19 +33,7 @@ def resolve_loss_fn(path: str, argument: str = "loss_fn") -> LossFn:
     Raises:
         ValueError: If ``path`` is malformed, cannot be imported or does not name a callable.
     """
-    if not isinstance(path, str) or not path.strip():
-        raise ValueError(f"`{argument}` must be an import path like 'pkg.module:function', got {path!r}")
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"`{argument}` must be an import path like 'pkg.module:function', got {path!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"`{argument}`={path!r} could not be imported: {err}") from err
+    obj = import_object(path, argument, example="pkg.module:function")
     if not callable(obj):
         raise ValueError(
             f"`{argument}`={path!r} names a {type(obj).__name__}, not a callable loss_fn(model, batch)"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import importlib
 import math
 import os
 import random
@@ -34,6 +33,8 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from typing_extensions import override
+
+from lightning_landscape._imports import import_object
 
 #: Optimizers whose update of each tensor entry depends only on that entry's history (and the shared
 #: step count), so one optimizer over stacked parameters acts on each member as on a lone model.
@@ -56,16 +57,6 @@ class VectorizationError(ValueError):
     """The model cannot be trained as a vectorized seed ensemble; the message says why."""
 
 
-def _import_object(path: str, argument: str) -> Any:
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"`{argument}`={path!r} is not an import path like 'package.module.Name'.")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"`{argument}`={path!r} cannot be imported: {err}") from err
-
-
 def resolve_factory(
     model: str | Mapping[str, Any] | Callable[..., nn.Module], model_kwargs: Mapping[str, Any] | None = None
 ) -> Callable[[], nn.Module]:
@@ -82,7 +73,7 @@ def resolve_factory(
         kwargs = {**dict(model.get("init_args") or {}), **kwargs}
         model = str(model["class_path"])
     if isinstance(model, str):
-        model = _import_object(model, "model")
+        model = import_object(model, "model", example="package.module.Name")
     if not callable(model):
         raise TypeError(
             f"`model` must be an nn.Module class, a callable returning one, or a class path; got {model!r}."
@@ -620,7 +611,7 @@ class SeedEnsemble(_StackedEnsemble):
         if loss == "cross_entropy":
             return F.cross_entropy
         if isinstance(loss, str) and "." in loss:
-            fn = _import_object(loss, "loss")
+            fn = import_object(loss, "loss", example="package.module.fn")
             if isinstance(fn, type):
                 fn = fn()
             if not callable(fn):

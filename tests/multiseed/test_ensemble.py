@@ -245,7 +245,7 @@ class _DropNet(MLP):
     ("kwargs", "error", "match"),
     [
         ({"loss": "hinge"}, ValueError, "`loss`='hinge'"),
-        ({"loss": "nowhere.fn"}, ValueError, "`loss`='nowhere.fn' cannot be imported"),
+        ({"loss": "nowhere.fn"}, ValueError, "`loss`='nowhere.fn' could not be imported"),
         ({"optimizer": "lbfgs"}, ValueError, "`optimizer`='lbfgs'"),
         ({"lr_scheduler": "plateau"}, ValueError, "`lr_scheduler`='plateau'"),
         ({"seeds": []}, ValueError, "`seeds`"),
@@ -253,7 +253,7 @@ class _DropNet(MLP):
         ({"lr": 0.0}, ValueError, "`lr` must be positive"),
         ({"hessian_every_n_steps": -1}, ValueError, "`hessian_every_n_steps`"),
         ({"model": 123}, TypeError, "`model` must be"),
-        ({"model": "torch.nn.NoSuchThing"}, ValueError, "'torch.nn.NoSuchThing' cannot be imported"),
+        ({"model": "torch.nn.NoSuchThing"}, ValueError, "'torch.nn.NoSuchThing' could not be imported"),
         ({"model": _BnNet}, VectorizationError, "BatchNorm1d.*sequential"),
     ],
 )
