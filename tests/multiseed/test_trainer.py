@@ -24,7 +24,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
 from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer
-from lightning_landscape.multiseed.report import SUMMARY_JSON, write_summary_json
+from lightning_landscape.multiseed.paths import SUMMARY_JSON
+from lightning_landscape.multiseed.record import write_summary_json
 
 HERE = Path(__file__).parent
 EPOCHS = 3
@@ -145,7 +146,8 @@ def test_all_seeds_failing_raises_with_each_reason(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="all 2 seeds failed") as info:
         fit(tmp_path, seeds=2, model_kwargs={"nan": True})
     assert "seed 0:" in str(info.value) and "seed 1:" in str(info.value)
-    assert "not finite" in str(info.value)
+    # The last value, not the checkpoint's initial best (inf), says what went wrong.
+    assert "never finite (last value nan)" in str(info.value) and "inf" not in str(info.value)
     summary = json.loads((tmp_path / SUMMARY_JSON).read_text())
     assert [r["status"] for r in summary["runs"]] == ["failed", "failed"]
     assert not (tmp_path / "best.ckpt").exists()
