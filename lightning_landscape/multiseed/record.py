@@ -69,7 +69,8 @@ _CHECKED_RUN_KEYS = frozenset({"seed", "status", "score", "wall_time", "error", 
 _RUN_FIELDS = frozenset(SeedRun.__dataclass_fields__) - {"_carried"}
 
 
-def _finite_or_none(value: Any) -> str | None:
+def finite_or_none(value: Any) -> str | None:
+    """``None`` if ``value`` is a finite number or ``None``, else what is wrong (a FIELD_CHECKS check)."""
     ok = value is None or (_is_number(value) and math.isfinite(value))
     return None if ok else f"must be a finite number or null, got {value!r}"
 
@@ -129,7 +130,7 @@ def _check_run(path: Path, i: int, data: Any, root_dir: Path, base: str | None) 
     if status not in _STATUSES:
         raise _fail(path, f"{where} (seed {seed}).status must be one of {_STATUSES}, got {status!r}")
     score = data.get("score")
-    problem = _finite_or_none(score)
+    problem = finite_or_none(score)
     if problem:
         raise _fail(path, f"{where} (seed {seed}).score {problem}")
     if status == "finished" and score is None:

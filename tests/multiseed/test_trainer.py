@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import _tiny
 import pytest
 import torch
 from _tiny import QUIET, DieOnceInWorker, TinyData, TinyRegressor, loaders, val_loss
@@ -32,12 +33,7 @@ EPOCHS = 3
 
 
 def fit(root: Path, seeds: Any = 3, model: Any = TinyRegressor, **kwargs: Any) -> MultiSeedResult:
-    trainer_kwargs = {"max_epochs": EPOCHS, **QUIET, **kwargs.pop("trainer", {})}
-    train, val = loaders()
-    data = kwargs.pop("datamodule", None)
-    loaders_kw = {} if data is not None else {"train_dataloaders": train, "val_dataloaders": val}
-    trainer = MultiSeedTrainer(seeds=seeds, root_dir=root, **kwargs, **trainer_kwargs)
-    return trainer.fit(model, datamodule=data, **loaders_kw)
+    return _tiny.fit(root, seeds, model, epochs=EPOCHS, **kwargs)
 
 
 def reload_score(path: str | Path, **model_kwargs: Any) -> float:
