@@ -74,7 +74,17 @@ class SafeCheckpointIO(TorchCheckpointIO):
     A kill at any moment leaves the previous or the new file whole, never a half-written one (the rename
     is atomic within a folder), and a file in the run folder can never run code when a seed resumes from
     it: the folder may live on storage others can write.
+
+    Args:
+        dirpath: the seed's checkpoint folder. A ``ModelCheckpoint`` state saved for the same
+            ``seed_<k>/checkpoints`` folder at another place (the run folder was moved or copied) is
+            re-based onto it, so the resumed callback keeps its best score and files; Lightning would
+            otherwise drop them for a changed ``dirpath``.
     """
+
+    def __init__(self, dirpath: str | Path | None = None) -> None:
+        super().__init__()
+        self.dirpath = os.path.realpath(dirpath) if dirpath is not None else None
 
     @override
     def save_checkpoint(
@@ -93,4 +103,26 @@ class SafeCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
-        return safe_torch_load(path, map_location=map_location or "cpu")
+        checkpoint = safe_torch_load(path, map_location=map_location or "cpu")
+        if self.dirpath is not None:
+            for state in (checkpoint.get("callbacks") or {}).values():
+                if isinstance(state, dict):
+                    _rebase(state, self.dirpath)
+        return checkpoint
+
+
+def _rebase(state: dict[str, Any], dirpath: str) -> None:
+    old = state.get("dirpath")
+    tail = Path(dirpath).parts[-2:]
+    if not isinstance(old, str) or old == dirpath or Path(old).parts[-2:] != tail:
+        return
+
+    def moved(path: Any) -> Any:
+        return dirpath + path[len(old) :] if isinstance(path, str) and path.startswith(old + os.sep) else path
+
+    state["dirpath"] = dirpath
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in state:
+            state[key] = moved(state[key])
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}

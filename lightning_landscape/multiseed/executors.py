@@ -245,7 +245,7 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
             default_root_dir=str(folder),
             callbacks=[best, last, _GlobalRNGState(), *user_callbacks],
             logger=job.logger(seed_name(seed)),
-            plugins=[*plugins, SafeCheckpointIO()],
+            plugins=[*plugins, SafeCheckpointIO(dirpath=best.dirpath)],
         )
         trainer.fit(
             model,
@@ -255,18 +255,18 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
             ckpt_path=resume_from if resumed else None,
         )
         run.extra["hparams"] = plain_hparams(model)
-        final = trainer.callback_metrics.get(job.monitor)
+        final = trainer.callback_metrics.get(job.monitor)  # None when a resume had nothing left to train
         final_value = float(final) if final is not None else math.nan
         score = float(best.best_model_score) if best.best_model_score is not None else math.nan
-        if not best.best_model_path or not math.isfinite(score):
-            if final is None:
-                raise RuntimeError(
-                    f"no value of monitor={job.monitor!r} was ever checkpointed (did validation run?)"
-                )
+        if not best.best_model_path:
+            raise RuntimeError(
+                f"no value of monitor={job.monitor!r} was ever checkpointed (did validation run?)"
+            )
+        if not math.isfinite(score):
             raise FloatingPointError(
                 f"the monitored {job.monitor!r} was never finite (last value {final_value})"
             )
-        if not math.isfinite(final_value):
+        if final is not None and not math.isfinite(final_value):
             # Finished with a finite best, but the run blew up later: the user should know.
             run.extra["diverged"] = True
         run.status = "finished"

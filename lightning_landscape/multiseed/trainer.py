@@ -29,6 +29,7 @@ from typing import Any, Literal
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_landscape.multiseed._lightning import SIGTERMException, is_rank_zero
@@ -41,7 +42,13 @@ from lightning_landscape.multiseed.executors import (
     SeedTask,
     SequentialExecutor,
 )
-from lightning_landscape.multiseed.paths import BEST_CHECKPOINT, last_checkpoint, seed_dir
+from lightning_landscape.multiseed.paths import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    checkpoint_dir,
+    last_checkpoint,
+    seed_dir,
+)
 from lightning_landscape.multiseed.record import (
     Record,
     RunLock,
@@ -398,7 +405,8 @@ class MultiSeedTrainer:
             datamodule_builder(datamodule)
             raise ValueError("pass either `datamodule` or `train_dataloaders`, not both")
         job = SeedJob(
-            root_dir=str(self.root_dir),
+            # Absolute: a Ray worker may run in another working directory.
+            root_dir=os.path.abspath(self.root_dir),
             monitor=self.monitor,
             mode=self.mode,
             trainer_kwargs=dict(self.trainer_kwargs),
@@ -545,6 +553,8 @@ class MultiSeedTrainer:
     def _execute(self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record) -> None:
         runs = record.runs
         done = len(self.seeds) - len(tasks)
+        # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
+        own_checkpoints = any(isinstance(c, ModelCheckpoint) for c in job.trainer_args()[1])
         total = len(self.seeds)
 
         def on_start(task: SeedTask) -> None:
@@ -566,6 +576,8 @@ class MultiSeedTrainer:
             done += 1
             if run.status == "finished" and is_rank_zero():
                 write_hparams(run.log_dir or seed_dir(self.root_dir, run.seed), run, self.monitor, self.mode)
+                if not own_checkpoints:
+                    self._remove_strays(run)
             self._write(record)
             self._progress(run, done, total, record)
 
@@ -583,6 +595,13 @@ class MultiSeedTrainer:
             )
             log.error(message)
             raise MultiSeedInterrupted(message, code) from err
+
+    def _remove_strays(self, run: SeedRun) -> None:
+        """Deletes top-k files a kill left behind (written just before it, not yet in ``last.ckpt``)."""
+        keep = {Path(run.best_model_path).name, LAST_CHECKPOINT}
+        for path in checkpoint_dir(self.root_dir, run.seed).glob("epoch=*.ckpt"):
+            if path.name not in keep:
+                path.unlink()
 
     def _write(self, record: Record, best: SeedRun | None = None) -> None:
         if is_rank_zero():

@@ -312,6 +312,24 @@ def test_unknown_blocks_and_fields_survive_a_rerun(finished: Path, tmp_path: Pat
 
 
 # Item 8: smaller leaks.
+def test_stray_top_k_files_are_removed_after_a_resume(finished: Path, tmp_path: Path) -> None:
+    root = copy_of(finished, tmp_path)
+    record = read_record(root)
+    assert record is not None
+    record.runs[0].status, record.runs[0].score = "running", None
+    write_record(record, root, [0, 1])
+    stray = root / "seed_0" / "checkpoints" / "epoch=7-step=99.ckpt"
+    shutil.copyfile(root / "seed_0" / "checkpoints" / "last.ckpt", stray)
+    result = run(root)
+    assert result.runs[0].extra["resumed_from"].endswith("last.ckpt")
+    # Resumed in a copied folder: the best checkpoint and score carried over from the original place.
+    assert result.runs[0].score == read_record(finished).runs[0].score  # type: ignore[union-attr]
+    assert Path(result.runs[0].best_model_path).parent == root / "seed_0" / "checkpoints"
+    assert not stray.exists()
+    names = sorted(p.name for p in (root / "seed_0" / "checkpoints").iterdir())
+    assert names == sorted([Path(result.runs[0].best_model_path).name, "last.ckpt"])
+
+
 def test_stale_temporaries_are_removed_and_files_follow_the_umask(finished: Path, tmp_path: Path) -> None:
     root = copy_of(finished, tmp_path)
     stale = [root / ".summary.json.abc123.tmp", root / "seed_0" / "checkpoints" / ".last.ckpt.x1.tmp"]

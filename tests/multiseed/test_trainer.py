@@ -200,6 +200,7 @@ class PlainRegressor(TinyRegressor):
     def __init__(self) -> None:
         LightningModule.__init__(self)
         self.lr, self.fail_on_seed, self.nan, self.seed = 0.05, -2, False, -1
+        self.nan_from_epoch = -1
         self.net = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
 
 
