@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +396,26 @@ def test_an_interruption_leaves_the_seed_resumable(tmp_path: Path) -> None:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a Ctrl-C
     assert info.value.code == 130 and "seeds [1] unfinished" in str(info.value)
     assert [r["status"] for r in summary(tmp_path)["runs"]] == ["finished", "running"]
+
+
+@pytest.mark.parametrize(("content", "code"), [("{\n", 2), (None, 3)])
+def test_the_cli_reports_a_refused_folder_with_its_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, code: int
+) -> None:
+    from lightning_landscape.cli import main
+
+    root = tmp_path / "ms"
+    root.mkdir()
+    if content is not None:
+        (root / SUMMARY_JSON).write_text(content)
+    config = Path(__file__).resolve().parents[2] / "configs" / "shallow_relu.yaml"
+    args = ["multiseed", "--config", str(config), "--trainer.max_steps=2", f"--root_dir={root}", "--seeds=1"]
+    with RunLock(root) if content is None else nullcontext(), pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == code
+    err = capsys.readouterr().err
+    expected = (
+        f"{root / SUMMARY_JSON}: not valid JSON" if content is not None else f"pid {os.getpid()} on host"
+    )
+    assert expected in err and "Traceback" not in err
+    assert not list(root.glob("seed_*"))
