@@ -36,6 +36,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -276,14 +277,15 @@ def write_summary_json(root_dir: str | Path, summary: Mapping[str, Any]) -> Path
 
 
 def remove_stale_temporaries(root_dir: str | Path) -> list[Path]:
-    """Deletes the ``.<name>.*.tmp`` files a killed writer left in ``root_dir`` and its checkpoint folders.
-
-    Only called under the lock: no other writer of this folder is alive.
-    """
+    """Deletes what a killed writer left: ``.<name>.*.tmp`` files in ``root_dir`` and its checkpoint
+    folders, and pre-flight scratch folders. Only called under the lock: no other writer is alive."""
     root = Path(root_dir)
-    stale = [*root.glob(".*.tmp"), *root.glob("seed_*/checkpoints/.*.tmp")]
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
+    stale = [*root.glob(".*.tmp"), *root.glob("seed_*/checkpoints/.*.tmp"), *root.glob(".preflight-*")]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return stale
 
 

@@ -481,7 +481,10 @@ class MultiSeedTrainer:
                     f"`root_dir` {root!r} holds a run with {name}={getattr(record, name)!r};"
                     f" got `{name}={value!r}`. Use another root_dir or the same {name}."
                 )
-        changed = config_changes(record.fingerprint, fingerprint)
+        # A record from a release without fingerprints cannot tell: it takes this run's.
+        changed = config_changes(record.fingerprint, fingerprint) if record.fingerprint else []
+        if not record.fingerprint:
+            record.fingerprint = fingerprint
         if changed and not self.allow_config_change:
             details = "; ".join(
                 f"{k}: {record.fingerprint.get(k, '<unset>')} -> {fingerprint.get(k, '<unset>')}"

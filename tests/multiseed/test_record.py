@@ -295,10 +295,14 @@ def test_a_version_1_record_with_absolute_paths_is_read_inside_the_folder(
     (root / SUMMARY_JSON).write_text(json.dumps(data))
     record = read_record(root)
     assert record is not None
-    assert all(
-        Path(r.best_model_path).is_file() and Path(r.best_model_path).is_relative_to(root)
-        for r in record.runs.values()
-    )
+    assert all(Path(r.best_model_path).is_relative_to(root) for r in record.runs.values())
+    assert all(Path(r.best_model_path).is_file() for r in record.runs.values())
+    # It has no fingerprint: the rerun takes this run's and retrains nothing.
+    data.pop("fingerprint")
+    (root / SUMMARY_JSON).write_text(json.dumps(data))
+    before = stamps(root)
+    run(root)
+    assert stamps(root) == before and summary(root)["version"] == 2 and summary(root)["fingerprint"]
 
 
 def test_unknown_blocks_and_fields_survive_a_rerun(finished: Path, tmp_path: Path) -> None:
@@ -336,6 +340,8 @@ def test_stale_temporaries_are_removed_and_files_follow_the_umask(finished: Path
     stale = [root / ".summary.json.abc123.tmp", root / "seed_0" / "checkpoints" / ".last.ckpt.x1.tmp"]
     for path in stale:
         path.write_text("left by a kill")
+    (root / ".preflight-k1ll3d").mkdir()
+    stale.append(root / ".preflight-k1ll3d")
     old = os.umask(0o027)
     try:
         run(root)
