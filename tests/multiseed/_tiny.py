@@ -126,14 +126,17 @@ QUIET: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": F
 
 
 class DieOnceInWorker(Callback):
-    """SIGKILLs a worker process (never the process that built it) the first time it trains ``seed``."""
+    """SIGKILLs a worker process (never the process that built it) the first time it trains ``seed``,
+    at global step ``step`` or later."""
 
-    def __init__(self, seed: int, marker: str) -> None:
-        self.seed, self.marker, self.driver_pid = seed, marker, os.getpid()
+    def __init__(self, seed: int, marker: str, step: int = 0) -> None:
+        self.seed, self.marker, self.step, self.driver_pid = seed, marker, step, os.getpid()
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if os.getpid() == self.driver_pid or int(os.environ.get("PL_GLOBAL_SEED", "-1")) != self.seed:
+            return
+        if trainer.global_step < self.step:
             return
         if not os.path.exists(self.marker):
             open(self.marker, "w").close()

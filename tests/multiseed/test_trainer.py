@@ -277,8 +277,9 @@ def test_vectorized_executor_dispatch(tmp_path: Path) -> None:
 def test_ray_executor_matches_sequential(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     marker = tmp_path / "worker_died"
-    # The same callback in both runs; it only ever kills a Ray worker, once, in seed 2.
-    trainer = {"callbacks": [DieOnceInWorker(seed=2, marker=str(marker))]}
+    # The same callback in both runs; it only ever kills a Ray worker, once, in seed 2, at step 5: after
+    # the end-of-epoch-1 checkpoint (4 batches per epoch), so the retry has a last.ckpt to resume from.
+    trainer = {"callbacks": [DieOnceInWorker(seed=2, marker=str(marker), step=5)]}
     expected = fit(tmp_path / "seq", seeds=3, trainer=trainer).scores
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
@@ -289,7 +290,9 @@ def test_ray_executor_matches_sequential(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
     assert marker.exists(), "the worker of seed 2 was not killed: the retry went untested"
-    # Ray re-ran seed 2 after its worker died; the fresh attempt gives the uninterrupted score.
+    # Ray re-ran seed 2 after its worker died; the retry resumed and gives the uninterrupted score.
+    assert result.runs[2].extra["resumed_from"].endswith("last.ckpt")
+    assert "resumed_from" not in result.runs[1].extra
     assert result.scores == pytest.approx(expected, rel=1e-6)
     assert [r.status for r in result.runs] == ["finished"] * 3
     assert (tmp_path / "ray" / "best.ckpt").is_file() and (tmp_path / "ray" / "seeds.png").is_file()
