@@ -189,6 +189,7 @@ class LandscapeCLI(LightningCLI):
         cpus_per_seed: float = 1.0,
         gpus_per_seed: float = 0.0,
         max_concurrent: int | None = None,
+        allow_config_change: bool = False,
     ) -> MultiSeedResult:
         """Train the model once per seed, keep the best, and print a table of seeds and scores.
 
@@ -211,6 +212,8 @@ class LandscapeCLI(LightningCLI):
             cpus_per_seed: CPUs reserved per seed (Ray).
             gpus_per_seed: GPUs reserved per seed (Ray).
             max_concurrent: at most this many seeds at once (Ray).
+            allow_config_change: rank seeds of ``root_dir`` trained with another configuration together
+                with the new ones (a rerun with another configuration is refused otherwise).
         """
         from lightning_landscape.multiseed import MultiSeedTrainer
         from lightning_landscape.multiseed.record import RootDirBusyError
@@ -240,6 +243,7 @@ class LandscapeCLI(LightningCLI):
                 cpus_per_seed=cpus_per_seed,
                 gpus_per_seed=gpus_per_seed,
                 max_concurrent=max_concurrent,
+                allow_config_change=allow_config_change,
                 **trainer_kwargs,
             )
             result = ms.fit(model_cls, datamodule=datamodule)
