@@ -39,7 +39,13 @@ from typing_extensions import override
 
 from lightning_landscape.multiseed._lightning import SafeCheckpointIO, plain_hparams
 from lightning_landscape.multiseed.build import ObjectBuilder
-from lightning_landscape.multiseed.paths import LAST_CHECKPOINT, checkpoint_dir, seed_dir, seed_name
+from lightning_landscape.multiseed.paths import (
+    LAST_CHECKPOINT,
+    checkpoint_dir,
+    relative,
+    seed_dir,
+    seed_name,
+)
 from lightning_landscape.multiseed.result import SeedRun
 
 log = logging.getLogger(__name__)
@@ -231,7 +237,7 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
     prior_wall_time = task.prior_wall_time if resumed else 0.0
     run = SeedRun(seed=seed, status="running", log_dir=str(folder))
     if resumed:
-        run.extra["resumed_from"] = str(resume_from)
+        run.extra["resumed_from"] = relative(resume_from, job.root_dir)  # as every path in the record
     trainer: Trainer | None = None
     try:
         seed_everything(seed, workers=True, verbose=False)

@@ -161,6 +161,7 @@ def test_a_folder_the_record_does_not_know_is_set_aside_not_deleted(tmp_path: Pa
 
 
 # Item 4: one writer at a time.
+@pytest.mark.slow
 def test_a_second_process_is_refused_naming_the_holder(tmp_path: Path) -> None:
     root = tmp_path / "run"
     root.mkdir()
