@@ -8,6 +8,7 @@ it is here because it is the one place a seed's checkpoint files are written and
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,14 @@ try:  # Lightning raises it for a SIGTERM; a SystemExit without a code.
 except ImportError:  # pragma: no cover - older Lightning
     SIGTERMException = SystemExit  # type: ignore[misc,assignment]
 
-# What a Lightning checkpoint may hold besides tensors and plain containers. Nothing here can run code:
-# each is a plain container class rebuilt from its items.
-SAFE_CHECKPOINT_GLOBALS: list[Any] = [AttributeDict]
+# What a Lightning checkpoint may hold besides tensors and plain containers (hyperparameters saved as an
+# AttributeDict, a path among them). Nothing here can run code: each is rebuilt from plain values.
+SAFE_CHECKPOINT_GLOBALS: list[Any] = [
+    AttributeDict,
+    pathlib.PosixPath,
+    pathlib.WindowsPath,
+    pathlib.PurePosixPath,
+]
 
 
 def is_rank_zero() -> bool:
