@@ -100,10 +100,8 @@ def test_a_crafted_last_ckpt_runs_no_code_and_is_not_used(finished: Path, tmp_pa
 
 
 def test_what_lightning_checkpoints_hold_loads_with_weights_only(tmp_path: Path) -> None:
-    from lightning.fabric.utilities.data import AttributeDict
-
     path = tmp_path / "plain.ckpt"
-    hparams = AttributeDict(lr=0.1, data_dir=Path("data/x"), sizes=[1, 2])
+    hparams = {"lr": 0.1, "data_dir": Path("data/x"), "sizes": [1, 2]}
     torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": hparams}, path)
     loaded = load_checkpoint(path)
     assert loaded["hyper_parameters"] == hparams and torch.equal(loaded["state_dict"]["w"], torch.ones(2))
