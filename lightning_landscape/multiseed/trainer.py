@@ -533,6 +533,12 @@ class MultiSeedTrainer:
             prior = 0.0
             if resume and old is not None:
                 started = old.extra.get("attempt_started")
+                if (
+                    isinstance(started, bool)
+                    or not isinstance(started, (int, float))
+                    or not math.isfinite(started)
+                ):
+                    started = None  # not a time this class wrote: the resume keeps the recorded time only
                 # The interrupted attempt's time up to its last checkpoint is what the resume keeps.
                 prior = old.wall_time + (max(0.0, last.stat().st_mtime - started) if started else 0.0)
             record.runs[seed] = SeedRun(seed=seed, status="pending", wall_time=prior, log_dir=str(folder))
