@@ -116,7 +116,7 @@ def test_yaml_style_model_spec_builds_the_same_members() -> None:
 )
 def test_trajectories_match_separate_runs_float64(opt_name: str, kwargs: dict[str, Any]) -> None:
     loader = DataLoader(_data(), batch_size=16)
-    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, **kwargs)
+    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, compile=False, **kwargs)
     trainer = Trainer(max_epochs=3, precision="64-true", logger=False, enable_checkpointing=False, **QUIET)
     trainer.fit(ensemble, loader)
     for k, seed in enumerate(SEEDS):
@@ -134,7 +134,9 @@ def test_per_seed_data_streams_match_separate_runs() -> None:
     def loader(seed: int) -> DataLoader:
         return DataLoader(data, batch_size=12, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
-    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, optimizer="adam", lr=0.05, per_seed_data=True)
+    ensemble = SeedEnsemble(
+        MLP, {"width": 5}, seeds=SEEDS, optimizer="adam", lr=0.05, per_seed_data=True, compile=False
+    )
     trainer = Trainer(max_epochs=2, precision="64-true", logger=False, enable_checkpointing=False, **QUIET)
     trainer.fit(ensemble, PerSeedLoader([loader(s) for s in SEEDS]))
     # Independent runs, each on its own seed's shuffled stream.
@@ -158,7 +160,9 @@ def test_per_member_tags_grad_norm_and_gaps_in_tensorboard(tmp_path: Path) -> No
     data = _data(32)
     train = DataLoader(data, batch_size=16)
     val = DataLoader(_data(20), batch_size=8)
-    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, optimizer="sgd", lr=0.1, optimal_risk=0.0)
+    ensemble = SeedEnsemble(
+        MLP, {"width": 5}, seeds=SEEDS, optimizer="sgd", lr=0.1, optimal_risk=0.0, compile=False
+    )
     logger = TensorBoardLogger(tmp_path, name="ens", version="")
     trainer = Trainer(
         max_epochs=2,
@@ -198,7 +202,7 @@ def test_per_member_tags_grad_norm_and_gaps_in_tensorboard(tmp_path: Path) -> No
 def test_member_top_hessian_eigenvalue_matches_dense_hessian(tmp_path: Path) -> None:
     pytest.importorskip("lightning_landscape.curvature.eigen")
     x, y = _data(24).tensors
-    ensemble = SeedEnsemble(MLP, {"width": 4}, seeds=[1, 2], hessian_every_n_steps=1).double()
+    ensemble = SeedEnsemble(MLP, {"width": 4}, seeds=[1, 2], hessian_every_n_steps=1, compile=False).double()
     eig = ensemble.member_top_eigenvalues((x, y), tol=1e-8)
     for k in range(2):
         net = ensemble.member_module(k)
@@ -267,9 +271,9 @@ def test_refusals_at_fit_time_name_the_reason() -> None:
     loader = DataLoader(_data(16), batch_size=8)
     with pytest.raises(VectorizationError, match=r"vmap.*dropout.*sequential"):
         Trainer(max_steps=1, logger=False, enable_checkpointing=False, **QUIET).fit(
-            SeedEnsemble(_DropNet, seeds=2), loader
+            SeedEnsemble(_DropNet, seeds=2, compile=False), loader
         )
-    ensemble = SeedEnsemble(MLP, seeds=2)
+    ensemble = SeedEnsemble(MLP, seeds=2, compile=False)
     before = ensemble.members.body[0].weight.detach().clone()
     with pytest.raises(VectorizationError, match=r"gradient_clip_val=1\.0.*norm"):
         Trainer(max_steps=1, gradient_clip_val=1.0, logger=False, enable_checkpointing=False, **QUIET).fit(
@@ -303,7 +307,7 @@ tune = sys.argv[1] == "1"
 before = mmapped_bytes_while_holding_64mb()
 x = torch.rand(32, 1)
 ensemble = SeedEnsemble("torch.nn.Linear", {"in_features": 1, "out_features": 1}, seeds=2,
-                        tune_cpu_allocator=tune)
+                        tune_cpu_allocator=tune, compile=False)
 Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False).fit(ensemble, DataLoader(TensorDataset(x, 2 * x), batch_size=16))
 print(before, mmapped_bytes_while_holding_64mb())
