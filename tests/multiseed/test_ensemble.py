@@ -16,7 +16,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_landscape.multiseed.ensemble import PerSeedLoader, SeedEnsemble, VectorizationError
+from lightning_landscape.multiseed.ensemble import (
+    PerSeedLoader,
+    SeedEnsemble,
+    VectorizationError,
+    compile_unavailable,
+)
 
 SEEDS = [0, 5, 9]
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
@@ -126,6 +131,66 @@ def test_trajectories_match_separate_runs_float64(opt_name: str, kwargs: dict[st
         seed_everything(seed, workers=True, verbose=False)
         start = MLP(width=5).double()
         assert (start.body[0].weight - single.body[0].weight).abs().max() > 1e-3
+
+
+ADAM = {"optimizer": "adam", "lr": 0.05, "betas": (0.8, 0.99), "weight_decay": 1e-3}
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_separate_runs_and_the_eager_step_float64() -> None:
+    # The one torch.compile of the suite (~20 s on a CPU): compiled loss, fused Adam, our own step.
+    if compile_unavailable(torch.device("cpu")) is not None:
+        pytest.skip(compile_unavailable(torch.device("cpu")))
+    loader = DataLoader(_data(), batch_size=16)
+    fits = {}
+    for mode in (True, False):
+        ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, compile=mode, **ADAM)
+        trainer = Trainer(
+            max_epochs=3, precision="64-true", logger=False, enable_checkpointing=False, **QUIET
+        )
+        trainer.fit(ensemble, loader)
+        fits[mode] = ensemble
+    compiled, eager = fits[True], fits[False]
+    assert compiled.compile_active and compiled._compiled is not None
+    assert compiled.compile_seconds is not None and compiled.compile_seconds > 0
+    assert not eager.compile_active and eager.compile_reason == "compile=False"
+    assert compiled.trainer.optimizers[0].defaults["fused"] is True
+    for k, seed in enumerate(SEEDS):
+        single = _single_run(seed, loader, 3, "adam", lr=ADAM["lr"])
+        # Fused reductions and the fused Adam kernel round differently: 1e-10 in float64 after 9 steps.
+        _assert_same(compiled.member_module(k), single, atol=1e-10)
+        _assert_same(compiled.member_module(k), eager.member_module(k), atol=1e-10)
+        _assert_same(eager.member_module(k), single, atol=1e-12)
+
+
+def test_value_clipping_takes_lightnings_automatic_loop_and_matches_clipped_single_runs() -> None:
+    loader = DataLoader(_data(), batch_size=16)
+    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, optimizer="sgd", lr=0.1, compile=False)
+    trainer = Trainer(
+        max_epochs=2,
+        precision="64-true",
+        gradient_clip_val=0.05,
+        gradient_clip_algorithm="value",
+        logger=False,
+        enable_checkpointing=False,
+        **QUIET,
+    )
+    trainer.fit(ensemble, loader)
+    assert ensemble.automatic_optimization
+    clipped = 0
+    for k, seed in enumerate(SEEDS):
+        seed_everything(seed, workers=True, verbose=False)
+        net = MLP(width=5).double()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(2):
+            for x, y in loader:
+                opt.zero_grad()
+                F.mse_loss(net(x), y).backward()
+                clipped += sum(int((p.grad.abs() > 0.05).sum()) for p in net.parameters())  # type: ignore[union-attr]
+                torch.nn.utils.clip_grad_value_(net.parameters(), 0.05)
+                opt.step()
+        _assert_same(ensemble.member_module(k), net, atol=1e-12)
+    assert clipped > 0  # the clip really acted
 
 
 def test_per_seed_data_streams_match_separate_runs() -> None:
@@ -256,6 +321,7 @@ class _DropNet(MLP):
         ({"seeds": [1, 1]}, ValueError, "duplicates"),
         ({"lr": 0.0}, ValueError, "`lr` must be positive"),
         ({"hessian_every_n_steps": -1}, ValueError, "`hessian_every_n_steps`"),
+        ({"compile": "yes"}, ValueError, "`compile`='yes' is not True, False or 'auto'"),
         ({"model": 123}, TypeError, "`model` must be"),
         ({"model": "torch.nn.NoSuchThing"}, ValueError, "'torch.nn.NoSuchThing' could not be imported"),
         ({"model": _BnNet}, VectorizationError, "BatchNorm1d.*sequential"),
