@@ -360,7 +360,9 @@ def sequential(args: argparse.Namespace, ks: list[int], results: dict[int, dict[
         opt = torch.optim.Adam(net.parameters(), lr=LR)
         data = [(x.to(device), y.to(device)) for x, y in single_batches(seed, args.seq_steps, args.batch)]
         plain.append(
-            median_step(loop_run(lambda b: F.mse_loss(net(b[0]), b[1]), opt, data, device), args.warmup)
+            median_step(
+                loop_run(lambda b, net=net: F.mse_loss(net(b[0]), b[1]), opt, data, device), args.warmup
+            )
         )
     one_lit, one_plain = statistics.median(lit), statistics.median(plain)
     print(f"\none seed: Lightning {one_lit * 1e3:.2f} ms/step, plain loop {one_plain * 1e3:.2f} ms/step")

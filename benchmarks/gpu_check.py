@@ -36,14 +36,14 @@ from typing import Any
 # cuBLAS is deterministic only with a fixed workspace; must be set before CUDA initializes.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything  # noqa: E402
-from lightning.pytorch.demos.transformer import Transformer  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.demos.transformer import Transformer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_landscape import (  # noqa: E402
+from lightning_landscape import (
     GradientNormMonitor,
     HessianEigenMonitor,
     MultiSeedTrainer,
@@ -205,7 +205,7 @@ def guarded(table: Table, name: str, fn: Callable[[], None]) -> None:
     """Run one check; an exception becomes a failed row (the other checks still run)."""
     try:
         fn()
-    except Exception as err:  # noqa: BLE001 - a check that crashes is a result to report, not to hide
+    except Exception as err:  # a check that crashes is a result to report, not to hide
         traceback.print_exc()
         table.add(name, "error", ok=False, note=f"{type(err).__name__}: {str(err).splitlines()[0][:160]}")
 
