@@ -286,14 +286,22 @@ def probe(
     )
     if not compare:
         return
+    # A smaller probe for the comparison: float64 products on the CPU are slow.
+    small = [t[:16] for t in batch]
+    ours = hessian_eigenvalues(model, loss_fn, [[t.to(device) for t in small]], k=5, tol=1e-5).eigenvalues
     cpu = copy.deepcopy(model).to("cpu", torch.float64)
-    cpu_batch = [t.to("cpu", torch.float64) if t.is_floating_point() else t.to("cpu") for t in batch]
-    reference = hessian_eigenvalues(cpu, loss_fn, [cpu_batch], k=5, tol=1e-8)
-    ours = result.eigenvalues.detach().to("cpu", torch.float64)
-    rel = ((ours - reference.eigenvalues).abs() / reference.eigenvalues.abs().clamp_min(1e-12)).max().item()
+    cpu_batch = [t.to("cpu", torch.float64) if t.is_floating_point() else t.to("cpu") for t in small]
+    reference = hessian_eigenvalues(cpu, loss_fn, [cpu_batch], k=5, tol=1e-7).eigenvalues
+    ours = ours.detach().to("cpu", torch.float64)
+    rel = ((ours - reference).abs() / reference.abs().clamp_min(1e-12)).max().item()
+    tf32 = ""
+    if device.type == "cuda":
+        tf32 = (
+            f"; TF32 matmul={torch.backends.cuda.matmul.allow_tf32} cudnn={torch.backends.cudnn.allow_tf32}"
+        )
     table.add(
         f"{name}: top-5 {args.device} float32 vs CPU float64", rel, "max rel. err", ok=rel < args.eig_rtol,
-        note=f"tolerance {args.eig_rtol:g}; lambda_1 = {reference.eigenvalues[0].item():.6g}",
+        note=f"tolerance {args.eig_rtol:g}; lambda_1 = {reference[0].item():.6g}{tf32}",
     )  # fmt: skip
 
 
