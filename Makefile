@@ -28,6 +28,22 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@ $(VENV)/.installed-demo
 
+# The GPU check (benchmarks/gpu_check.py, a few minutes on one GPU): the monitors at bf16-mixed on a CNN and a
+# small Transformer, bit-identical training with and without them, GPU vs CPU float64 eigenvalues, SeedEnsemble
+# at K=64/300, 4 sequential seeds; one table, also written to $(GPU_CHECK_OUT). It creates $(VENV) as `make test`
+# does. torch must be a CUDA build there: on Linux the PyPI wheel of torch==2.13.0 is one, so on the GPU machine
+#   make gpu-check VENV=.venv-gpu TORCH=torch==2.13.0
+# with PyPI (or a mirror holding the CUDA wheel) as pip's index; or add PyTorch's CUDA wheel index:
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu128 make gpu-check VENV=.venv-gpu TORCH=torch==2.13.0
+# A torch that sees no GPU stops it at once with that hint. Its CPU form runs in `make test`
+# (tests/test_gpu_check.py: --device cpu --tiny).
+.PHONY: gpu-check
+GPU_CHECK_OUT ?= gpu_check.json
+GPU_CHECK_ARGS ?=
+gpu-check: $(VENV)/.installed-test
+	$(PY) -c "import torch; assert torch.cuda.is_available(), f'torch {torch.__version__} sees no CUDA device: set TORCH= to a CUDA build (see Makefile)'"
+	$(PY) benchmarks/gpu_check.py --device cuda --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
 demo: $(VENV)/.installed-demo
 	$(PY) examples/study.py $(DEMO_ARGS)
 

@@ -22,6 +22,7 @@ import math
 import os
 import random
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch import LightningModule
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from typing_extensions import override
@@ -294,10 +297,8 @@ class _StackedEnsemble(LightningModule):
     def _member_loss(self, net: Callable[..., Tensor], batch: Any) -> Tensor:
         raise NotImplementedError
 
-    def member_losses(self, batch: Any) -> Tensor:
-        """Each member's loss on ``batch`` (its slice ``batch[k]`` when ``per_seed_data``), shape ``[K]``."""
-        params = dict(self.members.named_parameters())
-        buffers = dict(self.members.named_buffers())
+    def _vmapped_losses(self) -> Callable[..., Tensor]:
+        """``(params, buffers, batch) -> [K]`` losses: the function both the eager and compiled step run."""
         base = self._base
 
         def one(p: Any, b: Any, data: Any) -> Tensor:
@@ -307,10 +308,16 @@ class _StackedEnsemble(LightningModule):
             return self._member_loss(net, data)
 
         in_dims = (0, 0, 0 if self.per_seed_data else None)
+        return vmap(one, in_dims=in_dims, randomness="error")
+
+    def member_losses(self, batch: Any) -> Tensor:
+        """Each member's loss on ``batch`` (its slice ``batch[k]`` when ``per_seed_data``), shape ``[K]``."""
+        params = dict(self.members.named_parameters())
+        buffers = dict(self.members.named_buffers())
         if self._probed:
-            return vmap(one, in_dims=in_dims, randomness="error")(params, buffers, batch)
+            return self._vmapped_losses()(params, buffers, batch)
         try:
-            losses = vmap(one, in_dims=in_dims, randomness="error")(params, buffers, batch)
+            losses = self._vmapped_losses()(params, buffers, batch)
         except RuntimeError as err:
             raise VectorizationError(
                 f"Cannot vectorize this model: its forward/loss failed under torch.func.vmap ({err}). "
@@ -380,9 +387,13 @@ class _StackedEnsemble(LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_sum, self._train_count = None, 0
 
-    @override
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        losses = self.member_losses(batch)
+    def _training_losses(self, batch: Any) -> Tensor:
+        """The members' training losses (the compiled step overrides this)."""
+        return self.member_losses(batch)
+
+    def _train_losses_logged(self, batch: Any) -> Tensor:
+        """The members' training losses, with the epoch sums, the probe batch and the step's logging done."""
+        losses = self._training_losses(batch)
         size = _batch_size(batch, self.per_seed_data)
         detached = losses.detach() * size
         self._train_sum = detached if self._train_sum is None else self._train_sum + detached
@@ -397,7 +408,11 @@ class _StackedEnsemble(LightningModule):
         ) == 0
         if self._log_step:
             self._log_members("train_loss", losses, size, on_step=True)
-        return losses.sum()
+        return losses
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        return self._train_losses_logged(batch).sum()
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -491,6 +506,53 @@ class _StackedEnsemble(LightningModule):
 LossName = Literal["mse", "cross_entropy"]
 
 
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` (the inductor backend) cannot run on ``device`` here, or ``None`` if it can.
+
+    Inductor generates C++ on a CPU (it needs a C++ compiler) and Triton kernels on a CUDA GPU (it needs the
+    ``triton`` package); other devices and interpreters without TorchDynamo are not attempted.
+
+    >>> compile_unavailable(torch.device("meta"))
+    "torch.compile is not attempted on device type 'meta' (only cpu and cuda)"
+    """
+    import shutil
+
+    if not torch._dynamo.is_dynamo_supported():
+        version = sys.version.split()[0]
+        return f"TorchDynamo does not support this interpreter (Python {version}, {sys.platform})"
+    if device.type == "cpu":
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None and shutil.which("g++") is None and shutil.which("clang++") is None:
+            return f"inductor needs a C++ compiler on a CPU; none found (CXX={compiler!r}, g++, clang++)"
+        return None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "inductor needs the `triton` package on a CUDA device"
+    return f"torch.compile is not attempted on device type {device.type!r} (only cpu and cuda)"
+
+
+def _recompute_masks() -> Any:
+    """AOTAutograd's partitioner set to recompute cheap pointwise results in the backward graph.
+
+    By default it saves e.g. a ReLU's ``x <= 0`` mask as a bool tensor for the backward graph; inductor's
+    vectorized CPU code for that bool store was ~40x slower than the ReLU itself in torch 2.13 (K=64 of the
+    (1,50,50,1) net: compiled step 2-3x slower than eager). Recomputing the mask from the saved activation
+    instead made the compiled step faster than eager. Applied to every compile (and recompile) of the loss.
+    """
+    import torch._functorch.config as functorch_config
+
+    return functorch_config.patch(aggressive_recomputation=True)
+
+
+def _fused_optimizer(cls: type[torch.optim.Optimizer], params: Sequence[Tensor], **kwargs: Any) -> Any:
+    """``cls(params, fused=True, ...)`` where the device and dtype have a fused kernel, else the default."""
+    try:
+        return cls(params, fused=True, **kwargs)  # type: ignore[call-arg]
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, **kwargs)
+
+
 class SeedEnsemble(_StackedEnsemble):
     """K independent seeds of one network, trained together by one vmapped forward/backward per step.
 
@@ -540,6 +602,22 @@ class SeedEnsemble(_StackedEnsemble):
         tune_cpu_allocator: on a CPU under glibc, let malloc keep large freed blocks for reuse
             (process-wide; see :func:`tune_cpu_allocator`): big ensembles otherwise spend most of a step
             page-faulting fresh memory.
+        compile: the fast step: the vmapped training loss under :func:`torch.compile` (forward and
+            backward graphs fused by inductor) and the optimizer's fused kernel (``fused=True``, one pass over
+            the stacked tensors). ``"auto"`` (default) turns it on where inductor can run
+            (:func:`compile_unavailable`: a C++ compiler on a CPU, Triton on a GPU) and otherwise trains
+            eagerly, saying why; ``True`` requires it (error in ``setup`` if unavailable); ``False`` is the
+            eager step. The first step is eager (it checks that the model vectorizes), the second compiles:
+            the compile time is logged and kept in :attr:`compile_seconds`. Members follow their single runs
+            to rounding either way; the compiled step rounds differently from the eager one (fused
+            reductions), by about float32 epsilon per step.
+
+    The step itself runs without Lightning's automatic-optimization closure (``zero_grad``, backward,
+    ``optimizer.step()`` and the scheduler are called from ``training_step``; hooks such as
+    ``on_before_optimizer_step`` still fire). That saves a few hundred microseconds per step; most of
+    Lightning's remaining per-step cost (about 1-2 ms of CPU on a slow core, ``benchmarks/ensemble.py``) is
+    its loop around ``training_step``. A Trainer that clips gradients by value or accumulates batches gets
+    Lightning's automatic loop, which supports those.
 
     Raises:
         ValueError: for an unknown ``loss``/``optimizer``/``lr_scheduler``, an empty or duplicated seed list,
@@ -578,6 +656,7 @@ class SeedEnsemble(_StackedEnsemble):
         optimal_risk: float | None = None,
         hessian_every_n_steps: int = 0,
         tune_cpu_allocator: bool = True,
+        compile: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if isinstance(model, (str, dict)) else ["model"])
@@ -596,6 +675,16 @@ class SeedEnsemble(_StackedEnsemble):
             raise ValueError(f"`lr` must be positive, got {lr!r}.")
         if hessian_every_n_steps < 0:
             raise ValueError(f"`hessian_every_n_steps` must be >= 0, got {hessian_every_n_steps!r}.")
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"`compile`={compile!r} is not True, False or 'auto'.")
+        self._compile_mode = compile
+        #: Whether the compiled step is in use (decided in ``setup``), and why not when it is not.
+        self.compile_active = False
+        self.compile_reason = "not set up yet"
+        #: Wall time of the first compiled step (compilation included), in seconds; ``None`` before it.
+        self.compile_seconds: float | None = None
+        self._compiled: Callable[..., Tensor] | None = None
+        self._compile_started: float | None = None
         self._criterion = self._resolve_loss(loss)
         self._optimizer_name = optimizer
         self._tune_cpu_allocator = tune_cpu_allocator
@@ -624,18 +713,115 @@ class SeedEnsemble(_StackedEnsemble):
         x, y = batch
         return self._criterion(net(x), y)
 
+    # ---- the fast step ---------------------------------------------------------------------------
+    @property
+    def automatic_optimization(self) -> bool:
+        """``False`` (our own step) unless the Trainer clips gradients or accumulates batches."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        return bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches > 1
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        raise AttributeError("SeedEnsemble chooses its optimization loop itself; see its docstring.")
+
+    @override
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        if self._compile_mode is False:
+            self.compile_active, self.compile_reason = False, "compile=False"
+            return
+        reason = compile_unavailable(device)
+        if reason is not None and self._compile_mode is True:
+            raise RuntimeError(f"`compile`=True, but {reason}. Use compile='auto' or False.")
+        self.compile_active = reason is None
+        self.compile_reason = "compiled" if reason is None else reason
+        if reason is not None:
+            rank_zero_info(f"SeedEnsemble trains eagerly: {reason}.")
+
+    @override
+    def _training_losses(self, batch: Any) -> Tensor:
+        if not (self.compile_active and self._probed):
+            return super()._training_losses(batch)
+        params = dict(self.members.named_parameters())
+        buffers = dict(self.members.named_buffers())
+        if self._compiled is not None:
+            with _recompute_masks():
+                return self._compiled(params, buffers, batch)
+        compiled = torch.compile(self._vmapped_losses())
+        self._compile_started = time.perf_counter()
+        try:
+            with _recompute_masks():
+                losses = compiled(params, buffers, batch)
+        except Exception as err:
+            if self._compile_mode is True:
+                raise RuntimeError(f"`compile`=True, but torch.compile failed on this model: {err}") from err
+            self.compile_active, self.compile_reason = False, f"torch.compile failed: {err}"
+            self._compile_started = None
+            rank_zero_warn(f"SeedEnsemble falls back to eager training: torch.compile failed ({err}).")
+            return super()._training_losses(batch)
+        self._compiled = compiled
+        return losses
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        opt = self.optimizers()
+        assert isinstance(opt, LightningOptimizer)
+        loss = self._train_losses_logged(batch).sum()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        if self._scheduler_interval() == "step":
+            self._step_scheduler()
+        return None
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self._compile_started is not None and self.compile_seconds is None:
+            # Forward and backward graphs are both compiled by now (the backward one on first use).
+            self.compile_seconds = time.perf_counter() - self._compile_started
+            rank_zero_info(f"SeedEnsemble: torch.compile took {self.compile_seconds:.1f} s (second step).")
+        trainer = self.trainer
+        if (
+            not self.automatic_optimization
+            and self._scheduler_interval() == "epoch"
+            and (trainer.is_last_batch or batch_idx + 1 == trainer.num_training_batches)
+        ):
+            # Where Lightning's automatic loop steps an epoch-interval scheduler: after the last batch.
+            self._step_scheduler()
+
+    def _scheduler_interval(self) -> str | None:
+        hp: Any = self.hparams
+        return None if hp.lr_scheduler == "none" else str(hp.scheduler_interval)
+
+    def _step_scheduler(self) -> None:
+        sched = self.lr_schedulers()
+        assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+        sched.step()
+
     @override
     def configure_optimizers(self) -> Any:
         hp: Any = self.hparams
         params = list(self.members.parameters())
+        make = _fused_optimizer if self.compile_active else (lambda cls, p, **kw: cls(p, **kw))
         opt: torch.optim.Optimizer
         if self._optimizer_name == "sgd":
-            opt = torch.optim.SGD(
-                params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
+            opt = make(
+                torch.optim.SGD,
+                params,
+                lr=hp.lr,
+                momentum=hp.momentum,
+                nesterov=hp.nesterov,
+                weight_decay=hp.weight_decay,
             )
         else:
             cls = torch.optim.Adam if self._optimizer_name == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
+            opt = make(cls, params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
         if hp.lr_scheduler == "none":
             return opt
         sched: torch.optim.lr_scheduler.LRScheduler

@@ -16,7 +16,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_landscape.multiseed.ensemble import PerSeedLoader, SeedEnsemble, VectorizationError
+from lightning_landscape.multiseed.ensemble import (
+    PerSeedLoader,
+    SeedEnsemble,
+    VectorizationError,
+    compile_unavailable,
+)
 
 SEEDS = [0, 5, 9]
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
@@ -116,7 +121,7 @@ def test_yaml_style_model_spec_builds_the_same_members() -> None:
 )
 def test_trajectories_match_separate_runs_float64(opt_name: str, kwargs: dict[str, Any]) -> None:
     loader = DataLoader(_data(), batch_size=16)
-    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, **kwargs)
+    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, compile=False, **kwargs)
     trainer = Trainer(max_epochs=3, precision="64-true", logger=False, enable_checkpointing=False, **QUIET)
     trainer.fit(ensemble, loader)
     for k, seed in enumerate(SEEDS):
@@ -128,13 +133,75 @@ def test_trajectories_match_separate_runs_float64(opt_name: str, kwargs: dict[st
         assert (start.body[0].weight - single.body[0].weight).abs().max() > 1e-3
 
 
+ADAM = {"optimizer": "adam", "lr": 0.05, "betas": (0.8, 0.99), "weight_decay": 1e-3}
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_separate_runs_and_the_eager_step_float64() -> None:
+    # The one torch.compile of the suite (~20 s on a CPU): compiled loss, fused Adam, our own step.
+    if compile_unavailable(torch.device("cpu")) is not None:
+        pytest.skip(compile_unavailable(torch.device("cpu")))
+    loader = DataLoader(_data(), batch_size=16)
+    fits = {}
+    for mode in (True, False):
+        ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, compile=mode, **ADAM)
+        trainer = Trainer(
+            max_epochs=3, precision="64-true", logger=False, enable_checkpointing=False, **QUIET
+        )
+        trainer.fit(ensemble, loader)
+        fits[mode] = ensemble
+    compiled, eager = fits[True], fits[False]
+    assert compiled.compile_active and compiled._compiled is not None
+    assert compiled.compile_seconds is not None and compiled.compile_seconds > 0
+    assert not eager.compile_active and eager.compile_reason == "compile=False"
+    assert compiled.trainer.optimizers[0].defaults["fused"] is True
+    for k, seed in enumerate(SEEDS):
+        single = _single_run(seed, loader, 3, "adam", lr=ADAM["lr"])
+        # Fused reductions and the fused Adam kernel round differently: 1e-10 in float64 after 9 steps.
+        _assert_same(compiled.member_module(k), single, atol=1e-10)
+        _assert_same(compiled.member_module(k), eager.member_module(k), atol=1e-10)
+        _assert_same(eager.member_module(k), single, atol=1e-12)
+
+
+def test_value_clipping_takes_lightnings_automatic_loop_and_matches_clipped_single_runs() -> None:
+    loader = DataLoader(_data(), batch_size=16)
+    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, optimizer="sgd", lr=0.1, compile=False)
+    trainer = Trainer(
+        max_epochs=2,
+        precision="64-true",
+        gradient_clip_val=0.05,
+        gradient_clip_algorithm="value",
+        logger=False,
+        enable_checkpointing=False,
+        **QUIET,
+    )
+    trainer.fit(ensemble, loader)
+    assert ensemble.automatic_optimization
+    clipped = 0
+    for k, seed in enumerate(SEEDS):
+        seed_everything(seed, workers=True, verbose=False)
+        net = MLP(width=5).double()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(2):
+            for x, y in loader:
+                opt.zero_grad()
+                F.mse_loss(net(x), y).backward()
+                clipped += sum(int((p.grad.abs() > 0.05).sum()) for p in net.parameters())  # type: ignore[union-attr]
+                torch.nn.utils.clip_grad_value_(net.parameters(), 0.05)
+                opt.step()
+        _assert_same(ensemble.member_module(k), net, atol=1e-12)
+    assert clipped > 0  # the clip really acted
+
+
 def test_per_seed_data_streams_match_separate_runs() -> None:
     data = _data()
 
     def loader(seed: int) -> DataLoader:
         return DataLoader(data, batch_size=12, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
-    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, optimizer="adam", lr=0.05, per_seed_data=True)
+    ensemble = SeedEnsemble(
+        MLP, {"width": 5}, seeds=SEEDS, optimizer="adam", lr=0.05, per_seed_data=True, compile=False
+    )
     trainer = Trainer(max_epochs=2, precision="64-true", logger=False, enable_checkpointing=False, **QUIET)
     trainer.fit(ensemble, PerSeedLoader([loader(s) for s in SEEDS]))
     # Independent runs, each on its own seed's shuffled stream.
@@ -158,7 +225,9 @@ def test_per_member_tags_grad_norm_and_gaps_in_tensorboard(tmp_path: Path) -> No
     data = _data(32)
     train = DataLoader(data, batch_size=16)
     val = DataLoader(_data(20), batch_size=8)
-    ensemble = SeedEnsemble(MLP, {"width": 5}, seeds=SEEDS, optimizer="sgd", lr=0.1, optimal_risk=0.0)
+    ensemble = SeedEnsemble(
+        MLP, {"width": 5}, seeds=SEEDS, optimizer="sgd", lr=0.1, optimal_risk=0.0, compile=False
+    )
     logger = TensorBoardLogger(tmp_path, name="ens", version="")
     trainer = Trainer(
         max_epochs=2,
@@ -198,7 +267,7 @@ def test_per_member_tags_grad_norm_and_gaps_in_tensorboard(tmp_path: Path) -> No
 def test_member_top_hessian_eigenvalue_matches_dense_hessian(tmp_path: Path) -> None:
     pytest.importorskip("lightning_landscape.curvature.eigen")
     x, y = _data(24).tensors
-    ensemble = SeedEnsemble(MLP, {"width": 4}, seeds=[1, 2], hessian_every_n_steps=1).double()
+    ensemble = SeedEnsemble(MLP, {"width": 4}, seeds=[1, 2], hessian_every_n_steps=1, compile=False).double()
     eig = ensemble.member_top_eigenvalues((x, y), tol=1e-8)
     for k in range(2):
         net = ensemble.member_module(k)
@@ -252,6 +321,7 @@ class _DropNet(MLP):
         ({"seeds": [1, 1]}, ValueError, "duplicates"),
         ({"lr": 0.0}, ValueError, "`lr` must be positive"),
         ({"hessian_every_n_steps": -1}, ValueError, "`hessian_every_n_steps`"),
+        ({"compile": "yes"}, ValueError, "`compile`='yes' is not True, False or 'auto'"),
         ({"model": 123}, TypeError, "`model` must be"),
         ({"model": "torch.nn.NoSuchThing"}, ValueError, "'torch.nn.NoSuchThing' could not be imported"),
         ({"model": _BnNet}, VectorizationError, "BatchNorm1d.*sequential"),
@@ -267,9 +337,9 @@ def test_refusals_at_fit_time_name_the_reason() -> None:
     loader = DataLoader(_data(16), batch_size=8)
     with pytest.raises(VectorizationError, match=r"vmap.*dropout.*sequential"):
         Trainer(max_steps=1, logger=False, enable_checkpointing=False, **QUIET).fit(
-            SeedEnsemble(_DropNet, seeds=2), loader
+            SeedEnsemble(_DropNet, seeds=2, compile=False), loader
         )
-    ensemble = SeedEnsemble(MLP, seeds=2)
+    ensemble = SeedEnsemble(MLP, seeds=2, compile=False)
     before = ensemble.members.body[0].weight.detach().clone()
     with pytest.raises(VectorizationError, match=r"gradient_clip_val=1\.0.*norm"):
         Trainer(max_steps=1, gradient_clip_val=1.0, logger=False, enable_checkpointing=False, **QUIET).fit(
@@ -303,7 +373,7 @@ tune = sys.argv[1] == "1"
 before = mmapped_bytes_while_holding_64mb()
 x = torch.rand(32, 1)
 ensemble = SeedEnsemble("torch.nn.Linear", {"in_features": 1, "out_features": 1}, seeds=2,
-                        tune_cpu_allocator=tune)
+                        tune_cpu_allocator=tune, compile=False)
 Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False).fit(ensemble, DataLoader(TensorDataset(x, 2 * x), batch_size=16))
 print(before, mmapped_bytes_while_holding_64mb())
