@@ -297,8 +297,10 @@ class HessianEigenMonitor(Callback):
             if self.density:
                 assert op is not None
                 sd = slq(op, num_iter=self.density_iter, num_runs=self.density_runs, seed=self.seed)
-            products = result.num_products if op is None or self.backend == "pyhessian" else 0
-            products += 0 if op is None else op.num_products
+            # Every product of our operator (eigenvalues, trace, density), plus pyhessian's own.
+            products = (result.num_products if self.backend == "pyhessian" else 0) + (
+                op.num_products if op else 0
+            )
             if not all(math.isfinite(v) for v in metrics.values()):
                 raise NonFiniteError(f"non-finite Hessian values {metrics}")
         except NonFiniteError as err:
