@@ -27,10 +27,13 @@ from lightning_landscape.callbacks._probe import (
 )
 from lightning_landscape.callbacks._tensorboard import add_density, log_scalars, write_layout
 from lightning_landscape.curvature import (
+    HessianOperator,
     NonFiniteError,
     hessian_eigenvalues,
-    hessian_trace,
-    spectral_density,
+    hutchinson,
+    lanczos,
+    power_iteration,
+    slq,
 )
 
 
@@ -243,43 +246,61 @@ class HessianEigenMonitor(Callback):
             return
         self._last_probe_step = trainer.global_step
         loss_fn = self._loss_fn if self._loss_fn is not None else TrainingStepLoss()
-        common: dict[str, Any] = {"train_mode": self.train_mode, "memory": self.memory, "seed": self.seed}
         warm = self.warm_start and self.backend != "pyhessian"
+        op: HessianOperator | None = None
         try:
-            result = hessian_eigenvalues(
-                pl_module,
-                loss_fn,
-                self._batches,
-                k=self.k,
-                which="both" if self.smallest else "largest",
-                tol=self.tol,
-                max_iter=self.max_iter,
-                backend=self.backend,
-                return_eigenvectors=warm,
-                v0=self._start_vectors(pl_module) if warm else None,
-                **common,
-            )
-            metrics = {_tags.hessian_eig_tag(i + 1): float(v) for i, v in enumerate(result.eigenvalues)}
-            products = result.num_products
-            if self.smallest and result.smallest is not None:
-                metrics[_tags.HESSIAN_EIG_MIN] = float(result.smallest[0])
-            if self.trace:
-                tr = hessian_trace(
-                    pl_module, loss_fn, self._batches, num_samples=self.trace_samples, **common
-                )
-                metrics[_tags.HESSIAN_TRACE] = tr.trace
-                products += tr.num_products
-            sd = None
-            if self.density:
-                sd = spectral_density(
+            if self.backend == "pyhessian":
+                # pyhessian builds its own graph; ours serves the trace and density only.
+                result = hessian_eigenvalues(
                     pl_module,
                     loss_fn,
                     self._batches,
-                    num_iter=self.density_iter,
-                    num_runs=self.density_runs,
-                    **common,
+                    k=self.k,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    backend="pyhessian",
+                    train_mode=self.train_mode,
+                    seed=self.seed,
                 )
-                products += sd.num_products
+            # One operator (one gradient graph) per probe, handed to every algorithm below.
+            if self.backend != "pyhessian" or self.trace or self.density:
+                op = HessianOperator(
+                    pl_module,
+                    loss_fn,
+                    self._batches,
+                    memory=self.memory,
+                    train_mode=self.train_mode,
+                    seed=self.seed,
+                )
+            if self.backend != "pyhessian":
+                assert op is not None
+                solver = lanczos if self.backend == "lanczos" else power_iteration
+                result = solver(
+                    op,
+                    k=self.k,
+                    which="both" if self.smallest else "largest",
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    seed=self.seed,
+                    return_eigenvectors=warm,
+                    v0=self._start_vectors(pl_module) if warm else None,
+                )
+            metrics = {_tags.hessian_eig_tag(i + 1): float(v) for i, v in enumerate(result.eigenvalues)}
+            if self.smallest and result.smallest is not None:
+                metrics[_tags.HESSIAN_EIG_MIN] = float(result.smallest[0])
+            if self.trace:
+                assert op is not None
+                metrics[_tags.HESSIAN_TRACE] = hutchinson(
+                    op, num_samples=self.trace_samples, seed=self.seed
+                ).trace
+            sd = None
+            if self.density:
+                assert op is not None
+                sd = slq(op, num_iter=self.density_iter, num_runs=self.density_runs, seed=self.seed)
+            # Every product of our operator (eigenvalues, trace, density), plus pyhessian's own.
+            products = (result.num_products if self.backend == "pyhessian" else 0) + (
+                op.num_products if op else 0
+            )
             if not all(math.isfinite(v) for v in metrics.values()):
                 raise NonFiniteError(f"non-finite Hessian values {metrics}")
         except NonFiniteError as err:
@@ -290,6 +311,9 @@ class HessianEigenMonitor(Callback):
                 category=RuntimeWarning,
             )
             return
+        finally:
+            if op is not None:
+                op.close()
         if warm and result.eigenvectors is not None:
             vectors = [result.eigenvectors]
             if result.smallest_eigenvectors is not None:
