@@ -12,13 +12,14 @@ from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
 from lightning_landscape.callbacks._probe import (
     LossFn,
-    TrainingStepLoss,
+    ProbeLoss,
     draw_batches,
     epoch_end_logging_step,
     logging_step,
@@ -33,13 +34,21 @@ from lightning_landscape.curvature import (
     spectral_density,
 )
 
+# Modules whose train-mode Hessian differs from the eval-mode one the probe measures by default.
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.GroupNorm)
 
-def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
+
+def converged_flags(result: Any, count: int, smallest: bool = False) -> list[bool]:
+    """Per-value convergence of ``count`` values of an eigen result (one flag for all if it has only one)."""
+    flags = getattr(result, "smallest_converged" if smallest else "converged", None)
+    if flags is None:
+        flags = getattr(result, "converged", False)
+    if isinstance(flags, Tensor):
+        flags = flags.tolist()
+    if isinstance(flags, (list, tuple)):
+        values = [bool(f) for f in flags][:count]
+        return values + [all(values)] * (count - len(values))
+    return [bool(flags)] * count
 
 
 class HessianEigenMonitor(Callback):
@@ -128,34 +137,35 @@ class HessianEigenMonitor(Callback):
         tol: float = 1e-3,
         backend: Literal["lanczos", "power", "pyhessian"] = "lanczos",
         max_iter: int | None = None,
-        train_mode: bool = False,
+        train_mode: bool | None = None,
         memory: Literal["auto", "reuse", "recompute"] = "auto",
         seed: int = 0,
         warm_start: bool = True,
+        unconverged: Literal["log", "skip"] = "log",
+        name: str | None = None,
     ) -> None:
-        _check_int("k", k, 1)
-        _check_int("every_n_steps", every_n_steps, 1, optional=True)
-        _check_int("every_n_epochs", every_n_epochs, 1, optional=True)
+        check_int("k", k)
+        check_int("every_n_steps", every_n_steps, optional=True)
+        check_int("every_n_epochs", every_n_epochs, optional=True)
         if every_n_steps is None and every_n_epochs is None:
             raise ValueError("`every_n_steps` and `every_n_epochs` are both None: set at least one of them")
-        _check_int("trace_samples", trace_samples, 1)
-        _check_int("density_iter", density_iter, 2)
-        _check_int("density_runs", density_runs, 1)
-        _check_int("num_batches", num_batches, 1)
-        _check_int("max_iter", max_iter, 1, optional=True)
-        _check_int("seed", seed, 0)
-        if dataloader not in ("train", "val"):
-            raise ValueError(f"`dataloader` must be 'train' or 'val', got {dataloader!r}")
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol > 0 and math.isfinite(tol)):
-            raise ValueError(f"`tol` must be a finite float > 0, got {tol!r}")
-        if backend not in ("lanczos", "power", "pyhessian"):
-            raise ValueError(f"`backend` must be 'lanczos', 'power' or 'pyhessian', got {backend!r}")
+        check_int("trace_samples", trace_samples)
+        check_int("density_iter", density_iter, minimum=2)
+        check_int("density_runs", density_runs)
+        check_int("num_batches", num_batches)
+        check_int("max_iter", max_iter, optional=True)
+        check_int("seed", seed, minimum=0)
+        check_choice("dataloader", dataloader, ("train", "val"))
+        check_float("tol", tol, positive=True)
+        check_choice("backend", backend, ("lanczos", "power", "pyhessian"))
         if backend == "pyhessian" and smallest:
             raise ValueError(
                 "`backend`='pyhessian' computes the largest eigenvalues only: use smallest=False"
             )
-        if memory not in ("auto", "reuse", "recompute"):
-            raise ValueError(f"`memory` must be 'auto', 'reuse' or 'recompute', got {memory!r}")
+        check_choice("memory", memory, ("auto", "reuse", "recompute"))
+        check_choice("train_mode", train_mode, (None, False, True))
+        check_choice("unconverged", unconverged, ("log", "skip"))
+        _tags.check_name(name)
         self.k = k
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
@@ -171,7 +181,9 @@ class HessianEigenMonitor(Callback):
         self.tol = float(tol)
         self.backend = backend
         self.max_iter = max_iter
-        self.train_mode = bool(train_mode)
+        self.train_mode = train_mode
+        self.unconverged = unconverged
+        self.name = name
         self.memory = memory
         self.seed = seed
         self.warm_start = bool(warm_start)
@@ -184,15 +196,20 @@ class HessianEigenMonitor(Callback):
         # Ritz vectors of the last probe, [j, n] on the module's device: the next probe's start.
         self._warm_vectors: Tensor | None = None
         self._state_key: tuple[tuple[Any, ...], str] | None = None
+        self.num_unconverged = 0
+        self._warned_mode = False
 
     @property
     @override
     def state_key(self) -> str:
         # Lightning reads the key at every hook call of every step (to name profiler actions): build the
         # string only when an argument it depends on has changed.
-        args = (self.k, self.every_n_steps, self.every_n_epochs, self.dataloader, self.num_batches)
+        args = (self.k, self.every_n_steps, self.every_n_epochs, self.dataloader, self.num_batches, self.name)
         if self._state_key is None or self._state_key[0] != args:
+            # An unnamed monitor keeps the key of earlier versions, so their checkpoints still resume.
+            named = {} if self.name is None else {"name": self.name}
             key = self._generate_state_key(
+                **named,
                 k=self.k,
                 every_n_steps=self.every_n_steps,
                 every_n_epochs=self.every_n_epochs,
@@ -210,6 +227,31 @@ class HessianEigenMonitor(Callback):
                 "Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "
                 "device."
             )
+        if not pl_module.automatic_optimization and self._loss_fn is None:
+            raise MisconfigurationException(
+                f"HessianEigenMonitor cannot probe {type(pl_module).__name__}.training_step: it uses "
+                "manual optimization (automatic_optimization=False), so its training_step runs backward and "
+                "steps the optimizers itself. Pass `loss_fn='pkg.module:function'`, a loss_fn(model, batch) "
+                "returning the loss to probe (e.g. the discriminator's or the generator's loss)."
+            )
+        compiled = any(hasattr(m, "_orig_mod") for m in pl_module.modules())
+        if compiled and not hasattr(torch.compiler, "set_stance"):
+            raise MisconfigurationException(  # pragma: no cover - torch < 2.6
+                "HessianEigenMonitor: this torch cannot run compiled modules eagerly (no "
+                "torch.compiler.set_stance), and compiled graphs have no double backward. Upgrade torch or "
+                "probe the uncompiled module."
+            )
+        if self.train_mode is None and not self._warned_mode:
+            kinds = sorted({type(m).__name__ for m in pl_module.modules() if isinstance(m, _MODE_DEPENDENT)})
+            if kinds:
+                self._warned_mode = True
+                rank_zero_warn(
+                    f"HessianEigenMonitor: {type(pl_module).__name__} has {', '.join(kinds)}; the probe "
+                    "measures the Hessian in eval mode (running statistics, no dropout), which can differ a "
+                    "lot from the train-mode one. Pass `train_mode=False` to keep eval mode without this "
+                    "warning, or `train_mode=True` for the module's own train/eval flags.",
+                    category=UserWarning,
+                )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -242,8 +284,9 @@ class HessianEigenMonitor(Callback):
         if self._batches is None:
             return
         self._last_probe_step = trainer.global_step
-        loss_fn = self._loss_fn if self._loss_fn is not None else TrainingStepLoss()
-        common: dict[str, Any] = {"train_mode": self.train_mode, "memory": self.memory, "seed": self.seed}
+        loss_fn = ProbeLoss(self._loss_fn)
+        train_mode = bool(self.train_mode)
+        common: dict[str, Any] = {"train_mode": train_mode, "memory": self.memory, "seed": self.seed}
         warm = self.warm_start and self.backend != "pyhessian"
         try:
             result = hessian_eigenvalues(
@@ -259,15 +302,13 @@ class HessianEigenMonitor(Callback):
                 v0=self._start_vectors(pl_module) if warm else None,
                 **common,
             )
-            metrics = {_tags.hessian_eig_tag(i + 1): float(v) for i, v in enumerate(result.eigenvalues)}
+            metrics = self._eigen_metrics(trainer, result)
             products = result.num_products
-            if self.smallest and result.smallest is not None:
-                metrics[_tags.HESSIAN_EIG_MIN] = float(result.smallest[0])
             if self.trace:
                 tr = hessian_trace(
                     pl_module, loss_fn, self._batches, num_samples=self.trace_samples, **common
                 )
-                metrics[_tags.HESSIAN_TRACE] = tr.trace
+                metrics[self._tag(_tags.TRACE)] = tr.trace
                 products += tr.num_products
             sd = None
             if self.density:
@@ -297,13 +338,42 @@ class HessianEigenMonitor(Callback):
             self._warm_vectors = torch.cat(vectors).detach()
         self.num_probes += 1
         self.total_products += products
-        metrics[_tags.HESSIAN_NUM_PRODUCTS] = float(products)
+        metrics[self._tag(_tags.NUM_PRODUCTS)] = float(products)
         log_scalars(trainer, metrics, step)
         for tag, value in metrics.items():
             pl_module.log(tag, value, logger=False, sync_dist=False)
         if sd is not None:
             grid, dens = sd.on_grid()
-            add_density(trainer, _tags.HESSIAN_DENSITY, grid, dens, float(sd.num_params), step)
+            add_density(trainer, self._tag(_tags.DENSITY), grid, dens, float(sd.num_params), step)
+
+    def _tag(self, quantity: str, block: str | None = None) -> str:
+        return _tags.hessian_tag(quantity, self.name, block)
+
+    def _eigen_metrics(self, trainer: pl.Trainer, result: Any, block: str | None = None) -> dict[str, float]:
+        """The eigenvalue tags of one result and ``converged``; unconverged values dropped if asked."""
+        values = [float(v) for v in result.eigenvalues]
+        flags = converged_flags(result, len(values))
+        named = [(_tags.hessian_eig_tag(i + 1, self.name, block), v) for i, v in enumerate(values)]
+        if self.smallest and result.smallest is not None:
+            named.append((self._tag(_tags.EIG_MIN, block), float(result.smallest[0])))
+            flags.append(converged_flags(result, 1, smallest=True)[0])
+        if not all(flags):
+            self.num_unconverged += 1
+            if self.num_unconverged == 1:
+                bad = [tag for (tag, _), ok in zip(named, flags, strict=True) if not ok]
+                action = "logged anyway" if self.unconverged == "log" else "not logged"
+                rank_zero_warn(
+                    f"HessianEigenMonitor: at step {trainer.global_step} {bad} did not converge to "
+                    f"tol={self.tol} within max_iter={self.max_iter}; they are {action} (unconverged="
+                    f"{self.unconverged!r}) and {self._tag(_tags.CONVERGED, block)} is 0. Raise `max_iter` "
+                    "or `tol`. (Warned once.)",
+                    category=RuntimeWarning,
+                )
+        metrics = {
+            tag: v for (tag, v), ok in zip(named, flags, strict=True) if ok or self.unconverged == "log"
+        }
+        metrics[self._tag(_tags.CONVERGED, block)] = float(all(flags))
+        return metrics
 
     def _start_vectors(self, pl_module: pl.LightningModule) -> Tensor | None:
         """The warm start for this probe: the last probe's Ritz vectors, if they still fit the model.
@@ -330,6 +400,7 @@ class HessianEigenMonitor(Callback):
             "num_probes": self.num_probes,
             "num_skipped": self.num_skipped,
             "total_products": self.total_products,
+            "num_unconverged": self.num_unconverged,
         }
         if self._warm_vectors is not None:
             # On the CPU, so that the checkpoint loads on any device (moved back at the next probe).
@@ -342,5 +413,6 @@ class HessianEigenMonitor(Callback):
         self.num_probes = int(state_dict.get("num_probes", 0))
         self.num_skipped = int(state_dict.get("num_skipped", 0))
         self.total_products = int(state_dict.get("total_products", 0))
+        self.num_unconverged = int(state_dict.get("num_unconverged", 0))
         warm = state_dict.get("warm_vectors", None)
         self._warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None

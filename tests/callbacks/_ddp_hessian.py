@@ -9,11 +9,11 @@ import hashlib
 import sys
 
 import lightning.pytorch as pl
-from _cb_helpers import TinyRegression, make_loader
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_landscape import HessianEigenMonitor
+from tests.callbacks._cb_helpers import TinyRegression, make_loader
 
 
 class ShardedData(pl.LightningDataModule):

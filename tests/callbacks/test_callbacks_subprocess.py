@@ -11,12 +11,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-from _cb_helpers import TinyRegression, make_loader
-from conftest import read_scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_landscape import HessianEigenMonitor
-from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks import tags as _tags
+from tests.callbacks._cb_helpers import TinyRegression, make_loader
+from tests.callbacks._events import read_scalars
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_lightning_cli_adds_the_monitors_from_the_command_line(tmp_path: Path) -> None:
     code = (
-        "from lightning.pytorch.cli import LightningCLI; import _cb_helpers as h; "
+        "from lightning.pytorch.cli import LightningCLI; import tests.callbacks._cb_helpers as h; "
         "LightningCLI(h.TinyRegression, h.TinyData)"
     )
     args = [
