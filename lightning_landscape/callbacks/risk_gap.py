@@ -53,10 +53,11 @@ class RiskGapMonitor(Callback):
     The risks work with the module as it is. :math:`\hat R_{\mathrm{train}}` is the epoch mean of
     ``train_key`` when the module logs it with ``on_epoch=True`` (exactly Lightning's aggregate), otherwise
     the batch-size-weighted mean of the losses ``training_step`` returned during the epoch (Lightning's
-    default ``self.log(..., on_step=True, on_epoch=False)`` needs no change). The monitor keeps that mean
-    itself, in a torchmetrics ``MeanMetric`` summed over DDP ranks and saved in its ``state_dict`` for a
-    mid-epoch resume.
-    :math:`\hat R_{\mathrm{val}}` likewise: the epoch mean of ``val_key`` (for ``self.log`` in
+    default ``self.log(..., on_step=True, on_epoch=False)`` needs no change; a manual-optimization
+    ``training_step`` that returns nothing contributes the value it logged under ``train_key`` in that
+    batch). The monitor keeps that mean itself, in a torchmetrics ``MeanMetric`` summed over DDP ranks and
+    saved in its ``state_dict`` for a mid-epoch resume. :math:`\hat R_{\mathrm{val}}` likewise: the epoch
+    mean of ``val_key`` (for ``self.log`` in
     ``validation_step`` that is the default), else the mean of the scalar losses ``validation_step``
     returned. The training mean averages over weights that changed during the epoch;
     ``full_train_risk=True`` instead evaluates the risk on the whole training set at the weights of the
@@ -167,6 +168,14 @@ class RiskGapMonitor(Callback):
     ) -> None:
         loss = _scalar(outputs)
         if loss is None:
+            # Manual optimization may return nothing: take what the module logged in this batch.
+            logged = trainer.callback_metrics
+            for key in (f"{self.train_key}_step", self.train_key):
+                if isinstance(logged.get(key), Tensor):
+                    self._train_mean.update(
+                        logged[key].detach().double().to(self._train_mean.device), weight=batch_size_of(batch)
+                    )
+                    return
             return
         if pl_module.automatic_optimization:
             # Lightning hands on the loss divided by the accumulation factor; undo that.
