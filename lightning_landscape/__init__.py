@@ -2,29 +2,59 @@
 
 Drop-in Lightning callbacks (gradient norms, Hessian spectra, risk gaps), a multi-seed trainer,
 and a framework-free curvature core.
+
+The names below are imported on first use (PEP 562), so ``import lightning_landscape.curvature`` does not
+import Lightning; ``from lightning_landscape import HessianEigenMonitor`` works as usual.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# --- callbacks ---
-from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
+if TYPE_CHECKING:
+    # --- callbacks ---
+    from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
 
-# --- multi-seed ---
-from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer, SeedRun
-from lightning_landscape.multiseed.ensemble import SeedEnsemble
+    # --- curvature ---
+    from lightning_landscape.curvature import (
+        EigenResult,
+        HessianOperator,
+        NonFiniteError,
+        SpectralDensity,
+        TraceResult,
+        hessian_eigenvalues,
+        hessian_trace,
+        spectral_density,
+    )
 
-# --- curvature ---
-# isort: split
-from lightning_landscape.curvature import (
-    EigenResult,
-    HessianOperator,
-    NonFiniteError,
-    SpectralDensity,
-    TraceResult,
-    hessian_eigenvalues,
-    hessian_trace,
-    spectral_density,
-)
+    # --- multi-seed ---
+    from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer, SeedRun
+    from lightning_landscape.multiseed.ensemble import SeedEnsemble
+
+# Where each public name lives: imported by __getattr__ on first access, then cached in the module.
+_LAZY = {
+    # callbacks
+    "GradientNormMonitor": "lightning_landscape.callbacks",
+    "HessianEigenMonitor": "lightning_landscape.callbacks",
+    "RiskGapMonitor": "lightning_landscape.callbacks",
+    # multi-seed
+    "MultiSeedResult": "lightning_landscape.multiseed",
+    "MultiSeedTrainer": "lightning_landscape.multiseed",
+    "SeedEnsemble": "lightning_landscape.multiseed.ensemble",
+    "SeedRun": "lightning_landscape.multiseed",
+    # curvature
+    "EigenResult": "lightning_landscape.curvature",
+    "HessianOperator": "lightning_landscape.curvature",
+    "NonFiniteError": "lightning_landscape.curvature",
+    "SpectralDensity": "lightning_landscape.curvature",
+    "TraceResult": "lightning_landscape.curvature",
+    "hessian_eigenvalues": "lightning_landscape.curvature",
+    "hessian_trace": "lightning_landscape.curvature",
+    "spectral_density": "lightning_landscape.curvature",
+}
 
 __all__ = [
     "__version__",
@@ -47,3 +77,16 @@ __all__ = [
     "hessian_trace",
     "spectral_density",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_landscape' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,4 @@
-"""The one argument checker of the callbacks: the curvature core's ``check_int`` and its message format.
+"""The one argument checker of the callbacks: the curvature core's checkers, and two more in their format.
 
 Every message reads ``` `name` must be <what is valid>, got <value>.```, the same as the curvature core's,
 so a bad ``k`` reads the same whether it reaches a callback or :func:`~lightning_landscape.curvature.lanczos`.
@@ -7,12 +7,11 @@ so a bad ``k`` reads the same whether it reaches a callback or :func:`~lightning
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
-from lightning_landscape.curvature.eigen import check_int
+from lightning_landscape.curvature._checks import check_choice, check_int, check_positive
 
-__all__ = ["check_choice", "check_float", "check_int", "check_str"]
+__all__ = ["check_choice", "check_float", "check_int", "check_positive", "check_str"]
 
 
 def check_float(name: str, value: Any, optional: bool = False, positive: bool = False) -> None:
@@ -20,10 +19,10 @@ def check_float(name: str, value: Any, optional: bool = False, positive: bool = 
 
     Example::
 
-        >>> check_float("tol", 0.0, positive=True)
+        >>> check_float("optimal_risk", float("inf"), optional=True)
         Traceback (most recent call last):
         ...
-        ValueError: `tol` must be a finite number > 0, got 0.0.
+        ValueError: `optimal_risk` must be None or a finite number, got inf.
     """
     if optional and value is None:
         return
@@ -31,13 +30,6 @@ def check_float(name: str, value: Any, optional: bool = False, positive: bool = 
     if not ok or (positive and value <= 0):
         allowed = ("None or " if optional else "") + "a finite number" + (" > 0" if positive else "")
         raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    """A ``ValueError`` naming ``name`` and the valid ``choices`` unless ``value`` is one of them."""
-    if value not in choices:
-        allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
 
 
 def check_str(name: str, value: Any, optional: bool = False) -> None:

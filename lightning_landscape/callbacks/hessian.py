@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
-from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
+from lightning_landscape.callbacks._checks import check_choice, check_int, check_positive
 from lightning_landscape.callbacks._probe import (
     LossFn,
     ProbeLoss,
@@ -28,10 +28,13 @@ from lightning_landscape.callbacks._probe import (
 )
 from lightning_landscape.callbacks._tensorboard import add_density, log_scalars, write_layout
 from lightning_landscape.curvature import (
+    HessianOperator,
     NonFiniteError,
     hessian_eigenvalues,
-    hessian_trace,
-    spectral_density,
+    hutchinson,
+    lanczos,
+    power_iteration,
+    slq,
 )
 
 # Modules whose train-mode Hessian differs from the eval-mode one the probe measures by default.
@@ -40,7 +43,7 @@ _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutN
 
 def converged_flags(result: Any, count: int, smallest: bool = False) -> list[bool]:
     """Per-value convergence of ``count`` values of an eigen result (one flag for all if it has only one)."""
-    flags = getattr(result, "smallest_converged" if smallest else "converged", None)
+    flags = getattr(result, "smallest_converged" if smallest else "value_converged", None)
     if flags is None:
         flags = getattr(result, "converged", False)
     if isinstance(flags, Tensor):
@@ -143,6 +146,8 @@ class HessianEigenMonitor(Callback):
         warm_start: bool = True,
         unconverged: Literal["log", "skip"] = "log",
         name: str | None = None,
+        params: str | list[str] | None = None,
+        blocks: list[str] | None = None,
     ) -> None:
         check_int("k", k)
         check_int("every_n_steps", every_n_steps, optional=True)
@@ -156,16 +161,32 @@ class HessianEigenMonitor(Callback):
         check_int("max_iter", max_iter, optional=True)
         check_int("seed", seed, minimum=0)
         check_choice("dataloader", dataloader, ("train", "val"))
-        check_float("tol", tol, positive=True)
+        check_positive("tol", tol)
         check_choice("backend", backend, ("lanczos", "power", "pyhessian"))
         if backend == "pyhessian" and smallest:
             raise ValueError(
                 "`backend`='pyhessian' computes the largest eigenvalues only: use smallest=False"
             )
         check_choice("memory", memory, ("auto", "reuse", "recompute"))
-        check_choice("train_mode", train_mode, (None, False, True))
+        if train_mode not in (None, False, True):
+            raise ValueError(f"`train_mode` must be None, False or True, got {train_mode!r}.")
         check_choice("unconverged", unconverged, ("log", "skip"))
         _tags.check_name(name)
+        if params is not None and not (
+            (isinstance(params, str) and params)
+            or (isinstance(params, list) and all(isinstance(p, str) for p in params) and params)
+        ):
+            raise ValueError(
+                "`params` must be None, a regex (str) or a non-empty list of module/parameter names, "
+                f"got {params!r}."
+            )
+        if blocks is not None:
+            if not isinstance(blocks, list) or not blocks:
+                raise ValueError(
+                    f"`blocks` must be None or a non-empty list of module names, got {blocks!r}."
+                )
+            for block in blocks:
+                _tags.check_name(block, "blocks")
         self.k = k
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
@@ -184,6 +205,8 @@ class HessianEigenMonitor(Callback):
         self.train_mode = train_mode
         self.unconverged = unconverged
         self.name = name
+        self.params = params
+        self.blocks = blocks
         self.memory = memory
         self.seed = seed
         self.warm_start = bool(warm_start)
@@ -286,41 +309,49 @@ class HessianEigenMonitor(Callback):
         self._last_probe_step = trainer.global_step
         loss_fn = ProbeLoss(self._loss_fn)
         train_mode = bool(self.train_mode)
-        common: dict[str, Any] = {"train_mode": train_mode, "memory": self.memory, "seed": self.seed}
         warm = self.warm_start and self.backend != "pyhessian"
+        op: HessianOperator | None = None
+        products = 0
         try:
-            result = hessian_eigenvalues(
-                pl_module,
-                loss_fn,
-                self._batches,
-                k=self.k,
-                which="both" if self.smallest else "largest",
-                tol=self.tol,
-                max_iter=self.max_iter,
-                backend=self.backend,
-                return_eigenvectors=warm,
-                v0=self._start_vectors(pl_module) if warm else None,
-                **common,
-            )
-            metrics = self._eigen_metrics(trainer, result)
-            products = result.num_products
-            if self.trace:
-                tr = hessian_trace(
-                    pl_module, loss_fn, self._batches, num_samples=self.trace_samples, **common
-                )
-                metrics[self._tag(_tags.TRACE)] = tr.trace
-                products += tr.num_products
-            sd = None
-            if self.density:
-                sd = spectral_density(
+            if self.backend == "pyhessian":
+                # pyhessian builds its own graph; ours serves the trace and density only.
+                result = hessian_eigenvalues(
                     pl_module,
                     loss_fn,
                     self._batches,
-                    num_iter=self.density_iter,
-                    num_runs=self.density_runs,
-                    **common,
+                    k=self.k,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    backend="pyhessian",
+                    train_mode=train_mode,
+                    seed=self.seed,
+                    params=self.params,
                 )
-                products += sd.num_products
+                products += result.num_products
+            # One operator (one gradient graph) per probe, handed to every algorithm below.
+            if self.backend != "pyhessian" or self.trace or self.density:
+                op = self._operator(pl_module, loss_fn, self.params)
+            if self.backend != "pyhessian":
+                assert op is not None
+                result = self._solve(op, self._start_vectors(op) if warm else None, warm)
+            metrics = self._eigen_metrics(trainer, result)
+            if self.trace:
+                assert op is not None
+                metrics[self._tag(_tags.TRACE)] = hutchinson(
+                    op, num_samples=self.trace_samples, seed=self.seed
+                ).trace
+            sd = None
+            if self.density:
+                assert op is not None
+                sd = slq(op, num_iter=self.density_iter, num_runs=self.density_runs, seed=self.seed)
+            for block in self.blocks or []:
+                block_op = self._operator(pl_module, loss_fn, [block])
+                try:
+                    metrics.update(self._eigen_metrics(trainer, self._solve(block_op, None, False), block))
+                finally:
+                    products += block_op.num_products
+                    block_op.close()
+            products += 0 if op is None else op.num_products
             if not all(math.isfinite(v) for v in metrics.values()):
                 raise NonFiniteError(f"non-finite Hessian values {metrics}")
         except NonFiniteError as err:
@@ -331,6 +362,9 @@ class HessianEigenMonitor(Callback):
                 category=RuntimeWarning,
             )
             return
+        finally:
+            if op is not None:
+                op.close()
         if warm and result.eigenvectors is not None:
             vectors = [result.eigenvectors]
             if result.smallest_eigenvectors is not None:
@@ -345,6 +379,30 @@ class HessianEigenMonitor(Callback):
         if sd is not None:
             grid, dens = sd.on_grid()
             add_density(trainer, self._tag(_tags.DENSITY), grid, dens, float(sd.num_params), step)
+
+    def _operator(self, pl_module: pl.LightningModule, loss_fn: ProbeLoss, params: Any) -> HessianOperator:
+        return HessianOperator(
+            pl_module,
+            loss_fn,
+            self._batches,  # type: ignore[arg-type]
+            memory=self.memory,
+            train_mode=bool(self.train_mode),
+            seed=self.seed,
+            params=params,
+        )
+
+    def _solve(self, op: HessianOperator, v0: Tensor | None, vectors: bool) -> Any:
+        solver = lanczos if self.backend == "lanczos" else power_iteration
+        return solver(
+            op,
+            k=self.k,
+            which="both" if self.smallest else "largest",
+            tol=self.tol,
+            max_iter=self.max_iter,
+            seed=self.seed,
+            return_eigenvectors=vectors,
+            v0=v0,
+        )
 
     def _tag(self, quantity: str, block: str | None = None) -> str:
         return _tags.hessian_tag(quantity, self.name, block)
@@ -375,8 +433,8 @@ class HessianEigenMonitor(Callback):
         metrics[self._tag(_tags.CONVERGED, block)] = float(all(flags))
         return metrics
 
-    def _start_vectors(self, pl_module: pl.LightningModule) -> Tensor | None:
-        """The warm start for this probe: the last probe's Ritz vectors, if they still fit the model.
+    def _start_vectors(self, op: HessianOperator) -> Tensor | None:
+        """The warm start for this probe: the last probe's Ritz vectors, if they still fit the operator.
 
         Under DDP every rank holds the same vectors: they come out of identical Lanczos runs on all-reduced
         products (or from the same checkpoint), so every rank starts from the same ``v0``.
@@ -384,12 +442,11 @@ class HessianEigenMonitor(Callback):
         vectors = self._warm_vectors
         if vectors is None:
             return None
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        if not params or vectors.shape[-1] != sum(p.numel() for p in params):
+        if vectors.shape[-1] != op.num_params:
             # The trainable parameters changed (e.g. layers frozen or unfrozen): the vectors mean nothing now.
             self._warm_vectors = None
             return None
-        vectors = vectors.to(device=params[0].device, dtype=params[0].dtype)
+        vectors = vectors.to(device=op.device, dtype=op.dtype)
         self._warm_vectors = vectors
         return vectors
 

@@ -108,8 +108,8 @@ class RiskGapMonitor(Callback):
         check_str("train_key", train_key)
         check_str("val_key", val_key, optional=True)
         check_float("optimal_risk", optimal_risk, optional=True)
-        check_choice("optimality_of", optimality_of, (None, "train", "val"))
         if optimality_of is not None:
+            check_choice("optimality_of", optimality_of, ("train", "val"))
             warnings.warn(
                 f"RiskGapMonitor: `optimality_of`={optimality_of!r} is deprecated and ignored: "
                 f"{_tags.RISK_OPTIMALITY_GAP} is always the training risk minus `optimal_risk` and "

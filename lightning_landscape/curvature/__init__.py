@@ -1,35 +1,48 @@
 """The curvature core: Hessian-vector products, extreme eigenvalues, trace and spectral density.
 
 Pure PyTorch (no Lightning import): usable on any ``nn.Module`` and ``loss_fn(model, batch)``.
+
+* :mod:`~.operator`: :class:`HessianOperator` (``matvec``, batched ``matmat``, a parameter block by name);
+* algorithms on any operator, keyword-only options: :func:`lanczos`, :func:`power_iteration` (:mod:`~.eigen`),
+  :func:`hutchinson`, :func:`hutchpp`, :func:`xtrace` (:mod:`~.trace`), :func:`slq` (:mod:`~.spectrum`) on
+  the shared kernel :func:`lanczos_tridiagonal` (:mod:`~.krylov`);
+* model-level functions that build one operator and call an algorithm: :func:`hessian_eigenvalues`,
+  :func:`hessian_trace`, :func:`spectral_density` (:mod:`~.api`, the only module that knows pyhessian).
 """
 
-from lightning_landscape.curvature.eigen import (
-    EigenResult,
-    hessian_eigenvalues,
-    lanczos,
-    power_iteration,
-)
+from lightning_landscape.curvature._params import ParamSelection, select_parameters
+from lightning_landscape.curvature.api import hessian_eigenvalues, hessian_trace, spectral_density, trace_of
+from lightning_landscape.curvature.eigen import EigenResult, lanczos, power_iteration
+from lightning_landscape.curvature.krylov import DenseOperator, LinearOperator, lanczos_tridiagonal
 from lightning_landscape.curvature.operator import HessianOperator, LossFn, NonFiniteError, batch_size
-from lightning_landscape.curvature.spectrum import (
-    SpectralDensity,
-    TraceResult,
-    hessian_trace,
-    slq,
-    spectral_density,
-)
+from lightning_landscape.curvature.spectrum import SpectralDensity, slq
+from lightning_landscape.curvature.trace import TraceResult, hutchinson, hutchpp, xtrace
 
 __all__ = [
-    "EigenResult",
+    # operators
+    "DenseOperator",
     "HessianOperator",
+    "LinearOperator",
     "LossFn",
     "NonFiniteError",
+    "ParamSelection",
+    "batch_size",
+    "select_parameters",
+    # algorithms
+    "lanczos",
+    "lanczos_tridiagonal",
+    "power_iteration",
+    "hutchinson",
+    "hutchpp",
+    "xtrace",
+    "slq",
+    "trace_of",
+    # results
+    "EigenResult",
     "SpectralDensity",
     "TraceResult",
-    "batch_size",
+    # model-level
     "hessian_eigenvalues",
     "hessian_trace",
-    "lanczos",
-    "power_iteration",
-    "slq",
     "spectral_density",
 ]

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from lightning_landscape.curvature._params import ParamSelection, select_parameters
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 """``loss_fn(model, batch) -> scalar tensor``: the loss of ``model`` on one batch."""
@@ -232,6 +235,17 @@ class HessianOperator:
       and reuse if that is below a quarter of the free memory of the device (CUDA: ``mem_get_info``;
       CPU: available physical pages), else recompute.
 
+    ``params`` restricts the variables to a selection of the trainable parameters (module or parameter name
+    prefixes, or one regular expression; see :func:`~._params.select_parameters`):
+    the operator is then the block :math:`H_{SS}` of the full Hessian on the selected rows and columns, the
+    other parameters held at their values. :attr:`param_names` lists the selected names and
+    :meth:`slices` where each lies in a flat vector.
+
+    :meth:`matmat` applies the operator to several vectors at once: with ``batched`` (default) the ``j``
+    products share one vectorized backward pass (``torch.autograd.grad(..., is_grads_batched=True)``, a
+    ``vmap`` over the double backward), and with ``memory="recompute"`` one forward and gradient graph per
+    batch serve all ``j`` vectors. Each vector counts as one product in :attr:`num_products`.
+
     By default the loss is evaluated in eval mode (dropout off, BatchNorm on running statistics) so that
     :math:`H` is the Hessian of a deterministic function; ``train_mode=True`` keeps the model's own flags,
     and then random layers draw from a private RNG seeded by ``seed`` and the batch index, so every product
@@ -253,23 +267,29 @@ class HessianOperator:
         seed: seeds the private RNG used by random layers in train mode.
         distributed: all-reduce products across ranks; ``None`` does so when ``torch.distributed`` is
             initialized.
+        params: ``None`` (every trainable parameter), a list of module/parameter name prefixes or one
+            regular expression: the parameters whose Hessian block the operator is.
+        batched: let :meth:`matmat` vectorize its products over the vectors (falls back to one backward per
+            vector, for good, if an operation of the model has no batching rule).
 
     Raises:
         TypeError: for a non-module ``model``, a non-callable ``loss_fn`` or batches that are not a list of
             tensors/tuples/dicts.
-        ValueError: for empty ``batches``, no trainable parameters, an unknown ``memory`` or a loss that is
-            not a scalar.
+        ValueError: for empty ``batches``, no trainable parameters, an unknown ``memory``, a ``params`` that
+            selects nothing or a loss that is not a scalar.
         NonFiniteError: if the loss (on construction with ``"reuse"``, otherwise on a product) or a product
             is not finite.
 
-    Example::
-
+    Example:
         >>> model = nn.Linear(3, 1)
         >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
         >>> op = HessianOperator(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [(x, y)])
         >>> hv = op.matvec(torch.ones(op.num_params))
-        >>> op.num_products
-        1
+        >>> HV = op.matmat(torch.eye(op.num_params)[:, :2])  # two products in one pass
+        >>> op.num_products, tuple(HV.shape)
+        (3, (4, 2))
+        >>> HessianOperator(model, lambda m, b: m(b[0]).sum(), [(x, y)], params=["bias"]).param_names
+        ['bias']
     """
 
     def __init__(
@@ -281,6 +301,8 @@ class HessianOperator:
         train_mode: bool = False,
         seed: int = 0,
         distributed: bool | None = None,
+        params: ParamSelection = None,
+        batched: bool = True,
     ) -> None:
         self._batches = validate_inputs(model, loss_fn, batches)
         if memory not in _MEMORY_MODES:
@@ -289,7 +311,10 @@ class HessianOperator:
         self.loss_fn = loss_fn
         self.train_mode = bool(train_mode)
         self.seed = int(seed)
-        self.params: list[Tensor] = list(trainable_parameters(model))
+        named = select_parameters(model, params)
+        self.param_names: list[str] = [name for name, _ in named]
+        self.params: list[Tensor] = [p for _, p in named]
+        self.batched = bool(batched)
         self.num_params: int = sum(p.numel() for p in self.params)
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
@@ -377,25 +402,89 @@ class HessianOperator:
             self._grads = self._grad(total)
 
     # -- products -----------------------------------------------------------------------------------
-    def _split(self, v: Tensor) -> list[Tensor]:
+    def _hvp(self, grads: Sequence[Tensor | None], rows: Tensor, retain: bool) -> Tensor:
+        """``[j, n]`` products of the rows of ``rows`` through the gradient graph ``grads``."""
+        j = rows.shape[0]
+        pairs = [
+            (g, p) for g, p in zip(grads, self._split(rows), strict=True) if g is not None and g.requires_grad
+        ]
+        if not pairs:
+            return torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
+        outputs = [g for g, _ in pairs]
+        if j > 1 and self.batched:
+            batched = self._hvp_batched(outputs, [v for _, v in pairs])
+            if batched is not None:
+                return batched
+        out = []
+        for r in range(j):
+            hv = torch.autograd.grad(
+                outputs,
+                self.params,
+                grad_outputs=[v[r] for _, v in pairs],
+                retain_graph=retain or r < j - 1,
+                allow_unused=True,
+            )
+            out.append(self._flatten_rows(hv, 1))
+        return torch.cat(out)
+
+    def _hvp_batched(self, outputs: list[Tensor], vs: list[Tensor]) -> Tensor | None:
+        j = vs[0].shape[0]
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # The graph is kept either way: a fallback below must be able to run through it again.
+                hv = torch.autograd.grad(
+                    outputs,
+                    self.params,
+                    grad_outputs=vs,
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+        except (RuntimeError, NotImplementedError):
+            # An operation without a batching rule (or without a batched double backward): loop instead.
+            self.batched = False
+            return None
+        for w in caught:
+            if "performance drop" in str(w.message):
+                # vmap fell back to a per-vector loop inside: the plain loop is as fast, use it from now on.
+                self.batched = False
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return self._flatten_rows(hv, j)
+
+    def _flatten_rows(self, tensors: Sequence[Tensor | None], j: int) -> Tensor:
+        return torch.cat(
+            [
+                torch.zeros(j, p.numel(), dtype=self.dtype, device=self.device)
+                if t is None
+                else t.reshape(j, -1).to(self.dtype)
+                for t, p in zip(tensors, self.params, strict=True)
+            ],
+            dim=1,
+        )
+
+    def _split(self, rows: Tensor) -> list[Tensor]:
+        """The ``[j, n]`` rows cut into ``[j, *p.shape]`` pieces, one per parameter."""
         out, offset = [], 0
         for p in self.params:
-            out.append(v[offset : offset + p.numel()].view_as(p).to(p.dtype))
+            out.append(rows[:, offset : offset + p.numel()].reshape(rows.shape[0], *p.shape).to(p.dtype))
             offset += p.numel()
         return out
 
-    def _hvp(self, grads: Sequence[Tensor | None], vs: list[Tensor], retain: bool) -> list[Tensor]:
-        pairs = [(g, v) for g, v in zip(grads, vs, strict=True) if g is not None and g.requires_grad]
-        if not pairs:
-            return [torch.zeros_like(p) for p in self.params]
-        hv = torch.autograd.grad(
-            [g for g, _ in pairs],
-            self.params,
-            grad_outputs=[v for _, v in pairs],
-            retain_graph=retain,
-            allow_unused=True,
-        )
-        return [torch.zeros_like(p) if h is None else h for h, p in zip(hv, self.params, strict=True)]
+    def slices(self) -> dict[str, slice]:
+        """Where each selected parameter lies in a flat vector: ``{name: slice}``, in order.
+
+        Example:
+            >>> op = HessianOperator(nn.Linear(2, 1), lambda m, b: m(b).sum(), [torch.ones(1, 2)])
+            >>> op.slices()
+            {'weight': slice(0, 2, None), 'bias': slice(2, 3, None)}
+        """
+        out, offset = {}, 0
+        for name, p in zip(self.param_names, self.params, strict=True):
+            out[name] = slice(offset, offset + p.numel())
+            offset += p.numel()
+        return out
 
     def matvec(self, v: Tensor) -> Tensor:
         """The product :math:`Hv` for a flat vector ``v`` of length :attr:`num_params`.
@@ -406,14 +495,33 @@ class HessianOperator:
         """
         if v.numel() != self.num_params:
             raise ValueError(f"`v` must have num_params={self.num_params} elements, got {v.numel()}.")
-        v = v.detach().reshape(-1).to(device=self.device, dtype=self.dtype)
-        vs = self._split(v)
+        return self._apply(v.detach().reshape(1, -1))[0]
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """The products :math:`HV` for the ``j`` columns of ``V`` (shape ``[n, j]``, like scipy's ``matmat``).
+
+        Equal to the stacked :meth:`matvec` of each column (to rounding); ``j`` products in one pass (see
+        the class docstring), counted as ``j`` in :attr:`num_products`.
+
+        Raises:
+            ValueError: if ``V`` is not ``[num_params, j]``.
+            NonFiniteError: if the loss or a product is not finite.
+        """
+        if V.dim() != 2 or V.shape[0] != self.num_params:
+            raise ValueError(f"`V` must have shape [num_params={self.num_params}, j], got {list(V.shape)}.")
+        if V.shape[1] == 0:
+            return V.detach().to(device=self.device, dtype=self.dtype).clone()
+        return self._apply(V.detach().T).T
+
+    def _apply(self, rows: Tensor) -> Tensor:
+        rows = rows.to(device=self.device, dtype=self.dtype)
+        j = rows.shape[0]
         loss_bad = self._bad_loss
         if self.memory == "reuse":
             assert self._grads is not None
-            hv = self._flatten(self._hvp(self._grads, vs, retain=True))
+            hv = self._hvp(self._grads, rows, retain=True)
         else:
-            acc = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+            acc = torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
             for i in range(len(self._batches)):
                 with self._probe(i):
                     loss = self._loss(i)
@@ -422,26 +530,24 @@ class HessianOperator:
                         if not self.distributed:
                             self._check_loss(loss, i)
                     grads = self._grad(loss)
-                    acc += self._flatten(self._hvp(grads, vs, retain=False)) * self._weights[i]
+                    acc += self._hvp(grads, rows, retain=False) * self._weights[i]
+                    del grads
             hv = acc / self.total_weight
         if self.distributed:
             flag = torch.tensor([1.0 if loss_bad else 0.0], dtype=self.dtype, device=self.device)
-            packed = torch.cat([hv, flag])
+            packed = torch.cat([hv.reshape(-1), flag])
             torch.distributed.all_reduce(packed)
-            hv, bad = packed[:-1], float(packed[-1].item())
+            hv, bad = packed[:-1].reshape(j, self.num_params), float(packed[-1].item())
             if bad > 0:
                 where = "on this rank" if loss_bad else "on another rank"
                 raise NonFiniteError(f"The loss is not finite {where} (Hessian-vector product aborted).")
-        self.num_products += 1
+        self.num_products += j
         if not bool(torch.isfinite(hv).all()):
             raise NonFiniteError(
                 f"The Hessian-vector product is not finite ({int((~torch.isfinite(hv)).sum())} of "
-                f"{self.num_params} entries) at product {self.num_products}."
+                f"{hv.numel()} entries) at product {self.num_products}."
             )
         return hv
-
-    def _flatten(self, tensors: Sequence[Tensor]) -> Tensor:
-        return torch.cat([t.reshape(-1).to(self.dtype) for t in tensors])
 
     def close(self) -> None:
         """Free the kept gradient graph (also done when the operator is garbage collected)."""
@@ -450,8 +556,8 @@ class HessianOperator:
     def dense(self) -> Tensor:
         """The full :math:`n \\times n` Hessian built from ``n`` products (for tests and tiny models)."""
         eye = torch.eye(self.num_params, dtype=self.dtype, device=self.device)
-        cols = [self.matvec(eye[i]) for i in range(self.num_params)]
-        return torch.stack(cols, dim=1)
+        cols = [self.matmat(eye[:, i : i + 64]) for i in range(0, self.num_params, 64)]
+        return torch.cat(cols, dim=1)
 
 
 __all__ = [
@@ -460,7 +566,9 @@ __all__ = [
     "MemoryMode",
     "ModelState",
     "NonFiniteError",
+    "ParamSelection",
     "batch_size",
+    "select_parameters",
     "trainable_parameters",
     "validate_inputs",
 ]

@@ -179,7 +179,7 @@ def test_refuses_sharded_strategies() -> None:
         ({"every_n_steps": None}, "both None"),
         ({"every_n_epochs": -1}, "`every_n_epochs`"),
         ({"num_batches": 0}, "`num_batches`"),
-        ({"dataloader": "test"}, "`dataloader` must be one of 'train', 'val', got 'test'."),
+        ({"dataloader": "test"}, "`dataloader` must be one of ('train', 'val'), got 'test'."),
         ({"tol": 0.0}, "`tol`"),
         ({"tol": float("nan")}, "`tol`"),
         ({"backend": "arpack"}, "`backend`"),
