@@ -85,7 +85,8 @@ ENTRIES = [pytest.param(name, marks=pytest.mark.slow) if name == "compiled" else
 def test_every_callback_on_every_zoo_module(name: str, tmp_path: Path) -> None:
     entry = ZOO[name]
     steps = 4 * entry.num_optimizers  # one global step per optimizer step: 4 batches
-    hessian = HessianEigenMonitor(k=2, every_n_steps=steps, smallest=True, tol=1e-6, **entry.hessian_kwargs)
+    options = {"k": 2, "every_n_steps": steps, "smallest": True, "tol": 1e-6, **entry.hessian_kwargs}
+    hessian = HessianEigenMonitor(**options)
     train_key = "d_loss" if name == "gan" else "train_loss"
     recorder = GradRecorder()
     callbacks = [
