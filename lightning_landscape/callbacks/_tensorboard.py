@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 
-def _charts(family: str, name: str | None, others: list[str]) -> dict[str, list[Any]]:
+def _charts(family: str, name: str | None, others: list[str], blocks: list[str]) -> dict[str, list[Any]]:
     """The charts of one monitor: regexes, so per-layer, per-optimizer and eig_k tags join their chart.
 
     ``others`` are the names of the other monitors of the family: an unnamed monitor's catch-all chart leaves
-    their tags to their own category.
+    their tags to their own category. Each Hessian block gets its own eigenvalue chart.
     """
     p = re.escape(_tags.prefix(family, name))
     if family == _tags.GRAD_NORM_SECTION:
@@ -35,12 +35,18 @@ def _charts(family: str, name: str | None, others: list[str]) -> dict[str, list[
             "per layer": ["Multiline", [rf"^{p}/(?!{'|'.join(skip)}).*"]],
         }
     if family == _tags.HESSIAN_SECTION:
-        return {
+        charts: dict[str, list[Any]] = {
             "eigenvalues": ["Multiline", [rf"^{p}/eig_.*"]],
             "trace": ["Multiline", [rf"^{p}/{_tags.TRACE}$"]],
             "products": ["Multiline", [rf"^{p}/{_tags.NUM_PRODUCTS}$"]],
-            "converged": ["Multiline", [rf"^{p}/{_tags.CONVERGED}$"]],
+            "converged": [
+                "Multiline",
+                [rf"^{p}/{_tags.CONVERGED}$", *(rf"^{p}/{re.escape(b)}/{_tags.CONVERGED}$" for b in blocks)],
+            ],
         }
+        for block in blocks:
+            charts[f"eigenvalues {block}"] = ["Multiline", [rf"^{p}/{re.escape(block)}/eig_.*"]]
+        return charts
     gaps = (_tags.GENERALIZATION_GAP, _tags.OPTIMALITY_GAP, _tags.EXCESS_RISK)
     return {
         "risk": ["Multiline", [rf"^{p}/{_tags.TRAIN}$", rf"^{p}/{_tags.VAL}$"]],
@@ -69,18 +75,21 @@ def write_layout(trainer: pl.Trainer) -> None:
     """
     callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]
     monitors: dict[str, list[str | None]] = {}
+    blocks: dict[tuple[str, str | None], list[str]] = {}
     for cb in callbacks:
         family = getattr(cb, "_landscape_family", None)
         if family is not None:
             names = monitors.setdefault(family, [])
             if getattr(cb, "name", None) not in names:
                 names.append(getattr(cb, "name", None))
+            known = blocks.setdefault((family, getattr(cb, "name", None)), [])
+            known.extend(b for b in getattr(cb, "blocks", None) or [] if b not in known)
     layout: dict[str, dict[str, list[Any]]] = {}
     for family in (_tags.GRAD_NORM_SECTION, _tags.HESSIAN_SECTION, _tags.RISK_SECTION):
         names = monitors.get(family, [])
         others = [n for n in names if n is not None]
         for name in names:
-            layout[_tags.prefix(family, name)] = _charts(family, name, others)
+            layout[_tags.prefix(family, name)] = _charts(family, name, others, blocks[(family, name)])
     if not layout:
         return
     for writer in tensorboard_writers(trainer):

@@ -67,17 +67,45 @@ class HessianEigenMonitor(Callback):
     The probe batches are the first ``num_batches`` batches of a fresh pass over the train (or ``"val"``)
     dataloader, drawn once when training starts under ``seed`` and held fixed, so the values describe one
     empirical risk along the trajectory (and a resumed run probes the same batches). Drawing them and probing
-    touch no RNG stream, gradient, train/eval flag or logged metric: training is bit-identical with and
-    without the monitor. The loss is the module's ``training_step`` (returning the loss or a dict with
-    ``"loss"``) with ``self.log`` silenced, in eval mode unless ``train_mode``; or ``loss_fn``.
+    touch no RNG stream, gradient, train/eval flag, optimizer or logged metric: training is bit-identical
+    with and without the monitor. The loss is the module's ``training_step`` (returning the loss or a dict
+    with ``"loss"``) or ``loss_fn``, evaluated as a probe: ``self.log`` silenced, and ``manual_backward``,
+    ``toggle_optimizer`` and the ``step``/``zero_grad`` of ``self.optimizers()`` doing nothing, so even a
+    ``loss_fn`` that runs a manual-optimization ``training_step`` cannot move the weights. A module with
+    ``automatic_optimization = False`` and no ``loss_fn`` is refused in ``setup`` (pass ``loss_fn``, e.g. the
+    discriminator's loss of a GAN).
+
+    Stated behaviour (what the probed Hessian is):
+
+    * **Eval mode** by default: BatchNorm uses its running statistics, Dropout is off. For such modules the
+      train-mode Hessian can differ a lot (several-fold in ``eig_1`` on small BatchNorm CNNs); with
+      ``train_mode`` left at ``None`` the monitor warns once in ``setup`` when the module has
+      BatchNorm/GroupNorm/Dropout. ``train_mode=False`` keeps eval mode silently, ``True`` uses the module's
+      own flags (BatchNorm buffers are still left untouched).
+    * **Autocast off**, in the parameters' dtype: under ``precision="bf16-mixed"`` / ``"16-mixed"`` the probe
+      runs in float32 (fp32 parameters), not in the autocast dtype of the training step.
+    * **torch.compile** directives are ignored during the probe
+      (``torch.compiler.set_stance("force_eager")``): a compiled module or ``self.net = torch.compile(net)``
+      is probed through the eager code it was compiled from, since aot_autograd graphs have no double
+      backward. Training still runs compiled.
+    * **Trainable parameters** the loss does not use (e.g. the generator under a discriminator-only loss, an
+      unused head) have zero rows: they add exact zero eigenvalues, so ``eig_min`` is ``<= 0``. Select the
+      parameters with ``params`` to leave them out. Frozen parameters (``requires_grad=False``) are constants.
+    * **Convergence**: every probe logs ``hessian/converged`` (1 when every logged value met ``tol``, else 0)
+      and warns once the first time a value does not converge; ``unconverged="log"`` (default) logs such
+      values anyway, ``"skip"`` leaves them out (per value).
 
     Values go to every logger under ``hessian/eig_1`` ... ``hessian/eig_k``, ``hessian/eig_min``,
-    ``hessian/trace``, ``hessian/num_products`` (and a ``hessian/density`` TensorBoard histogram), at the same
-    step as the module's metrics of that batch, and to ``trainer.callback_metrics`` through
-    ``pl_module.log(..., logger=False)`` so they can be monitored. Under DDP every rank probes its own shard
-    of the probe batches (its distributed sampler's), the products are all-reduced, all ranks hold the same
-    values and rank zero writes them. A probe whose loss or products are not finite is skipped with one
-    warning.
+    ``hessian/trace``, ``hessian/converged``, ``hessian/num_products`` (and a ``hessian/density`` TensorBoard
+    histogram), at the same step as the module's metrics of that batch, and to ``trainer.callback_metrics``
+    through ``pl_module.log(..., logger=False)`` so they can be monitored. With ``name`` they are
+    ``hessian/<name>/...`` (two monitors, e.g. on the train and the val probe, then write two series, two
+    TensorBoard layout categories and two checkpoint states). ``params`` restricts the probed Hessian to the
+    block :math:`H_{SS}` of the selected parameters; each entry of ``blocks`` adds the top-``k`` (and
+    ``eig_min``) of its own diagonal block under ``hessian/<block>/eig_i`` (one more operator per block and
+    probe, cold-started). Under DDP every rank probes its own shard of the probe batches (its distributed
+    sampler's), the products are all-reduced, all ranks hold the same values and rank zero writes them. A
+    probe whose loss or products are not finite is skipped with one warning.
 
     With ``warm_start`` (default) each probe's Lanczos (or power) iteration starts from the Ritz vectors of
     the previous probe (top-``k``, and bottom-``k`` with ``smallest``) plus a small seeded random part: the
@@ -104,21 +132,33 @@ class HessianEigenMonitor(Callback):
         tol: Relative tolerance of each eigenvalue, ``> 0``.
         backend: ``"lanczos"``, ``"power"`` or ``"pyhessian"`` (largest only; needs the ``pyhessian`` extra).
         max_iter: Most Lanczos steps (power/pyhessian: iterations per eigenvalue); ``None`` for the default.
-        train_mode: Evaluate the loss in the module's own train/eval mode instead of eval mode.
+        train_mode: ``True``: evaluate the loss in the module's own train/eval mode; ``False``: in eval mode;
+            ``None`` (default): eval mode, with one warning if the module has BatchNorm/GroupNorm/Dropout.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"``: keep the gradient graph between products or not.
         seed: Seeds the probe batches' draw and the solvers' start vectors.
         warm_start: Start each probe from the previous probe's Ritz vectors (Lanczos and power backends).
+        unconverged: ``"log"`` unconverged values anyway (``hessian/converged`` says so) or ``"skip"`` them.
+        name: Tags under ``hessian/<name>/`` (letters, digits, ``_``, ``.``, ``-``); also part of the
+            ``state_key``.
+        params: Probe only the block of these parameters: module/parameter name prefixes (a list, e.g.
+            ``["net.0"]``) or one regex on the parameter names (a str); ``None`` for all trainable ones.
+        blocks: Module/parameter name prefixes, each logged as its own diagonal block
+            ``hessian/<block>/eig_i`` (per-layer curvature), in addition to the main probe.
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``).
-        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies.
+        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies, or for a
+            manual-optimization module without ``loss_fn``.
 
     Example::
 
         >>> from lightning.pytorch import Trainer
         >>> from lightning_landscape import HessianEigenMonitor
         >>> monitor = HessianEigenMonitor(k=3, every_n_steps=100, smallest=True)
-        >>> trainer = Trainer(callbacks=[monitor])
+        >>> per_layer = HessianEigenMonitor(every_n_steps=100, blocks=["net.0", "net.2"], name="layers")
+        >>> trainer = Trainer(callbacks=[monitor, per_layer], logger=False, enable_checkpointing=False)
+        >>> monitor.state_key != per_layer.state_key
+        True
     """
 
     _landscape_family = _tags.HESSIAN_SECTION

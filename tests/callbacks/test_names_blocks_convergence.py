@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -124,10 +125,36 @@ def test_the_private_lightning_accesses(tmp_path: Path, trainer_kwargs: dict[str
     ],
 )
 def test_new_argument_errors(kwargs: dict[str, Any], match: str) -> None:
-    import re
-
     with pytest.raises(ValueError, match=re.escape(match)):
         HessianEigenMonitor(**kwargs)
     if "name" in kwargs:
         with pytest.raises(ValueError, match=re.escape(match)):
             GradientNormMonitor(**kwargs)
+
+
+def test_layout_charts_of_named_monitors_and_blocks_match_only_their_tags() -> None:
+    from lightning_landscape.callbacks._tensorboard import _charts
+
+    unnamed = _charts(tags.HESSIAN_SECTION, None, ["val"], ["net.0"])
+    named = _charts(tags.HESSIAN_SECTION, "val", ["val"], [])
+    logged = [
+        tags.hessian_eig_tag(1),
+        tags.hessian_eig_tag(1, name="val"),
+        tags.hessian_eig_tag(1, block="net.0"),
+        tags.hessian_tag(tags.CONVERGED),
+        tags.hessian_tag(tags.CONVERGED, name="val"),
+        tags.hessian_tag(tags.CONVERGED, block="net.0"),
+    ]
+
+    def matched(charts: dict[str, list[Any]]) -> dict[str, list[str]]:
+        return {c: [t for t in logged if any(re.match(r, t) for r in spec[1])] for c, spec in charts.items()}
+
+    assert matched(unnamed)["eigenvalues"] == ["hessian/eig_1"]
+    assert matched(unnamed)["eigenvalues net.0"] == ["hessian/net.0/eig_1"]
+    assert matched(unnamed)["converged"] == ["hessian/converged", "hessian/net.0/converged"]
+    assert matched(named)["eigenvalues"] == ["hessian/val/eig_1"]
+    assert matched(named)["converged"] == ["hessian/val/converged"]
+    grad = _charts(tags.GRAD_NORM_SECTION, None, ["max"], [])
+    names = ["grad_norm/total", "grad_norm/optimizer_1/total", "grad_norm/net.0", "grad_norm/max/total"]
+    per_layer = [t for t in names if re.match(grad["per layer"][1][0], t)]
+    assert per_layer == ["grad_norm/net.0"]
