@@ -34,7 +34,13 @@ class GradientNormMonitor(Callback):
 
     Scalars go to every logger at the same step as the module's own step metrics (``grad_norm/total``,
     ``grad_norm/<name>``); ``grad_norm/total`` also goes to ``trainer.callback_metrics`` through
-    ``pl_module.log(..., logger=False)`` so that ``ModelCheckpoint``/``EarlyStopping`` can monitor it.
+    ``pl_module.log(..., logger=False)`` so that ``ModelCheckpoint``/``EarlyStopping`` can monitor it. Every
+    optimizer is covered, under automatic and manual optimization: with several (a GAN's generator and
+    discriminator) each logs its own parameters under ``grad_norm/optimizer_<i>/total`` and
+    ``grad_norm/optimizer_<i>/<name>`` (``i`` its index in ``configure_optimizers``), measured right before
+    its own step; with one, the tags stay ``grad_norm/...``. Parameters of a submodule compiled with
+    ``self.net = torch.compile(net)`` are named without the ``_orig_mod`` segment. With ``name`` every tag is
+    ``grad_norm/<name>/...``, so two monitors (say an L2 and a max norm) do not overwrite each other.
     (Logging through ``pl_module.log(logger=True)`` on our own schedule would let Lightning drop the value and
     later re-log it as stale on its ``log_every_n_steps`` grid.)
 
@@ -48,15 +54,19 @@ class GradientNormMonitor(Callback):
         histogram: Also write a TensorBoard histogram of the per-module (per-parameter) norms under
             ``grad_norm/histogram``.
         per_layer: Log the per-module (per-parameter) scalars; with ``False`` only ``grad_norm/total``.
+        name: Tags under ``grad_norm/<name>/`` (letters, digits, ``_``, ``.``, ``-``); also part of the
+            ``state_key``.
 
     Raises:
-        ValueError: If ``norm_type``, ``granularity`` or ``log_every_n_steps`` is invalid.
+        ValueError: If ``norm_type``, ``granularity``, ``log_every_n_steps`` or ``name`` is invalid.
 
     Example::
 
         >>> from lightning.pytorch import Trainer
         >>> from lightning_landscape import GradientNormMonitor
-        >>> trainer = Trainer(callbacks=[GradientNormMonitor(norm_type=2.0, granularity="module")])
+        >>> max_norm = GradientNormMonitor(norm_type="inf", per_layer=False, name="max")
+        >>> monitors = [GradientNormMonitor(), max_norm]
+        >>> trainer = Trainer(callbacks=monitors, logger=False, enable_checkpointing=False)
     """
 
     _landscape_family = _tags.GRAD_NORM_SECTION

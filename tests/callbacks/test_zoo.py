@@ -164,3 +164,25 @@ def test_batchnorm_dropout_default_train_mode_warns_once(tmp_path: Path) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         HessianEigenMonitor(train_mode=False).setup(pl.Trainer(logger=False), BatchNormDropoutCNN(), "fit")
+
+
+def test_probe_under_bf16_mixed_runs_in_float32(tmp_path: Path) -> None:
+    """The stated behaviour: autocast off in the probe, so bf16-mixed training still probes in float32."""
+    entry = ZOO["boring"]
+    pl.seed_everything(0)
+    model = entry.build()
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        callbacks=[HessianEigenMonitor(every_n_steps=2, tol=1e-6)],
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, entry.loader())
+    eig = dense_eigenvalues(model, entry.oracle_loss, [next(iter(entry.loader()))])  # type: ignore[arg-type]
+    logged = read_scalars(logger.log_dir)[tags.hessian_eig_tag(1)][1]
+    assert logged == pytest.approx(float(eig[-1]), rel=1e-5)  # bf16 would be off by ~1e-2
