@@ -50,19 +50,20 @@ class RiskGapMonitor(Callback):
     this), ``risk/excess_risk`` the validation risk (an estimate of the excess population risk). This is the
     risk decomposition used in arXiv 2212.13111.
 
-    The risks work with the module as it is. :math:`\hat R_{\mathrm{train}}` is the epoch mean of
-    ``train_key`` when the module logs it with ``on_epoch=True`` (exactly Lightning's aggregate), otherwise
-    the batch-size-weighted mean of the losses ``training_step`` returned during the epoch (Lightning's
-    default ``self.log(..., on_step=True, on_epoch=False)`` needs no change; a manual-optimization
-    ``training_step`` that returns nothing contributes the value it logged under ``train_key`` in that
-    batch). The monitor keeps that mean itself, in a torchmetrics ``MeanMetric`` summed over DDP ranks and
-    saved in its ``state_dict`` for a mid-epoch resume. :math:`\hat R_{\mathrm{val}}` likewise: the epoch
-    mean of ``val_key`` (for ``self.log`` in
-    ``validation_step`` that is the default), else the mean of the scalar losses ``validation_step``
-    returned. The training mean averages over weights that changed during the epoch;
-    ``full_train_risk=True`` instead evaluates the risk on the whole training set at the weights of the
-    epoch's end (eval mode, no gradients, the module's ``training_step`` with logging silenced or ``loss_fn``,
-    batches weighted by their size, summed over DDP ranks).
+    The risks work with the module as it is. :math:`\hat R_{\mathrm{train}}` is the batch-size-weighted mean
+    of the losses ``training_step`` returned during the epoch (the tensor or a dict's ``"loss"``; under
+    automatic optimization with the accumulation factor undone), which the monitor keeps itself in a
+    torchmetrics ``MeanMetric``: summed over DDP ranks, saved in its ``state_dict`` for a mid-epoch resume,
+    and independent of how the module logs (Lightning's default ``self.log(..., on_step=True,
+    on_epoch=False)`` needs no change). A manual-optimization ``training_step`` that returns nothing
+    contributes the value it logged under ``train_key`` in that batch; failing both, the epoch mean Lightning
+    computed for ``train_key`` (logged with ``on_epoch=True``; rank-local unless ``sync_dist=True``).
+    :math:`\hat R_{\mathrm{val}}` likewise: the mean of the scalar losses ``validation_step`` returned (the
+    tensor, or a dict's ``val_key`` or ``"loss"``), else the epoch mean of ``val_key`` as logged (for
+    ``self.log`` in ``validation_step`` ``on_epoch=True`` is the default). The training mean averages over
+    weights that changed during the epoch; ``full_train_risk=True`` instead evaluates the risk on the whole
+    training set at the weights of the epoch's end (eval mode, no gradients, the module's ``training_step``
+    with logging silenced or ``loss_fn``, batches weighted by their size, summed over DDP ranks).
 
     The values go to every logger at the step of Lightning's epoch metrics and to ``trainer.callback_metrics``
     (via ``pl_module.log(..., logger=False)``), so they can be monitored. With ``name`` the tags are
@@ -204,9 +205,9 @@ class RiskGapMonitor(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.val_key is None or trainer.state.fn != "fit":
             return
-        value = _epoch_value(trainer, self.val_key)
+        value = _mean(self._val_mean)
         if value is None:
-            value = _mean(self._val_mean)
+            value = _epoch_value(trainer, self.val_key)
         if value is None:
             raise ValueError(_missing_message(trainer, "val_key", self.val_key, "validation_step"))
         if not trainer.sanity_checking:
@@ -218,9 +219,9 @@ class RiskGapMonitor(Callback):
         if self.full_train_risk:
             train: float | None = self._full_train_risk(trainer, pl_module)
         else:
-            train = _epoch_value(trainer, self.train_key)
+            train = _mean(self._train_mean)
             if train is None:
-                train = _mean(self._train_mean)
+                train = _epoch_value(trainer, self.train_key)
             if train is None:
                 if self._num_logged == 0:
                     raise ValueError(_missing_message(trainer, "train_key", self.train_key, "training_step"))
