@@ -29,12 +29,47 @@ if TYPE_CHECKING:
 LossFn = Callable[[nn.Module, Any], Tensor]
 
 
+class MethodLoss:
+    """``loss_fn(model, batch) = model.<method>(batch)``: a loss the module itself defines, picked by name.
+
+    This is how a module with several losses (a GAN's discriminator and generator losses) says which one
+    to probe: ``loss_fn="self.d_loss"``.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+        return getattr(model, self.method)(batch)
+
+    def check(self, model: nn.Module, argument: str = "loss_fn") -> None:
+        """A ``MisconfigurationException`` unless ``model`` has a callable ``method`` (run in ``setup``)."""
+        from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+        if not callable(getattr(model, self.method, None)):
+            methods = sorted(n for n in dir(type(model)) if n.endswith("loss") and not n.startswith("_"))
+            raise MisconfigurationException(
+                f"`{argument}`='self.{self.method}': {type(model).__name__} has no method {self.method!r}; "
+                f"methods ending in 'loss': {methods}"
+            )
+
+
 def resolve_loss_fn(path: str, argument: str = "loss_fn") -> LossFn:
-    """Import ``loss_fn(model, batch) -> Tensor`` from ``"pkg.mod:fn"`` or ``"pkg.mod.fn"``.
+    """``loss_fn(model, batch) -> Tensor`` from ``"pkg.mod:fn"``, ``"pkg.mod.fn"`` or ``"self.<method>"``.
+
+    ``"self.<method>"`` calls ``model.<method>(batch)`` (see :class:`MethodLoss`); the others import a
+    function.
 
     Raises:
         ValueError: If ``path`` is malformed, cannot be imported or does not name a callable.
     """
+    if isinstance(path, str) and path.startswith("self."):
+        method = path[len("self.") :]
+        if not method.isidentifier():
+            raise ValueError(
+                f"`{argument}`={path!r} must name a method as 'self.<method>', e.g. 'self.d_loss'"
+            )
+        return MethodLoss(method)
     obj = import_object(path, argument, example="pkg.module:function")
     if not callable(obj):
         raise ValueError(

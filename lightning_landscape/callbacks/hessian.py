@@ -19,6 +19,7 @@ from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int, check_positive
 from lightning_landscape.callbacks._probe import (
     LossFn,
+    MethodLoss,
     ProbeLoss,
     draw_batches,
     epoch_end_logging_step,
@@ -128,7 +129,8 @@ class HessianEigenMonitor(Callback):
         num_batches: How many batches of the dataloader form the probe.
         dataloader: ``"train"`` or ``"val"``: where the probe batches come from.
         loss_fn: Import path ``"pkg.module:function"`` (or ``"pkg.module.function"``) of
-            ``loss_fn(model, batch) -> Tensor``; ``None`` uses the module's ``training_step``.
+            ``loss_fn(model, batch) -> Tensor``, or ``"self.<method>"`` for ``module.<method>(batch)`` (pick
+            one loss of several, e.g. ``"self.d_loss"``); ``None`` uses the module's ``training_step``.
         tol: Relative tolerance of each eigenvalue, ``> 0``.
         backend: ``"lanczos"``, ``"power"`` or ``"pyhessian"`` (largest only; needs the ``pyhessian`` extra).
         max_iter: Most Lanczos steps (power/pyhessian: iterations per eigenvalue); ``None`` for the default.
@@ -290,12 +292,15 @@ class HessianEigenMonitor(Callback):
                 "Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "
                 "device."
             )
+        if isinstance(self._loss_fn, MethodLoss):
+            self._loss_fn.check(pl_module)
         if not pl_module.automatic_optimization and self._loss_fn is None:
             raise MisconfigurationException(
                 f"HessianEigenMonitor cannot probe {type(pl_module).__name__}.training_step: it uses "
                 "manual optimization (automatic_optimization=False), so its training_step runs backward and "
-                "steps the optimizers itself. Pass `loss_fn='pkg.module:function'`, a loss_fn(model, batch) "
-                "returning the loss to probe (e.g. the discriminator's or the generator's loss)."
+                "steps the optimizers itself. Pass the loss to probe as `loss_fn`: a method of the module "
+                "(`loss_fn='self.d_loss'`, e.g. a GAN's discriminator loss) or an import path "
+                "`loss_fn='pkg.module:function'` of loss_fn(model, batch)."
             )
         compiled = any(hasattr(m, "_orig_mod") for m in pl_module.modules())
         if compiled and not hasattr(torch.compiler, "set_stance"):

@@ -18,6 +18,7 @@ from lightning_landscape.callbacks._checks import check_choice, check_float, che
 from lightning_landscape.callbacks._lightning import running_epoch_metrics, running_logged_keys
 from lightning_landscape.callbacks._probe import (
     LossFn,
+    MethodLoss,
     ProbeLoss,
     batch_size_of,
     epoch_end_logging_step,
@@ -77,7 +78,8 @@ class RiskGapMonitor(Callback):
         optimal_risk: The known optimal risk :math:`R^\star`; ``None`` logs neither gap to it.
         optimality_of: Deprecated and ignored: both gaps to :math:`R^\star` are logged under their own tags.
         loss_fn: For ``full_train_risk``: import path ``"pkg.module:function"`` of ``loss_fn(model, batch)``
-            returning the mean loss of the batch; ``None`` uses the module's ``training_step``.
+            (or ``"self.<method>"`` for ``module.<method>(batch)``) returning the mean loss of the batch;
+            ``None`` uses the module's ``training_step``.
         seed: For ``full_train_risk``: the seed the training set is iterated under (random augmentations).
         name: Tags under ``risk/<name>/`` instead of ``risk/`` (letters, digits, ``_``, ``.``, ``-``).
 
@@ -150,6 +152,11 @@ class RiskGapMonitor(Callback):
 
     def _tag(self, quantity: str) -> str:
         return _tags.risk_tag(quantity, self.name)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if isinstance(self._loss_fn, MethodLoss):
+            self._loss_fn.check(pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

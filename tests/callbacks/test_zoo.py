@@ -186,3 +186,30 @@ def test_probe_under_bf16_mixed_runs_in_float32(tmp_path: Path) -> None:
     eig = dense_eigenvalues(model, entry.oracle_loss, [next(iter(entry.loader()))])  # type: ignore[arg-type]
     logged = read_scalars(logger.log_dir)[tags.hessian_eig_tag(1)][1]
     assert logged == pytest.approx(float(eig[-1]), rel=1e-5)  # bf16 would be off by ~1e-2
+
+
+def test_a_gan_picks_its_loss_by_method_name(tmp_path: Path) -> None:
+    entry = ZOO["gan"]
+    d_probe = HessianEigenMonitor(every_n_steps=4, tol=1e-8, loss_fn="self.d_loss", name="d")
+    g_probe = HessianEigenMonitor(every_n_steps=4, tol=1e-8, loss_fn="self.g_loss", name="g")
+    model, trainer, _ = _fit(entry, [d_probe, g_probe], tmp_path, 4)
+    scalars = read_scalars(trainer.logger.log_dir)  # type: ignore[union-attr]
+    batch = next(iter(entry.loader()))
+    for name, loss in (("d", TinyGAN.d_loss), ("g", TinyGAN.g_loss)):
+        eig = dense_eigenvalues(model, loss, [batch])  # type: ignore[arg-type]
+        assert scalars[tags.hessian_eig_tag(1, name=name)] == {1: pytest.approx(float(eig[-1]), rel=1e-6)}
+
+
+def test_a_missing_loss_method_is_refused_at_setup(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"`loss_fn`='self.1x' must name a method"):
+        HessianEigenMonitor(loss_fn="self.1x")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=2,
+        callbacks=[RiskGapMonitor(full_train_risk=True, loss_fn="self.gen_loss", val_key=None)],
+        logger=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(MisconfigurationException, match=r"no method 'gen_loss'.*\['d_loss', 'g_loss'\]"):
+        trainer.fit(TinyGAN(), ZOO["gan"].loader())
+    assert trainer.global_step == 0
