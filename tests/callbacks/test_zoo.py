@@ -150,7 +150,8 @@ def test_manual_optimization_without_loss_fn_is_refused_at_setup(tmp_path: Path)
     )
     model = TinyGAN()
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(MisconfigurationException, match=r"manual optimization.*Pass `loss_fn="):
+    refusal = r"manual optimization.*Pass the loss to probe as `loss_fn`.*self.d_loss"
+    with pytest.raises(MisconfigurationException, match=refusal):
         trainer.fit(model, ZOO["gan"].loader())
     assert trainer.global_step == 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
