@@ -67,6 +67,10 @@ def _assert_same_training(
     assert torch.equal(rng_a, rng_b)
     for (name, x), (_, y) in zip(model_a.state_dict().items(), model_b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+    for (name, p), q in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
+        assert p.requires_grad == q.requires_grad, name
+    assert [m.training for m in model_a.modules()] == [m.training for m in model_b.modules()]
     for opt_a, opt_b in zip(trainer_a.optimizers, trainer_b.optimizers, strict=True):
         sa, sb = opt_a.state_dict(), opt_b.state_dict()
         assert sa["param_groups"] == sb["param_groups"]
