@@ -35,6 +35,7 @@ from lightning_landscape.curvature import (
     hutchinson,
     lanczos,
     power_iteration,
+    select_parameters,
     slq,
 )
 
@@ -294,6 +295,19 @@ class HessianEigenMonitor(Callback):
             )
         if isinstance(self._loss_fn, MethodLoss):
             self._loss_fn.check(pl_module)
+        selections = [("params", self.params)] + [("blocks", [block]) for block in self.blocks or []]
+        for argument, selection in selections:
+            try:
+                size = sum(p.numel() for _, p in select_parameters(pl_module, selection))
+            except ValueError as err:
+                raise MisconfigurationException(
+                    f"HessianEigenMonitor: {str(err).replace('`params`', f'`{argument}`', 1)}"
+                ) from err
+            if self.k >= size:
+                raise MisconfigurationException(
+                    f"HessianEigenMonitor: `k`={self.k} must be below the {size} parameters of "
+                    f"`{argument}`={selection!r} (at most k={size - 1})."
+                )
         if not pl_module.automatic_optimization and self._loss_fn is None:
             raise MisconfigurationException(
                 f"HessianEigenMonitor cannot probe {type(pl_module).__name__}.training_step: it uses "

@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_landscape import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
 from lightning_landscape.callbacks import _lightning, tags
@@ -158,3 +159,22 @@ def test_layout_charts_of_named_monitors_and_blocks_match_only_their_tags() -> N
     names = ["grad_norm/total", "grad_norm/optimizer_1/total", "grad_norm/net.0", "grad_norm/max/total"]
     per_layer = [t for t in names if re.match(grad["per layer"][1][0], t)]
     assert per_layer == ["grad_norm/net.0"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"blocks": ["net.9"]}, r"`blocks`: the prefixes \['net.9'\] selects no trainable parameter"),
+        ({"params": "^head"}, r"`params`: the regex '\^head' selects no trainable parameter"),
+        ({"k": 5, "blocks": ["net.3"]}, r"`k`=5 must be below the 5 parameters of `blocks`=\['net.3'\]"),
+    ],
+)
+def test_bad_parameter_selections_are_refused_before_training(
+    kwargs: dict[str, Any], match: str, trainer_kwargs: dict[str, Any]
+) -> None:
+    trainer = pl.Trainer(
+        callbacks=[HessianEigenMonitor(**kwargs)], logger=False, max_steps=1, **trainer_kwargs
+    )
+    with pytest.raises(MisconfigurationException, match=match):
+        trainer.fit(TinyRegression(), make_loader(n=16))
+    assert trainer.global_step == 0
