@@ -39,8 +39,14 @@ from lightning_landscape.curvature import (
     slq,
 )
 
-# Modules whose train-mode Hessian differs from the eval-mode one the probe measures by default.
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.GroupNorm)
+
+def _mode_dependent(module: nn.Module) -> bool:
+    """Whether ``module`` computes something else in train mode (so the eval-mode Hessian differs)."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.track_running_stats
+    return False
 
 
 def converged_flags(result: Any, count: int, smallest: bool = False) -> list[bool]:
@@ -82,7 +88,7 @@ class HessianEigenMonitor(Callback):
     * **Eval mode** by default: BatchNorm uses its running statistics, Dropout is off. For such modules the
       train-mode Hessian can differ a lot (several-fold in ``eig_1`` on small BatchNorm CNNs); with
       ``train_mode`` left at ``None`` the monitor warns once in ``setup`` when the module has
-      BatchNorm/GroupNorm/Dropout. ``train_mode=False`` keeps eval mode silently, ``True`` uses the module's
+      BatchNorm/Dropout. ``train_mode=False`` keeps eval mode silently, ``True`` uses the module's
       own flags (BatchNorm buffers are still left untouched).
     * **Autocast off**, in the parameters' dtype: under ``precision="bf16-mixed"`` / ``"16-mixed"`` the probe
       runs in float32 (fp32 parameters), not in the autocast dtype of the training step.
@@ -136,7 +142,7 @@ class HessianEigenMonitor(Callback):
         backend: ``"lanczos"``, ``"power"`` or ``"pyhessian"`` (largest only; needs the ``pyhessian`` extra).
         max_iter: Most Lanczos steps (power/pyhessian: iterations per eigenvalue); ``None`` for the default.
         train_mode: ``True``: evaluate the loss in the module's own train/eval mode; ``False``: in eval mode;
-            ``None`` (default): eval mode, with one warning if the module has BatchNorm/GroupNorm/Dropout.
+            ``None`` (default): eval mode, with one warning if the module has BatchNorm/Dropout.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"``: keep the gradient graph between products or not.
         seed: Seeds the probe batches' draw and the solvers' start vectors.
         warm_start: Start each probe from the previous probe's Ritz vectors (Lanczos and power backends).
@@ -324,7 +330,7 @@ class HessianEigenMonitor(Callback):
                 "probe the uncompiled module."
             )
         if self.train_mode is None and not self._warned_mode:
-            kinds = sorted({type(m).__name__ for m in pl_module.modules() if isinstance(m, _MODE_DEPENDENT)})
+            kinds = sorted({type(m).__name__ for m in pl_module.modules() if _mode_dependent(m)})
             if kinds:
                 self._warned_mode = True
                 rank_zero_warn(

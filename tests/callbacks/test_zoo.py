@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_landscape import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
 from lightning_landscape.callbacks import tags
 from lightning_landscape.callbacks._lightning import batches_that_stepped
+from tests.callbacks._cb_helpers import TinyRegression
 from tests.callbacks._events import read_layout_categories, read_scalars
 from tests.callbacks.zoo import ZOO, BatchNormDropoutCNN, Entry, TinyGAN
 from tests.oracle import dense_eigenvalues
@@ -169,6 +170,10 @@ def test_batchnorm_dropout_default_train_mode_warns_once(tmp_path: Path) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         HessianEigenMonitor(train_mode=False).setup(pl.Trainer(logger=False), BatchNormDropoutCNN(), "fit")
+        # Dropout(p=0) and BatchNorm without running statistics compute the same in both modes: no warning.
+        plain = TinyRegression(dropout=0.0)
+        plain.net.append(torch.nn.BatchNorm1d(1, track_running_stats=False).double())
+        HessianEigenMonitor().setup(pl.Trainer(logger=False), plain, "fit")
 
 
 def test_probe_under_bf16_mixed_runs_in_float32(tmp_path: Path) -> None:
