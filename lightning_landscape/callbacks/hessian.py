@@ -416,6 +416,7 @@ class HessianEigenMonitor(Callback):
                 finally:
                     products += block_op.num_products
                     block_op.close()
+            # Every product of our operators (eigenvalues, trace, density, blocks), plus pyhessian's own.
             products += 0 if op is None else op.num_products
             if not all(math.isfinite(v) for v in metrics.values()):
                 raise NonFiniteError(f"non-finite Hessian values {metrics}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from cases import CASE_NAMES, case, dense_hessian
@@ -16,6 +18,12 @@ from lightning_landscape.curvature import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+
+
+@functools.cache
+def _dense(name: str) -> torch.Tensor:
+    """The dense float64 Hessian of case ``name`` (the cases are deterministic: computed once per process)."""
+    return dense_hessian(case(name))
 
 
 @pytest.mark.parametrize("memory", ["reuse", "recompute"])
@@ -66,7 +74,7 @@ def _block_index(model: nn.Module, selection: str | list[str]) -> torch.Tensor:
 @pytest.mark.parametrize(("name", "selection"), BLOCKS)
 def test_block_equals_dense_submatrix(name: str, selection: str | list[str]) -> None:
     c = case(name)
-    full = dense_hessian(c)
+    full = _dense(name)
     idx = _block_index(c.model, selection)
     want = full[idx][:, idx]
     op = HessianOperator(c.model, c.loss_fn, c.batches, params=selection)
