@@ -154,7 +154,7 @@ def test_a_callback_rejecting_its_value_fails_before_training(tmp_path, capsys):
         main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "`k` must be an int >= 1, got 0" in err
+    assert "`k` must be an integer >= 1, got 0" in err
     assert not list(tmp_path.rglob("*.ckpt"))
 
 

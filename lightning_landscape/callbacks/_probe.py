@@ -8,6 +8,7 @@ generator, sampler epoch, ``self.log`` result or logger sees any trace of it.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_landscape._imports import import_object
+from lightning_landscape.callbacks._lightning import batches_that_stepped, load_val_dataloaders
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -27,12 +29,47 @@ if TYPE_CHECKING:
 LossFn = Callable[[nn.Module, Any], Tensor]
 
 
+class MethodLoss:
+    """``loss_fn(model, batch) = model.<method>(batch)``: a loss the module itself defines, picked by name.
+
+    This is how a module with several losses (a GAN's discriminator and generator losses) says which one
+    to probe: ``loss_fn="self.d_loss"``.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+        return getattr(model, self.method)(batch)
+
+    def check(self, model: nn.Module, argument: str = "loss_fn") -> None:
+        """A ``MisconfigurationException`` unless ``model`` has a callable ``method`` (run in ``setup``)."""
+        from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+        if not callable(getattr(model, self.method, None)):
+            methods = sorted(n for n in dir(type(model)) if n.endswith("loss") and not n.startswith("_"))
+            raise MisconfigurationException(
+                f"`{argument}`='self.{self.method}': {type(model).__name__} has no method {self.method!r}; "
+                f"methods ending in 'loss': {methods}"
+            )
+
+
 def resolve_loss_fn(path: str, argument: str = "loss_fn") -> LossFn:
-    """Import ``loss_fn(model, batch) -> Tensor`` from ``"pkg.mod:fn"`` or ``"pkg.mod.fn"``.
+    """``loss_fn(model, batch) -> Tensor`` from ``"pkg.mod:fn"``, ``"pkg.mod.fn"`` or ``"self.<method>"``.
+
+    ``"self.<method>"`` calls ``model.<method>(batch)`` (see :class:`MethodLoss`); the others import a
+    function.
 
     Raises:
         ValueError: If ``path`` is malformed, cannot be imported or does not name a callable.
     """
+    if isinstance(path, str) and path.startswith("self."):
+        method = path[len("self.") :]
+        if not method.isidentifier():
+            raise ValueError(
+                f"`{argument}`={path!r} must name a method as 'self.<method>', e.g. 'self.d_loss'"
+            )
+        return MethodLoss(method)
     obj = import_object(path, argument, example="pkg.module:function")
     if not callable(obj):
         raise ValueError(
@@ -45,34 +82,90 @@ def _noop(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+class _InertStepper:
+    """What ``self.optimizers()`` / ``self.lr_schedulers()`` hand out inside a probe: ``step`` and
+    ``zero_grad`` do nothing, everything else is the real object's."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+def _inert(method: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        out = method(*args, **kwargs)
+        if isinstance(out, (list, tuple)):
+            return [_InertStepper(o) for o in out]
+        return None if out is None else _InertStepper(out)
+
+    return call
+
+
 @contextmanager
-def silenced_logging(module: nn.Module) -> Iterator[None]:
-    """``self.log`` and ``self.log_dict`` of ``module`` do nothing inside the block.
+def neutralized(module: nn.Module) -> Iterator[None]:
+    """Run the module's own hooks as a probe: nothing they do may reach training.
 
-    Instance attributes shadow the bound methods, so the values never reach the logger, the progress bar or
-    ``trainer.callback_metrics``, and deleting them afterwards restores the class methods.
+    Inside the block ``self.log`` / ``self.log_dict`` do nothing (the values never reach the logger, the
+    progress bar or ``trainer.callback_metrics``); ``self.manual_backward``, ``toggle_optimizer`` and
+    ``untoggle_optimizer`` do nothing; the optimizers and schedulers ``self.optimizers()`` and
+    ``self.lr_schedulers()`` return never step. Instance attributes shadow the bound methods, and deleting
+    them afterwards restores the class methods. Autocast is off, so the loss is computed in the parameters'
+    dtype, and ``torch.compile`` directives are ignored (``torch.compiler.set_stance("force_eager")``): the
+    compiled graphs of aot_autograd have no double backward, the eager code they were compiled from has.
     """
-    saved = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
-    module.__dict__["log"] = _noop
-    module.__dict__["log_dict"] = _noop
+    d = module.__dict__
+    shadows: dict[str, Any] = {name: _noop for name in _SILENCED}
+    for name in ("optimizers", "lr_schedulers"):
+        method = getattr(module, name, None)
+        if callable(method):
+            shadows[name] = _inert(method)
+    saved = {name: d[name] for name in shadows if name in d}
+    d.update(shadows)
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            set_stance = getattr(torch.compiler, "set_stance", None)
+            if set_stance is not None:  # torch >= 2.6; older torch is refused for compiled modules in setup
+                stack.enter_context(set_stance("force_eager"))
+            for device_type in _autocast_device_types(module):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+            yield
     finally:
-        for name in ("log", "log_dict"):
+        for name in shadows:
             if name in saved:
-                module.__dict__[name] = saved[name]
+                d[name] = saved[name]
             else:
-                module.__dict__.pop(name, None)
+                d.pop(name, None)
 
 
-class TrainingStepLoss:
-    """``loss_fn(model, batch)`` from the module's own ``training_step``, with its logging silenced.
+_SILENCED = ("log", "log_dict", "manual_backward", "toggle_optimizer", "untoggle_optimizer")
+
+
+def _autocast_device_types(module: nn.Module) -> list[str]:
+    types = {p.device.type for p in module.parameters()} | {"cpu"}
+    return sorted(t for t in types if t in ("cpu", "cuda", "xpu", "mps", "hpu"))
+
+
+class ProbeLoss:
+    """``loss_fn(model, batch)`` evaluated :func:`neutralized`; by default the module's own ``training_step``.
 
     ``training_step`` may return the loss tensor or a dict holding it under ``"loss"``; ``batch_idx`` is 0.
     """
 
+    def __init__(self, loss_fn: LossFn | None = None) -> None:
+        self.loss_fn = loss_fn
+
     def __call__(self, model: nn.Module, batch: Any) -> Tensor:
-        with silenced_logging(model):
+        with neutralized(model):
+            if self.loss_fn is not None:
+                return self.loss_fn(model, batch)
             out = model.training_step(batch, 0)  # type: ignore[operator]
         if isinstance(out, dict):
             out = out.get("loss")
@@ -82,6 +175,18 @@ class TrainingStepLoss:
                 f"'loss' to be probed, got {type(out).__name__}; pass `loss_fn='pkg.module:function'` instead"
             )
         return out.reshape(())
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block, every submodule's own train/eval flag restored afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _generators(dataloader: DataLoader) -> list[torch.Generator]:
@@ -108,10 +213,9 @@ def fixed_data_rng(dataloader: DataLoader, seed: int) -> Iterator[None]:
     """Iterate ``dataloader`` under ``seed`` and put every random state it touches back afterwards.
 
     Seeding (rather than only saving and restoring) makes the probe batches the same whenever they are drawn,
-    so a resumed run probes the very batches of the original run. CUDA generators are left alone: samplers and
-    worker seeds draw from the CPU generator.
+    so a resumed run probes the very batches of the original run. The torch generator is snapshot and restored
+    by :func:`torch.random.fork_rng` (the one RNG snapshot of the package), Python's and NumPy's here.
     """
-    torch_state = torch.get_rng_state()
     python_state = random.getstate()
     numpy_state = np.random.get_state()
     generators = _generators(dataloader)
@@ -119,16 +223,17 @@ def fixed_data_rng(dataloader: DataLoader, seed: int) -> Iterator[None]:
     samplers = _epoch_samplers(dataloader)
     epochs = [s.epoch for s in samplers]
     try:
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        for g in generators:
-            g.manual_seed(seed)
-        for s in samplers:
-            s.epoch = 0
-        yield
+        # CUDA generators are left alone: samplers and worker seeds draw from the CPU generator.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            for g in generators:
+                g.manual_seed(seed)
+            for s in samplers:
+                s.epoch = 0
+            yield
     finally:
-        torch.set_rng_state(torch_state)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         for g, state in zip(generators, generator_states, strict=True):
@@ -161,7 +266,7 @@ def probe_dataloader(trainer: pl.Trainer, which: Literal["train", "val"]) -> Dat
     """
     if which == "val" and trainer.val_dataloaders is None:
         # The val loop loads its dataloaders lazily; this is the same call the sanity check makes.
-        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        load_val_dataloaders(trainer)
     loaders: Any = trainer.train_dataloader if which == "train" else trainer.val_dataloaders
     if isinstance(loaders, (list, tuple)) and len(loaders) > 0:
         loaders = loaders[0]
@@ -207,9 +312,14 @@ def batch_size_of(batch: Any) -> int:
 
 def logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning logs the current batch's metrics at, so that our series line up with the user's."""
-    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    return batches_that_stepped(trainer)
 
 
 def epoch_end_logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning logs epoch-end metrics at: it steps its counter back by one for them."""
     return max(logging_step(trainer) - 1, 0)
+
+
+# Older names, still imported by callbacks outside this file's history.
+TrainingStepLoss = ProbeLoss
+silenced_logging = neutralized

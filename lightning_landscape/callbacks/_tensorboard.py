@@ -8,33 +8,51 @@ a collective, so calling it from every rank is safe.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks import tags as _tags
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-# One chart group per family; regexes so per-layer and eig_k tags join their chart whatever their number.
-_LAYOUTS: dict[str, dict[str, list[Any]]] = {
-    _tags.GRAD_NORM_SECTION: {
-        "total": ["Multiline", [f"^{_tags.GRAD_NORM_TOTAL}$"]],
-        "per layer": ["Multiline", [rf"^{_tags.GRAD_NORM_SECTION}/(?!total$).*"]],
-    },
-    _tags.HESSIAN_SECTION: {
-        "eigenvalues": ["Multiline", [rf"^{_tags.HESSIAN_SECTION}/eig_.*"]],
-        "trace": ["Multiline", [f"^{_tags.HESSIAN_TRACE}$"]],
-        "products": ["Multiline", [f"^{_tags.HESSIAN_NUM_PRODUCTS}$"]],
-    },
-    _tags.RISK_SECTION: {
-        "risk": ["Multiline", [f"^{_tags.RISK_TRAIN}$", f"^{_tags.RISK_VAL}$"]],
-        "gaps": ["Multiline", [f"^{_tags.RISK_GENERALIZATION_GAP}$", f"^{_tags.RISK_OPTIMALITY_GAP}$"]],
-    },
-}
+
+def _charts(family: str, name: str | None, others: list[str], blocks: list[str]) -> dict[str, list[Any]]:
+    """The charts of one monitor: regexes, so per-layer, per-optimizer and eig_k tags join their chart.
+
+    ``others`` are the names of the other monitors of the family: an unnamed monitor's catch-all chart leaves
+    their tags to their own category. Each Hessian block gets its own eigenvalue chart.
+    """
+    p = re.escape(_tags.prefix(family, name))
+    if family == _tags.GRAD_NORM_SECTION:
+        skip = ["total$", r"optimizer_\d+/total$", *(re.escape(o) + "/" for o in others if name is None)]
+        return {
+            "total": ["Multiline", [rf"^{p}/total$", rf"^{p}/optimizer_\d+/total$"]],
+            "per layer": ["Multiline", [rf"^{p}/(?!{'|'.join(skip)}).*"]],
+        }
+    if family == _tags.HESSIAN_SECTION:
+        charts: dict[str, list[Any]] = {
+            "eigenvalues": ["Multiline", [rf"^{p}/eig_.*"]],
+            "trace": ["Multiline", [rf"^{p}/{_tags.TRACE}$"]],
+            "products": ["Multiline", [rf"^{p}/{_tags.NUM_PRODUCTS}$"]],
+            "converged": [
+                "Multiline",
+                [rf"^{p}/{_tags.CONVERGED}$", *(rf"^{p}/{re.escape(b)}/{_tags.CONVERGED}$" for b in blocks)],
+            ],
+        }
+        for block in blocks:
+            charts[f"eigenvalues {block}"] = ["Multiline", [rf"^{p}/{re.escape(block)}/eig_.*"]]
+        return charts
+    gaps = (_tags.GENERALIZATION_GAP, _tags.OPTIMALITY_GAP, _tags.EXCESS_RISK)
+    return {
+        "risk": ["Multiline", [rf"^{p}/{_tags.TRAIN}$", rf"^{p}/{_tags.VAL}$"]],
+        "gaps": ["Multiline", [rf"^{p}/{gap}$" for gap in gaps]],
+    }
+
 
 # Marker set on a SummaryWriter once the layout is in its event file: TensorBoard keeps one layout per run,
 # so every landscape callback of the Trainer contributes its family to a single write.
@@ -49,14 +67,29 @@ def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
 
 
 def write_layout(trainer: pl.Trainer) -> None:
-    """Write one custom-scalars layout with the families of all landscape callbacks in ``trainer``.
+    """Write one custom-scalars layout with a category per landscape monitor of ``trainer``.
 
-    Each callback class declares its family in ``_landscape_family``; the first callback to call this writes
-    the layout for all of them, later calls are no-ops.
+    Each callback class declares its family in ``_landscape_family`` and an instance its ``name``; the
+    category of an unnamed monitor is its family (``hessian``), of a named one ``family/name``. The first
+    callback to call this writes the layout for all of them, later calls are no-ops.
     """
     callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]
-    families = {getattr(cb, "_landscape_family", None) for cb in callbacks}
-    layout = {family: _LAYOUTS[family] for family in _LAYOUTS if family in families}
+    monitors: dict[str, list[str | None]] = {}
+    blocks: dict[tuple[str, str | None], list[str]] = {}
+    for cb in callbacks:
+        family = getattr(cb, "_landscape_family", None)
+        if family is not None:
+            names = monitors.setdefault(family, [])
+            if getattr(cb, "name", None) not in names:
+                names.append(getattr(cb, "name", None))
+            known = blocks.setdefault((family, getattr(cb, "name", None)), [])
+            known.extend(b for b in getattr(cb, "blocks", None) or [] if b not in known)
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for family in (_tags.GRAD_NORM_SECTION, _tags.HESSIAN_SECTION, _tags.RISK_SECTION):
+        names = monitors.get(family, [])
+        others = [n for n in names if n is not None]
+        for name in names:
+            layout[_tags.prefix(family, name)] = _charts(family, name, others, blocks[(family, name)])
     if not layout:
         return
     for writer in tensorboard_writers(trainer):

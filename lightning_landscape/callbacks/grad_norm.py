@@ -12,7 +12,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._probe import logging_step
 from lightning_landscape.callbacks._tensorboard import add_histogram, log_scalars, write_layout
 
@@ -33,7 +34,13 @@ class GradientNormMonitor(Callback):
 
     Scalars go to every logger at the same step as the module's own step metrics (``grad_norm/total``,
     ``grad_norm/<name>``); ``grad_norm/total`` also goes to ``trainer.callback_metrics`` through
-    ``pl_module.log(..., logger=False)`` so that ``ModelCheckpoint``/``EarlyStopping`` can monitor it.
+    ``pl_module.log(..., logger=False)`` so that ``ModelCheckpoint``/``EarlyStopping`` can monitor it. Every
+    optimizer is covered, under automatic and manual optimization: with several (a GAN's generator and
+    discriminator) each logs its own parameters under ``grad_norm/optimizer_<i>/total`` and
+    ``grad_norm/optimizer_<i>/<name>`` (``i`` its index in ``configure_optimizers``), measured right before
+    its own step; with one, the tags stay ``grad_norm/...``. Parameters of a submodule compiled with
+    ``self.net = torch.compile(net)`` are named without the ``_orig_mod`` segment. With ``name`` every tag is
+    ``grad_norm/<name>/...``, so two monitors (say an L2 and a max norm) do not overwrite each other.
     (Logging through ``pl_module.log(logger=True)`` on our own schedule would let Lightning drop the value and
     later re-log it as stale on its ``log_every_n_steps`` grid.)
 
@@ -47,15 +54,19 @@ class GradientNormMonitor(Callback):
         histogram: Also write a TensorBoard histogram of the per-module (per-parameter) norms under
             ``grad_norm/histogram``.
         per_layer: Log the per-module (per-parameter) scalars; with ``False`` only ``grad_norm/total``.
+        name: Tags under ``grad_norm/<name>/`` (letters, digits, ``_``, ``.``, ``-``); also part of the
+            ``state_key``.
 
     Raises:
-        ValueError: If ``norm_type``, ``granularity`` or ``log_every_n_steps`` is invalid.
+        ValueError: If ``norm_type``, ``granularity``, ``log_every_n_steps`` or ``name`` is invalid.
 
     Example::
 
         >>> from lightning.pytorch import Trainer
         >>> from lightning_landscape import GradientNormMonitor
-        >>> trainer = Trainer(callbacks=[GradientNormMonitor(norm_type=2.0, granularity="module")])
+        >>> max_norm = GradientNormMonitor(norm_type="inf", per_layer=False, name="max")
+        >>> monitors = [GradientNormMonitor(), max_norm]
+        >>> trainer = Trainer(callbacks=monitors, logger=False, enable_checkpointing=False)
     """
 
     _landscape_family = _tags.GRAD_NORM_SECTION
@@ -67,38 +78,39 @@ class GradientNormMonitor(Callback):
         log_every_n_steps: int | None = None,
         histogram: bool = False,
         per_layer: bool = True,
+        name: str | None = None,
     ) -> None:
         try:
             norm = float(norm_type)
         except (TypeError, ValueError):
             norm = math.nan
         if not norm > 0:
-            raise ValueError(f"`norm_type` must be a number > 0 or 'inf', got {norm_type!r}")
-        if granularity not in ("module", "parameter"):
-            raise ValueError(f"`granularity` must be 'module' or 'parameter', got {granularity!r}")
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool)
-            or not isinstance(log_every_n_steps, int)
-            or log_every_n_steps < 1
-        ):
-            raise ValueError(f"`log_every_n_steps` must be a positive int or None, got {log_every_n_steps!r}")
+            raise ValueError(f"`norm_type` must be a number > 0 or 'inf', got {norm_type!r}.")
+        check_choice("granularity", granularity, ("module", "parameter"))
+        check_int("log_every_n_steps", log_every_n_steps, optional=True)
+        _tags.check_name(name)
         self.norm_type = norm
         self.granularity = granularity
         self.log_every_n_steps = log_every_n_steps
         self.histogram = bool(histogram)
         self.per_layer = bool(per_layer)
+        self.name = name
         self._names: dict[int, str] = {}  # id(parameter) -> group name
-        self._last_logged_step = -1
+        # Optimizer index (None with a single optimizer) -> the last logging step it logged at.
+        self._last_logged: dict[int | None, int] = {}
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(norm_type=self.norm_type, granularity=self.granularity)
+        named = {} if self.name is None else {"name": self.name}
+        return self._generate_state_key(**named, norm_type=self.norm_type, granularity=self.granularity)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._names = {}
         for name, param in pl_module.named_parameters():
+            # A submodule compiled with ``self.net = torch.compile(net)`` keeps its parameters in `_orig_mod`.
+            name = name.replace("_orig_mod.", "")
             if self.granularity == "module":
                 name = name.rpartition(".")[0] or "root"
             self._names[id(param)] = name
@@ -119,8 +131,9 @@ class GradientNormMonitor(Callback):
     ) -> None:
         interval = self._interval(trainer)
         step = logging_step(trainer)
+        index = self._optimizer_index(trainer, optimizer)
         # Lightning's own rule (`should_update_logs`): the batch that makes `step + 1` a multiple logs.
-        if interval < 1 or (step + 1) % interval != 0 or step == self._last_logged_step:
+        if interval < 1 or (step + 1) % interval != 0 or step == self._last_logged.get(index, -1):
             return
         names: list[str] = []
         grads: list[Tensor] = []
@@ -135,14 +148,28 @@ class GradientNormMonitor(Callback):
         values = [total, *group_norms] if self.per_layer else [total]
         # One host transfer for every scalar of the step.
         numbers = torch.stack([v.to(torch.float64) for v in values]).tolist()
-        metrics = {_tags.GRAD_NORM_TOTAL: numbers[0]}
+        total_tag = _tags.grad_norm_total_tag(self.name, index)
+        metrics = {total_tag: numbers[0]}
         if self.per_layer:
-            metrics.update({_tags.grad_norm_tag(n): x for n, x in zip(group_names, numbers[1:], strict=True)})
-        self._last_logged_step = step
+            for layer, x in zip(group_names, numbers[1:], strict=True):
+                metrics[_tags.grad_norm_tag(layer, self.name, index)] = x
+        self._last_logged[index] = step
         log_scalars(trainer, metrics, step)
-        pl_module.log(_tags.GRAD_NORM_TOTAL, numbers[0], logger=False, sync_dist=False)
+        pl_module.log(total_tag, numbers[0], logger=False, sync_dist=False)
         if self.histogram:
-            add_histogram(trainer, _tags.GRAD_NORM_HISTOGRAM, torch.stack(group_norms), step)
+            tag = _tags.tag(_tags.GRAD_NORM_SECTION, _tags.HISTOGRAM, self.name, _tags.optimizer_part(index))
+            add_histogram(trainer, tag, torch.stack(group_norms), step)
+
+    @staticmethod
+    def _optimizer_index(trainer: pl.Trainer, optimizer: Optimizer) -> int | None:
+        """The optimizer's index in ``trainer.optimizers``; ``None`` when it is the only one."""
+        optimizers = trainer.optimizers
+        if len(optimizers) <= 1:
+            return None
+        for i, opt in enumerate(optimizers):
+            if opt is optimizer or getattr(optimizer, "optimizer", None) is opt:
+                return i
+        return len(optimizers)  # pragma: no cover - an optimizer the trainer does not know
 
     def _norms(self, grads: list[Tensor], names: list[str]) -> tuple[Tensor, list[str], list[Tensor]]:
         """The total norm and the per-group norms, all still on the device."""
@@ -165,8 +192,13 @@ class GradientNormMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"last_logged_step": self._last_logged_step}
+        steps = {str(k): v for k, v in self._last_logged.items()}
+        return {"last_logged_step": max(self._last_logged.values(), default=-1), "last_logged_steps": steps}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_logged_step = int(state_dict.get("last_logged_step", -1))
+        steps = state_dict.get("last_logged_steps")
+        if isinstance(steps, dict):
+            self._last_logged = {None if k == "None" else int(k): int(v) for k, v in steps.items()}
+        else:
+            self._last_logged = {None: int(state_dict.get("last_logged_step", -1))}

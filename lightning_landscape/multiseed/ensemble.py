@@ -38,6 +38,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from typing_extensions import override
 
 from lightning_landscape._imports import import_object
+from lightning_landscape.callbacks import tags
 
 #: Optimizers whose update of each tensor entry depends only on that entry's history (and the shared
 #: step count), so one optimizer over stacked parameters acts on each member as on a lone model.
@@ -477,9 +478,10 @@ class _StackedEnsemble(LightningModule):
         self._log_members("val_loss", val, self._val_count, on_step=False)
         if self._train_sum is not None and self._train_count > 0:
             train = self._train_sum / self._train_count
-            self._log_members("generalization_gap", val - train, self._val_count, on_step=False)
+            self._log_members(tags.GENERALIZATION_GAP, val - train, self._val_count, on_step=False)
         if self.optimal_risk is not None:
-            self._log_members("optimality_gap", val - self.optimal_risk, self._val_count, on_step=False)
+            # Validation risk minus R*: the excess risk (an optimality gap is the training risk minus R*).
+            self._log_members(tags.EXCESS_RISK, val - self.optimal_risk, self._val_count, on_step=False)
         if self.trainer.sanity_checking:
             return
         self.history.append(
@@ -573,7 +575,7 @@ class SeedEnsemble(_StackedEnsemble):
 
     Logged: ``seed_<s>/train_loss`` and ``seed_<s>/grad_norm`` (per step, on logging steps),
     ``seed_<s>/val_loss`` and ``seed_<s>/generalization_gap`` (validation loss minus the epoch's mean
-    training loss), ``seed_<s>/optimality_gap`` (validation loss minus ``optimal_risk``, when given),
+    training loss), ``seed_<s>/excess_risk`` (validation loss minus ``optimal_risk``, when given),
     ``seed_<s>/hessian_eig_1`` (every ``hessian_every_n_steps``), and for each quantity the ensemble summary
     ``ensemble/<name>_{mean,min,q25,median,q75,max}`` over the finite members.
 
@@ -596,7 +598,7 @@ class SeedEnsemble(_StackedEnsemble):
         gamma: decay factor of the scheduler.
         scheduler_interval: step the scheduler every ``"epoch"`` or every ``"step"``.
         per_seed_data: batches carry one slice per member ``[K, B, ...]`` instead of one shared batch.
-        optimal_risk: the minimal achievable risk, to log ``seed_<s>/optimality_gap``.
+        optimal_risk: the minimal achievable risk, to log ``seed_<s>/excess_risk``.
         hessian_every_n_steps: log each member's top Hessian eigenvalue on the first training batch every
             this many steps (0: never); one Lanczos run per member.
         tune_cpu_allocator: on a CPU under glibc, let malloc keep large freed blocks for reuse

@@ -9,11 +9,11 @@ import hashlib
 import sys
 
 import lightning.pytorch as pl
-from _cb_helpers import TinyRegression, make_loader
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_landscape import HessianEigenMonitor
+from lightning_landscape import HessianEigenMonitor, RiskGapMonitor
+from tests.callbacks._cb_helpers import TinyRegression, make_loader
 
 
 class ShardedData(pl.LightningDataModule):
@@ -36,7 +36,7 @@ if __name__ == "__main__":
         devices=2,
         strategy="ddp",
         max_steps=6,
-        callbacks=[monitor],
+        callbacks=[monitor, RiskGapMonitor(val_key=None, optimal_risk=0.0)],
         logger=TensorBoardLogger(out, name="tb", version=0),
         enable_progress_bar=False,
         enable_model_summary=False,

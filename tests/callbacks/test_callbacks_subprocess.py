@@ -11,12 +11,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-from _cb_helpers import TinyRegression, make_loader
-from conftest import read_scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_landscape import HessianEigenMonitor
-from lightning_landscape.callbacks import _tags
+from lightning_landscape import HessianEigenMonitor, RiskGapMonitor
+from lightning_landscape.callbacks import tags as _tags
+from tests.callbacks._cb_helpers import TinyRegression, make_loader
+from tests.callbacks._events import read_scalars
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_lightning_cli_adds_the_monitors_from_the_command_line(tmp_path: Path) -> None:
     code = (
-        "from lightning.pytorch.cli import LightningCLI; import _cb_helpers as h; "
+        "from lightning.pytorch.cli import LightningCLI; import tests.callbacks._cb_helpers as h; "
         "LightningCLI(h.TinyRegression, h.TinyData)"
     )
     args = [
@@ -87,7 +87,8 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path, trainer_kwargs: dic
     pl.seed_everything(11)
     logger = TensorBoardLogger(tmp_path / "single", name="tb")
     monitor = HessianEigenMonitor(k=3, every_n_steps=2, smallest=True, num_batches=1, tol=1e-9)
-    trainer = pl.Trainer(max_steps=6, callbacks=[monitor], logger=logger, **trainer_kwargs)
+    risk = RiskGapMonitor(val_key=None, optimal_risk=0.0)
+    trainer = pl.Trainer(max_steps=6, callbacks=[monitor, risk], logger=logger, **trainer_kwargs)
     trainer.fit(TinyRegression(), make_loader(n=48, batch_size=8))
     single = read_scalars(logger.log_dir)
 
@@ -96,3 +97,6 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path, trainer_kwargs: dic
         assert sorted(ddp[tag]) == sorted(single[tag]) == [1, 3, 5], tag
         for step, value in single[tag].items():
             assert ddp[tag][step] == pytest.approx(value, rel=1e-6, abs=1e-8), (tag, step)
+    # The epoch's training risk is the mean over both ranks' batches (each rank alone would differ).
+    assert ddp[_tags.RISK_TRAIN] == {5: pytest.approx(single[_tags.RISK_TRAIN][5], rel=1e-6)}
+    assert ddp[_tags.RISK_OPTIMALITY_GAP] == ddp[_tags.RISK_TRAIN]

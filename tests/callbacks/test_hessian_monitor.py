@@ -10,14 +10,15 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from _cb_helpers import NAN_AT_STEP, TinyRegression, make_data, make_loader, mse_loss_fn
-from conftest import dense_hessian, read_layout_categories, read_scalars
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_landscape import HessianEigenMonitor
-from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks import tags as _tags
+from tests.callbacks._cb_helpers import NAN_AT_STEP, TinyRegression, make_data, make_loader, mse_loss_fn
+from tests.callbacks._events import read_layout_categories, read_scalars
+from tests.oracle import dense_hessian
 
 
 class DenseRecorder(pl.Callback):
@@ -141,7 +142,9 @@ def test_resume_continues_the_same_series(tmp_path: Path, trainer_kwargs: dict[s
 
 
 def test_nonfinite_probe_is_skipped_with_one_warning(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
-    monitor = HessianEigenMonitor(k=1, every_n_steps=2, loss_fn="_cb_helpers:nan_at_step_loss", tol=1e-6)
+    monitor = HessianEigenMonitor(
+        k=1, every_n_steps=2, loss_fn="tests.callbacks._cb_helpers:nan_at_step_loss", tol=1e-6
+    )
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer = pl.Trainer(max_steps=8, callbacks=[monitor], logger=logger, **trainer_kwargs)
     with warnings.catch_warnings(record=True) as caught:
@@ -170,13 +173,13 @@ def test_refuses_sharded_strategies() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": 0}, "`k` must be an int >= 1, got 0"),
+        ({"k": 0}, "`k` must be an integer >= 1, got 0."),
         ({"k": 2.5}, "`k`"),
         ({"every_n_steps": 0}, "`every_n_steps`"),
         ({"every_n_steps": None}, "both None"),
         ({"every_n_epochs": -1}, "`every_n_epochs`"),
         ({"num_batches": 0}, "`num_batches`"),
-        ({"dataloader": "test"}, "`dataloader` must be 'train' or 'val', got 'test'"),
+        ({"dataloader": "test"}, "`dataloader` must be one of ('train', 'val'), got 'test'."),
         ({"tol": 0.0}, "`tol`"),
         ({"tol": float("nan")}, "`tol`"),
         ({"backend": "arpack"}, "`backend`"),
@@ -195,6 +198,6 @@ def test_argument_errors(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_loss_fn_import_path_styles() -> None:
-    a = HessianEigenMonitor(loss_fn="_cb_helpers:mse_loss_fn")
-    b = HessianEigenMonitor(loss_fn="_cb_helpers.mse_loss_fn")
+    a = HessianEigenMonitor(loss_fn="tests.callbacks._cb_helpers:mse_loss_fn")
+    b = HessianEigenMonitor(loss_fn="tests.callbacks._cb_helpers.mse_loss_fn")
     assert a._loss_fn is b._loss_fn is mse_loss_fn

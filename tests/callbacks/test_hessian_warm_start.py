@@ -8,14 +8,15 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from _cb_helpers import TinyRegression, make_data, make_loader
-from conftest import dense_hessian, read_scalars
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from lightning_landscape import HessianEigenMonitor
-from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks import tags as _tags
+from tests.callbacks._cb_helpers import TinyRegression, make_data, make_loader
+from tests.callbacks._events import read_scalars
+from tests.oracle import dense_hessian
 
 EVERY = 2
 

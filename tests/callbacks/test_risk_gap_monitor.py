@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from _cb_helpers import TinyRegression, make_data, make_loader
-from conftest import read_layout_categories, read_scalars
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.nn import functional as F
 
 from lightning_landscape import RiskGapMonitor
-from lightning_landscape.callbacks import _tags
+from lightning_landscape.callbacks import tags as _tags
+from tests.callbacks._cb_helpers import TinyRegression, make_data, make_loader
+from tests.callbacks._events import read_layout_categories, read_scalars
 
 
 def test_epoch_risks_and_gaps(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
@@ -64,7 +65,22 @@ def test_full_train_risk_at_current_weights(tmp_path: Path, trainer_kwargs: dict
     assert _tags.RISK_VAL not in s and _tags.RISK_GENERALIZATION_GAP not in s
 
 
-def test_missing_train_key_is_a_clear_error(trainer_kwargs: dict[str, Any]) -> None:
+def test_missing_train_risk_is_a_clear_error(trainer_kwargs: dict[str, Any]) -> None:
+    class Silent(TinyRegression):
+        """Manual optimization, logs nothing on epoch and returns nothing: no training risk anywhere."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            opt = self.optimizers()
+            loss = self.loss_on(batch)
+            opt.zero_grad()  # type: ignore[union-attr]
+            self.manual_backward(loss)
+            opt.step()  # type: ignore[union-attr]
+            self.log("train_loss", loss)
+
     trainer = pl.Trainer(
         max_epochs=1,
         callbacks=[RiskGapMonitor(train_key="loss/train", val_key=None)],
@@ -72,7 +88,7 @@ def test_missing_train_key_is_a_clear_error(trainer_kwargs: dict[str, Any]) -> N
         **trainer_kwargs,
     )
     with pytest.raises(ValueError, match=r"`train_key`='loss/train' was not logged.*Logged: \['train_loss"):
-        trainer.fit(TinyRegression(), make_loader(n=16))
+        trainer.fit(Silent(), make_loader(n=16))
 
 
 def test_missing_val_key_fails_at_the_sanity_check(trainer_kwargs: dict[str, Any]) -> None:
@@ -85,18 +101,35 @@ def test_missing_val_key_fails_at_the_sanity_check(trainer_kwargs: dict[str, Any
     assert trainer.global_step == 0
 
 
-def test_step_only_key_gets_a_hint(trainer_kwargs: dict[str, Any]) -> None:
+def test_lightning_default_step_only_logging_works_as_is(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
     class StepOnly(TinyRegression):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             loss = self.loss_on(batch)
-            self.log("train_loss", loss)
+            self.log("train_loss", loss)  # Lightning's default: on_step=True, on_epoch=False
+            self.losses.append((float(loss.detach()), len(batch[0])))
             return loss
 
+        def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.loss_on(batch)  # returned, never logged
+
+    model = StepOnly()
+    model.losses = []
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    # Accumulation: Lightning divides the loss it hands on by 2, the monitor must undo it.
     trainer = pl.Trainer(
-        max_epochs=1, callbacks=[RiskGapMonitor(val_key=None)], logger=False, **trainer_kwargs
+        max_epochs=1, callbacks=[RiskGapMonitor()], logger=logger, accumulate_grad_batches=2, **trainer_kwargs
     )
-    with pytest.raises(ValueError, match="without on_epoch=True"):
-        trainer.fit(StepOnly(), make_loader(n=16))
+    x, y = make_data(16, seed=1)
+    trainer.fit(model, make_loader(n=20, batch_size=8), make_loader(n=16, seed=1))
+    s = read_scalars(logger.log_dir)
+    want = sum(v * n for v, n in model.losses) / sum(n for _, n in model.losses)  # sizes 8, 8, 4
+    assert list(s[_tags.RISK_TRAIN].values()) == [pytest.approx(want, rel=1e-6)]  # event files hold float32
+    with torch.no_grad():
+        model.eval()
+        val = float(F.mse_loss(model.net(x), y))
+    assert list(s[_tags.RISK_VAL].values()) == [pytest.approx(val, rel=1e-6)]  # event files hold float32
 
 
 def test_state_roundtrip() -> None:
@@ -105,22 +138,26 @@ def test_state_roundtrip() -> None:
     b = RiskGapMonitor()
     b.load_state_dict(a.state_dict())
     assert (b._val_risk, b._val_epoch, b._num_logged) == (0.5, 3, 4)
+    a._train_mean.update(torch.tensor(2.0, dtype=torch.float64), weight=3)
+    b.load_state_dict(a.state_dict())
+    assert b._pending_train_state == (6.0, 3.0)  # a mid-epoch resume continues the running mean
     assert RiskGapMonitor(train_key="a").state_key != RiskGapMonitor(train_key="b").state_key
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"train_key": ""}, "`train_key` must be a non-empty str, got ''"),
+        ({"train_key": ""}, "`train_key` must be a non-empty str, got ''."),
         ({"val_key": 3}, "`val_key`"),
-        ({"optimal_risk": float("inf")}, "`optimal_risk` must be a finite float or None, got inf"),
+        ({"optimal_risk": float("inf")}, "`optimal_risk` must be None or a finite number, got inf."),
         ({"optimal_risk": "zero"}, "`optimal_risk`"),
-        ({"optimality_of": "test"}, "`optimality_of` must be 'train' or 'val', got 'test'"),
-        ({"optimality_of": "val", "optimal_risk": 0.0, "val_key": None}, "needs a `val_key`"),
-        ({"loss_fn": "_cb_helpers:mse_loss_fn"}, "only used with `full_train_risk`=True"),
+        ({"optimality_of": "test"}, "`optimality_of` must be one of ('train', 'val'), got 'test'."),
+        ({"name": "a/b"}, "`name` must be None or a non-empty str"),
+        ({"seed": -1}, "`seed` must be an integer >= 0, got -1."),
+        ({"loss_fn": "tests.callbacks._cb_helpers:mse_loss_fn"}, "only used with `full_train_risk`=True"),
         ({"full_train_risk": True, "loss_fn": "nope_mod_zz:f"}, "could not be imported"),
     ],
 )
 def test_argument_errors(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=re.escape(match)):
         RiskGapMonitor(**kwargs)

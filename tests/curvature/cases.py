@@ -1,9 +1,8 @@
 """Model fixtures for the curvature tests: every solver meets every case.
 
 Each case is float64 (tight tolerances), tiny (dense Hessians in well under a second) and comes with an
-independent dense truth: ``torch.autograd.functional.hessian`` of the batch-weighted mean loss written
-with ``torch.func.functional_call`` over a flat parameter vector (a different code path from
-``HessianOperator``), eigenvalues by ``torch.linalg.eigvalsh``.
+independent dense truth: :func:`tests.oracle.dense_hessian` (plain autograd double backward, a different code
+path from ``HessianOperator``), eigenvalues by ``torch.linalg.eigvalsh``.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from tests import oracle
 
 DTYPE = torch.float64
 
@@ -108,55 +107,9 @@ BUILDERS: dict[str, Callable[[], Case]] = {
 CASE_NAMES = list(BUILDERS)
 
 
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, dict):
-        return int(next(iter(batch.values())).shape[0])
-    return int(batch[0].shape[0])
-
-
 def dense_hessian(case: Case, train_mode: bool = False) -> Tensor:
     """The n x n Hessian of the batch-weighted mean loss w.r.t. the trainable parameters."""
-    model = case.model
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
-    weights = torch.tensor([_batch_size(b) for b in case.batches], dtype=DTYPE)
-    weights = weights / weights.sum()
-    modes = [(m, m.training) for m in model.modules()]
-
-    def loss(flat: Tensor) -> Tensor:
-        params, offset = dict(frozen), 0
-        for name, p in named:
-            params[name] = flat[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-        total = flat.new_zeros(())
-        for w, batch in zip(weights, case.batches, strict=True):
-            # Copies of the buffers so that train-mode BatchNorm leaves the real ones alone.
-            buffers = {name: b.clone() for name, b in model.named_buffers()}
-            total = total + w * case.loss_fn(_Bound(model, {**params, **buffers}), batch)
-        return total
-
-    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
-    try:
-        if not train_mode:
-            model.eval()
-        with sdpa_kernel(SDPBackend.MATH):
-            hess = torch.autograd.functional.hessian(loss, flat)
-    finally:
-        for m, training in modes:
-            m.training = training
-    return hess.detach()
-
-
-class _Bound(nn.Module):
-    """Calls ``module`` with the given parameters and buffers (so ``loss_fn(model, batch)`` still works)."""
-
-    def __init__(self, module: nn.Module, tensors: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.inner = [module]
-        self.tensors = tensors
-
-    def forward(self, *args: Any) -> Tensor:
-        return functional_call(self.inner[0], self.tensors, args)
+    return oracle.dense_hessian(case.model, case.loss_fn, case.batches, train_mode=train_mode)
 
 
 @functools.cache

@@ -242,7 +242,7 @@ def test_per_member_tags_grad_norm_and_gaps_in_tensorboard(tmp_path: Path) -> No
     events.Reload()
     tags = set(events.Tags()["scalars"])
     for seed in SEEDS:
-        for name in ("train_loss", "grad_norm", "val_loss", "generalization_gap", "optimality_gap"):
+        for name in ("train_loss", "grad_norm", "val_loss", "generalization_gap", "excess_risk"):
             assert f"seed_{seed}/{name}" in tags
     for stat in ("mean", "min", "q25", "median", "q75", "max"):
         assert f"ensemble/train_loss_{stat}" in tags
