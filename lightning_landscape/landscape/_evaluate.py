@@ -140,16 +140,22 @@ class _AffineLayers(TorchFunctionMode):
         if func is not F.linear and (rest[3] if len(rest) > 3 else extra.get("groups", 1)) != 1:
             return None
         name, base, stacked, coef = entry
+        # A moving bias is folded into the products: f(x; W, b) is linear in (W, b) jointly.
+        bias_entry = self.points.get(id(bias)) if isinstance(bias, Tensor) else None
         # The k-th call of one weight on an unbatched input sees the same input at every point of a batch
         # (it depends on the batch only); the checksum guards against a forward that is not deterministic.
         calls = self.calls[name] = self.calls.get(name, 0) + 1
-        key = (self.batch, name, calls, tuple(x.shape), x.dtype, rest, tuple(sorted(extra.items())))
+        key: tuple[Any, ...] = (self.batch, name, calls, bias_entry is not None, tuple(x.shape), x.dtype, rest)
+        key += tuple(sorted(extra.items()))
         checksum = float(x.detach().sum())
         cached = self.cache.get(key)
         if cached is None or not (cached[2] == checksum or (cached[2] != cached[2] and checksum != checksum)):
             r, out_features = stacked.shape[0], stacked.shape[1]
-            fixed = func(x, base, None, *rest, **extra)
-            flat = func(x, stacked.reshape(r * out_features, *stacked.shape[2:]), None, *rest, **extra)
+            b0 = db = None
+            if bias_entry is not None:
+                b0, db = bias_entry[1], bias_entry[2].reshape(-1)
+            fixed = func(x, base, b0, *rest, **extra)
+            flat = func(x, stacked.reshape(r * out_features, *stacked.shape[2:]), db, *rest, **extra)
             if func is F.linear:  # [..., r * out] -> [r, ..., out]
                 per = flat.reshape(*flat.shape[:-1], r, out_features).movedim(-2, 0)
             else:  # [N, r * out, *spatial] -> [r, N, out, *spatial]
@@ -157,7 +163,8 @@ class _AffineLayers(TorchFunctionMode):
             cached = self.cache[key] = (fixed, per, checksum)
         fixed, per, _ = cached
         out = fixed + torch.tensordot(coef, per, dims=1)
-        if bias is not None:
+        if bias is not None and bias_entry is None:
+            bias = self._real(bias)
             out = out + (bias if func is F.linear else bias.reshape(-1, *([1] * _CONVS[func])))
         return out
 
@@ -261,7 +268,7 @@ class GridEvaluator:
             for name, base in origin.items():
                 coef = c.to(base.dtype)
                 if name in stacked:
-                    if affine is not None and stacked[name].dim() >= 3:
+                    if affine is not None:
                         point = affine.placeholder(name, base, stacked[name], coef)
                     else:
                         point = base + torch.tensordot(coef, stacked[name], dims=1)
