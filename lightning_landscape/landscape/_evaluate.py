@@ -145,7 +145,15 @@ class _AffineLayers(TorchFunctionMode):
         # The k-th call of one weight on an unbatched input sees the same input at every point of a batch
         # (it depends on the batch only); the checksum guards against a forward that is not deterministic.
         calls = self.calls[name] = self.calls.get(name, 0) + 1
-        key: tuple[Any, ...] = (self.batch, name, calls, bias_entry is not None, tuple(x.shape), x.dtype, rest)
+        key: tuple[Any, ...] = (
+            self.batch,
+            name,
+            calls,
+            bias_entry is not None,
+            tuple(x.shape),
+            x.dtype,
+            rest,
+        )
         key += tuple(sorted(extra.items()))
         checksum = float(x.detach().sum())
         cached = self.cache.get(key)
