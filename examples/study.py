@@ -237,11 +237,12 @@ def analyse(cfg: StudyConfig, root: Path, grad_tol: float, eig_rtol: float) -> t
     for run in summary["runs"]:
         if run["status"] != "finished":
             continue
-        scalars = read_scalars(run["log_dir"])
+        # Paths in summary.json are relative to the run folder.
+        scalars = read_scalars(root / run["log_dir"])
         series[run["seed"]] = scalars
         eig_max = _last(scalars.get(_tags.hessian_eig_tag(1)))
         eig_min = _last(scalars.get(_tags.HESSIAN_EIG_MIN))
-        last_ckpt = Path(run["last_model_path"] or Path(run["log_dir"]) / "checkpoints" / "last.ckpt")
+        last_ckpt = root / (run["last_model_path"] or Path(run["log_dir"]) / "checkpoints" / "last.ckpt")
         g_full = full_gradient_norm(last_ckpt, datamodule) if last_ckpt.is_file() else math.nan
         near = bool(g_full <= grad_tol)
         kind = "minimum" if eig_min >= -eig_rtol * abs(eig_max) else "saddle"

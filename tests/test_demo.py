@@ -77,7 +77,7 @@ def test_tiny_demo_writes_every_report_file_with_numbers_that_check_out(tmp_path
     final_risks = []
     for run in summary["runs"]:
         assert run["status"] == "finished"
-        scalars = study.read_scalars(run["log_dir"])
+        scalars = study.read_scalars(root / run["log_dir"])  # summary.json paths are relative to root
         # All three callbacks wrote their tags.
         assert {
             _tags.GRAD_NORM_TOTAL,
@@ -85,7 +85,7 @@ def test_tiny_demo_writes_every_report_file_with_numbers_that_check_out(tmp_path
             _tags.HESSIAN_EIG_MIN,
             _tags.RISK_TRAIN,
         } <= set(scalars)
-        ckpt = Path(run["last_model_path"])
+        ckpt = root / run["last_model_path"]
         model = ShallowReLU.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
         # The final val_loss in TensorBoard is the population risk (independent quadrature, 200k points).
         final = scalars["val_loss"][-1][1]
