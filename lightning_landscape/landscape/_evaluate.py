@@ -177,6 +177,24 @@ class _AffineLayers(TorchFunctionMode):
         return out
 
 
+@contextlib.contextmanager
+def probe_context(model: nn.Module, train_mode: bool, grad: bool) -> Iterator[None]:
+    """Evaluate ``model`` with nothing left behind: the global RNG forked, buffers swapped for copies, eval
+    mode unless ``train_mode`` (flags restored), gradients on or off as ``grad`` says."""
+    modes = [(m, m.training) for m in model.modules()]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=rng_devices(model)))
+        stack.enter_context(swapped_buffers(model))
+        stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        if not train_mode:
+            model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
@@ -243,20 +261,8 @@ class GridEvaluator:
         self.vectorized_last = False  # whether the last call ran vectorized (for tests and benchmarks)
         self.last_chunk_size = 0
 
-    @contextlib.contextmanager
-    def _context(self) -> Iterator[None]:
-        modes = [(m, m.training) for m in self.model.modules()]
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.random.fork_rng(devices=rng_devices(self.model)))
-            stack.enter_context(swapped_buffers(self.model))
-            stack.enter_context(torch.no_grad())
-            if not self.train_mode:
-                self.model.eval()
-            try:
-                yield
-            finally:
-                for module, training in modes:
-                    module.training = training
+    def _context(self) -> contextlib.AbstractContextManager[None]:
+        return probe_context(self.model, self.train_mode, grad=False)
 
     def _seed(self, index: int) -> None:
         if self.train_mode:

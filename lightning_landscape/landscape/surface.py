@@ -8,7 +8,6 @@ where a function says otherwise (:func:`linear_barrier`, :func:`trajectory_plane
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,8 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.curvature.eigen import check_int
-from lightning_landscape.curvature.operator import LossFn, batch_size, rng_devices, swapped_buffers
-from lightning_landscape.landscape._evaluate import GridEvaluator, _LossOf, check_finite, linspace
+from lightning_landscape.curvature.operator import LossFn, batch_size, rng_devices
+from lightning_landscape.landscape._evaluate import (
+    GridEvaluator,
+    _LossOf,
+    check_finite,
+    linspace,
+    probe_context,
+)
 from lightning_landscape.landscape.directions import (
     Direction,
     named_trainable,
@@ -31,6 +36,19 @@ from lightning_landscape.landscape.results import BarrierResult, LineResult, Pla
 
 BufferMode = Literal["interpolate", "reestimate"]
 _BUFFER_MODES = ("interpolate", "reestimate")
+
+
+def _options(
+    train_mode: bool, chunk_size: int | None, memory_budget: int | None, vectorize: bool, seed: int
+) -> dict[str, Any]:
+    """The evaluation options every function here shares (see :func:`loss_line`)."""
+    return {
+        "train_mode": train_mode,
+        "chunk_size": chunk_size,
+        "memory_budget": memory_budget,
+        "vectorize": vectorize,
+        "seed": seed,
+    }
 
 
 def _evaluator(
@@ -72,39 +90,25 @@ def _slope_curvature(
     wrapper = _LossOf(model, loss_fn)
     sizes = [float(batch_size(b)) for b in batches]
     gd_total = dhd_total = 0.0
-    modes = [(m, m.training) for m in model.modules()]
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=rng_devices(model)))
-        stack.enter_context(swapped_buffers(model))
-        stack.enter_context(torch.enable_grad())
-        if not train_mode:
-            model.eval()
-        try:
-            for i, batch in enumerate(batches):
-                torch.manual_seed(seed * 1_000_003 + i)
-                leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
-                state = {f"model.{n}": t for n, t in leaves.items()}
-                loss = torch.func.functional_call(wrapper, state, (batch,), strict=False)
-                grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
-                gd = sum(
-                    ((g * direction[n]).sum() for n, g in zip(leaves, grads, strict=True) if g is not None),
-                    torch.zeros((), dtype=torch.float64),
+    with probe_context(model, train_mode, grad=True):
+        for i, batch in enumerate(batches):
+            torch.manual_seed(seed * 1_000_003 + i)
+            leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
+            state = {f"model.{n}": t for n, t in leaves.items()}
+            loss = torch.func.functional_call(wrapper, state, (batch,), strict=False)
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+            gd = sum(
+                ((g * direction[n]).sum() for n, g in zip(leaves, grads, strict=True) if g is not None),
+                torch.zeros((), dtype=torch.float64),
+            )
+            dhd = 0.0
+            if isinstance(gd, Tensor) and gd.requires_grad:
+                hds = torch.autograd.grad(gd, list(leaves.values()), allow_unused=True)
+                dhd = sum(
+                    float((h * direction[n]).sum()) for n, h in zip(leaves, hds, strict=True) if h is not None
                 )
-                dhd = 0.0
-                if isinstance(gd, Tensor) and gd.requires_grad:
-                    hds = torch.autograd.grad(gd, list(leaves.values()), allow_unused=True)
-                    dhd = float(
-                        sum(
-                            float((h * direction[n]).sum())
-                            for n, h in zip(leaves, hds, strict=True)
-                            if h is not None
-                        )
-                    )
-                gd_total += float(gd.detach() if isinstance(gd, Tensor) else gd) * sizes[i]
-                dhd_total += dhd * sizes[i]
-        finally:
-            for module, training in modes:
-                module.training = training
+            gd_total += float(gd.detach() if isinstance(gd, Tensor) else gd) * sizes[i]
+            dhd_total += dhd * sizes[i]
     total = sum(sizes)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         device = next(iter(weights.values())).device
@@ -178,13 +182,7 @@ def loss_line(
         (torch.Size([11]), 0.0)
     """
     check_int("steps", steps, minimum=2)
-    options = {
-        "train_mode": train_mode,
-        "chunk_size": chunk_size,
-        "memory_budget": memory_budget,
-        "vectorize": vectorize,
-        "seed": seed,
-    }
+    options = _options(train_mode, chunk_size, memory_budget, vectorize, seed)
     evaluator = _evaluator(model, loss_fn, batches, options)
     weights, buffers = _state_tensors(model)
     if direction is not None and towards is not None:
@@ -253,15 +251,8 @@ def loss_plane(
         torch.Size([5, 5])
     """
     check_int("steps", steps, minimum=2)
-    evaluator = GridEvaluator(
-        model,
-        loss_fn,
-        batches,
-        train_mode=train_mode,
-        chunk_size=chunk_size,
-        memory_budget=memory_budget,
-        vectorize=vectorize,
-        seed=seed,
+    evaluator = _evaluator(
+        model, loss_fn, batches, _options(train_mode, chunk_size, memory_budget, vectorize, seed)
     )
     weights, _ = _state_tensors(model)
     meta: dict[str, Any] = {"directions": "given"}
@@ -394,13 +385,7 @@ def linear_barrier(
     check_int("steps", steps, minimum=2)
     if buffers not in _BUFFER_MODES:
         raise ValueError(f"`buffers` must be one of {_BUFFER_MODES}, got {buffers!r}.")
-    options = {
-        "train_mode": train_mode,
-        "chunk_size": chunk_size,
-        "memory_budget": memory_budget,
-        "vectorize": vectorize,
-        "seed": seed,
-    }
+    options = _options(train_mode, chunk_size, memory_budget, vectorize, seed)
     delta, buffer_delta = _difference(model_a, model_b)
     ts = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     if buffers == "interpolate":
@@ -494,14 +479,8 @@ def trajectory_plane(
         raise ValueError(f"`margin` must be a number >= 0, got {margin!r}.")
     if isinstance(checkpoints_or_state_dicts, (str, Path, Mapping)) or len(checkpoints_or_state_dicts) < 3:
         raise ValueError("`checkpoints_or_state_dicts` must be a list of at least 3 iterates, oldest first.")
-    evaluator = GridEvaluator(
-        model,
-        loss_fn,
-        batches,
-        train_mode=train_mode,
-        chunk_size=chunk_size,
-        memory_budget=memory_budget,
-        vectorize=vectorize,
+    evaluator = _evaluator(
+        model, loss_fn, batches, _options(train_mode, chunk_size, memory_budget, vectorize, 0)
     )
     like = named_trainable(model)
     buffer_names = {n for n, _ in model.named_buffers()}
