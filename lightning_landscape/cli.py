@@ -5,7 +5,7 @@
 
     lightning-landscape fit --config configs/shallow_relu.yaml
     lightning-landscape multiseed --config configs/shallow_relu.yaml --seeds 8 --monitor val_loss --mode min
-    lightning-landscape landscape --config configs/shallow_relu.yaml --ckpt_path runs/best.ckpt --mode plane
+    lightning-landscape landscape --config configs/shallow_relu.yaml --checkpoint runs/best.ckpt --mode plane
 
 Our callbacks go under ``trainer.callbacks`` in YAML (or ``--trainer.callbacks+=GradientNormMonitor``);
 ``lightning-landscape fit --help`` lists every option of each of them, and
@@ -272,7 +272,7 @@ class LandscapeCLI(LightningCLI):
     def landscape(
         self,
         model: LightningModule,
-        ckpt_path: str,
+        checkpoint: str,
         datamodule: LightningDataModule | None = None,
         mode: Literal["line", "plane"] = "plane",
         directions: Literal["random", "hessian"] = "random",
@@ -292,7 +292,9 @@ class LandscapeCLI(LightningCLI):
 
         Args:
             model: the configured model (its weights are replaced by the checkpoint's).
-            ckpt_path: the checkpoint (read with ``weights_only=True``).
+            checkpoint: the checkpoint (read with ``weights_only=True``). Not ``ckpt_path``: LightningCLI
+                would rebuild the model from the checkpoint's hyperparameters, which a checkpoint written
+                outside LightningCLI (a multiseed ``best.ckpt``) cannot always provide.
             datamodule: the configured data module (the probe batches come from its train dataloader).
             mode: ``line`` (along the first direction) or ``plane``.
             directions: ``random`` (filter-normalized) or ``hessian`` (top-2 eigenvectors).
@@ -311,7 +313,7 @@ class LandscapeCLI(LightningCLI):
         try:
             if datamodule is None:
                 raise ValueError("`landscape` needs a `data` section: the loss is evaluated on its batches")
-            weights = load_weights(ckpt_path, model)
+            weights = load_weights(checkpoint, model)
             datamodule.setup("fit")
             batches: list[Any] = []
             with torch.random.fork_rng():
@@ -334,8 +336,8 @@ class LandscapeCLI(LightningCLI):
         except (ValueError, TypeError, OSError) as err:
             sys.stderr.write(f"lightning-landscape landscape: error: {err}\n")
             raise SystemExit(EXIT_USAGE) from err
-        result.meta["title"] = f"{mode} along {directions} directions: {os.path.basename(ckpt_path)}"
-        folder = Path(out_dir) if out_dir is not None else Path(ckpt_path).parent
+        result.meta["title"] = f"{mode} along {directions} directions: {os.path.basename(checkpoint)}"
+        folder = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
         folder.mkdir(parents=True, exist_ok=True)
         result.save(folder / f"landscape_{mode}.npz")
         result.plot().savefig(folder / f"landscape_{mode}.png", dpi=110)

@@ -26,7 +26,7 @@ def _checkpoint(tmp_path: Path) -> tuple[Path, TinyRegression]:
 def test_landscape_subcommand_writes_the_plane_of_the_checkpoint(tmp_path: Path) -> None:
     path, model = _checkpoint(tmp_path)
     out = tmp_path / "out"
-    args = ["landscape", f"--model={MODEL}", f"--data={DATA}", f"--ckpt_path={path}", "--steps=5"]
+    args = ["landscape", f"--model={MODEL}", f"--data={DATA}", f"--checkpoint={path}", "--steps=5"]
     LandscapeCLI(args=[*args, "--span=0.5", f"--out_dir={out}"])
     plane = PlaneResult.load(out / "landscape_plane.npz")
     assert (out / "landscape_plane.png").stat().st_size > 1000
@@ -46,5 +46,5 @@ def test_landscape_subcommand_refuses_a_checkpoint_of_another_model(tmp_path: Pa
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
     with pytest.raises(SystemExit) as exc:
-        LandscapeCLI(args=["landscape", f"--model={MODEL}", f"--data={DATA}", f"--ckpt_path={path}"])
+        LandscapeCLI(args=["landscape", f"--model={MODEL}", f"--data={DATA}", f"--checkpoint={path}"])
     assert exc.value.code == 2

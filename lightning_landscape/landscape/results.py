@@ -153,6 +153,7 @@ class LineResult(_Result):
 
     def plot(self, ax: Any = None) -> Any:
         """The loss over ``alphas``, with the quadratic prediction dashed when known; returns the figure."""
+        own = ax is None
         fig, ax = _axes(ax)
         a = self.alphas.numpy()
         ax.plot(a, self.losses.numpy(), color="C0", label="loss")
@@ -166,6 +167,8 @@ class LineResult(_Result):
         ax.set_xlabel(self.meta.get("xlabel", r"$\alpha$"))
         ax.set_ylabel("loss")
         ax.set_title(self.meta.get("title", "loss along a direction"))
+        if own:
+            fig.tight_layout()
         return fig
 
 
@@ -195,6 +198,7 @@ class PlaneResult(_Result):
 
     def plot(self, ax: Any = None, levels: int = 30) -> Any:
         """Filled contours of the (log-spaced if positive) loss, the centre marked, the path drawn."""
+        own = ax is None
         fig, ax = _axes(ax)
         z = self.losses.numpy().T  # rows: betas (y), columns: alphas (x)
         finite = np.isfinite(z)
@@ -211,6 +215,8 @@ class PlaneResult(_Result):
         ax.set_xlabel(self.meta.get("xlabel", r"$\alpha$ ($d_1$)"))
         ax.set_ylabel(self.meta.get("ylabel", r"$\beta$ ($d_2$)"))
         ax.set_title(self.meta.get("title", "loss plane"))
+        if own:
+            fig.tight_layout()
         return fig
 
 
@@ -250,6 +256,7 @@ class BarrierResult(_Result):
 
     def plot(self, ax: Any = None) -> Any:
         """The loss along the segment, the chord dashed and the barrier marked; returns the figure."""
+        own = ax is None
         fig, ax = _axes(ax)
         t = self.ts.numpy()
         ax.plot(t, self.losses.numpy(), color="C0", label=self.meta.get("label", "loss"))
@@ -257,6 +264,8 @@ class BarrierResult(_Result):
         ax.set_xlabel("t")
         ax.set_ylabel("loss")
         ax.set_title(self.meta.get("title", f"linear interpolation, barrier {self.barrier:.3g}"))
+        if own:
+            fig.tight_layout()
         return fig
 
 
