@@ -389,3 +389,29 @@ def test_bad_arguments_are_named() -> None:
         trajectory_plane([m.state_dict()], m, f, b)
     with pytest.raises(ValueError, match="`batches` is empty"):
         loss_plane(m, f, [])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_gloo_ranks_match_the_single_process_landscape(tmp_path: Any) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.landscape import _dist_landscape
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.spawn(_dist_landscape.run, args=(port, str(tmp_path)), nprocs=2, join=True)
+    _, _, batches = _dist_landscape.build()
+    single = _dist_landscape.compute(batches)
+    alone = _dist_landscape.compute(batches[:1])
+    assert (alone["plane"] - single["plane"]).abs().max() > 1e-3  # the reduction is doing the work
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got["no_pl"], "the landscape core imported Lightning"
+        for key in ("plane", "line", "barrier"):
+            torch.testing.assert_close(got[key], single[key], atol=1e-12, rtol=0)
+        assert got["slope"] == pytest.approx(single["slope"], abs=1e-12)
+        assert got["curvature"] == pytest.approx(single["curvature"], abs=1e-12)
