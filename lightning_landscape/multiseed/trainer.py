@@ -157,6 +157,11 @@ class MultiSeedTrainer:
         max_retries: how often Ray re-runs a seed whose worker process died.
         allow_config_change: rank seeds trained with another configuration together with the new ones
             (the record then holds the new configuration).
+        barriers: after the selection, the loss barrier between the best seed's best checkpoint and each
+            other finished seed's (``True`` or ``"best"``), or between every pair (``"all"``), on the
+            first 4 train batches: the ``barriers`` block of ``summary.json``, ``barriers.png`` (heatmap),
+            ``interpolation.png`` (the segments) and one summary line (seeds sharing the best basin).
+        barrier_tol: the barrier (loss units) below which a seed shares the best seed's basin.
         **trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -190,6 +195,8 @@ class MultiSeedTrainer:
         max_concurrent: int | None = None,
         max_retries: int = 3,
         allow_config_change: bool = False,
+        barriers: bool | Literal["best", "all"] = False,
+        barrier_tol: float = 0.01,
         **trainer_kwargs: Any,
     ) -> None:
         self.seeds = self._check_seeds(seeds)
@@ -227,6 +234,12 @@ class MultiSeedTrainer:
         self.max_concurrent = max_concurrent
         self.max_retries = max_retries
         self.allow_config_change = allow_config_change
+        if barriers not in (False, True, "best", "all"):
+            raise ValueError(f"`barriers` must be False, True, 'best' or 'all', got {barriers!r}")
+        if isinstance(barrier_tol, bool) or not isinstance(barrier_tol, (int, float)) or not barrier_tol >= 0:
+            raise ValueError(f"`barrier_tol` must be a number >= 0, got {barrier_tol!r}")
+        self.barriers: Literal["best", "all"] | None = "best" if barriers is True else (barriers or None)
+        self.barrier_tol = float(barrier_tol)
         self.trainer_kwargs = trainer_kwargs
 
     @staticmethod
@@ -435,6 +448,7 @@ class MultiSeedTrainer:
         return SequentialExecutor()
 
     def _run(self, job: SeedJob, executor: Executor) -> MultiSeedResult:
+        self._job = job  # the post-selection steps rebuild models and data from it
         if is_rank_zero():
             remove_stale_temporaries(self.root_dir)
         record = read_record(self.root_dir)
@@ -673,5 +687,16 @@ class MultiSeedTrainer:
         """Steps that run once the best seed is known and ``best.ckpt`` is written, under the run's lock.
 
         A step may add per-seed fields to ``result.runs`` (the same objects as ``record.runs``) and
-        top-level blocks to ``record.extra``; the record is written right after. Nothing by default.
+        top-level blocks to ``record.extra``; the record is written right after. With ``barriers``: the
+        loss barriers between the best seed's best checkpoint and the others' (``record.extra["barriers"]``,
+        ``barriers.png``, ``interpolation.png``; see :mod:`~lightning_landscape.multiseed.barriers`).
         """
+        if self.barriers is not None and is_rank_zero():
+            from lightning_landscape.multiseed.barriers import barriers_after_selection
+
+            block = barriers_after_selection(
+                self._job, result.runs, result.best_seed, self.root_dir, self.barriers, self.barrier_tol
+            )
+            if block is not None:
+                record.extra["barriers"] = block
+                rank_zero_info(f"MultiSeedTrainer: {block['summary']}")
