@@ -1,0 +1,157 @@
+"""Best-of-k against brute force over all k-subsets, the optimism numbers, still-improving, classification."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+
+from lightning_landscape.multiseed.selection import (
+    BestOfK,
+    best_of_k,
+    classify_point,
+    rank_by_validation,
+    selection_optimism,
+    selection_weights,
+    still_improving,
+)
+
+
+def _brute_force(scores, tests, k, mode):
+    """Every k-subset equally likely: the best validation score and the selected seed's test score."""
+    best, selected_test = [], []
+    sign = 1 if mode == "min" else -1
+    for subset in itertools.combinations(range(len(scores)), k):
+        # Ties go to the earlier seed, as select_best does.
+        winner = min(subset, key=lambda i: (sign * scores[i], i))
+        best.append(scores[winner])
+        selected_test.append(tests[winner])
+    return np.array(best), np.array(selected_test)
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("num_seeds", [1, 2, 5, 8])
+def test_best_of_k_equals_the_average_over_all_k_subsets(num_seeds, mode):
+    rng = random.Random(num_seeds * 10 + (mode == "max"))
+    # Rounded to one decimal: ties happen, and the tie rule matters for the selected seed's test score.
+    scores = [round(rng.uniform(0, 1), 1) for _ in range(num_seeds)]
+    tests = [rng.uniform(0, 1) for _ in range(num_seeds)]
+    curve = best_of_k(scores, mode=mode, test_scores=tests)
+    assert curve.ks == list(range(1, num_seeds + 1))
+    for k in curve.ks:
+        best, sel_test = _brute_force(scores, tests, k, mode)
+        i = k - 1
+        assert curve.expected[i] == pytest.approx(best.mean(), rel=1e-12, abs=1e-15)
+        assert curve.q_low[i] == np.quantile(best, 0.1, method="inverted_cdf")
+        assert curve.q_high[i] == np.quantile(best, 0.9, method="inverted_cdf")
+        assert curve.expected_test is not None and curve.test_low is not None and curve.test_high is not None
+        assert curve.expected_test[i] == pytest.approx(sel_test.mean(), rel=1e-12, abs=1e-15)
+        assert curve.test_low[i] == np.quantile(sel_test, 0.1, method="inverted_cdf")
+        assert curve.test_high[i] == np.quantile(sel_test, 0.9, method="inverted_cdf")
+    # k = 1 is the plain mean, k = K the best seed.
+    assert curve.expected[0] == pytest.approx(sum(scores) / num_seeds, rel=1e-12)
+    assert curve.expected[-1] == (min(scores) if mode == "min" else max(scores))
+
+
+def test_best_of_k_is_monotone_and_its_range_brackets_the_mean_for_many_seeds():
+    rng = np.random.default_rng(0)
+    scores = list(rng.lognormal(size=300))
+    curve = best_of_k(scores, quantiles=(0.25, 0.75))
+    assert all(a >= b for a, b in itertools.pairwise(curve.expected))
+    # A quantile range need not hold the mean of a skewed distribution, but it is ordered and in range.
+    assert all(
+        min(scores) <= lo <= hi <= max(scores) for lo, hi in zip(curve.q_low, curve.q_high, strict=True)
+    )
+    assert curve.q_low[-1] == curve.q_high[-1] == min(scores)
+    assert curve.expected[-1] == min(scores)
+    # Exact integer weights: they sum to one even for K = 300 and k = 150 (no cancellation).
+    assert math.fsum(selection_weights(300, 150)) == pytest.approx(1.0, abs=1e-12)
+    assert curve.table_ks() == [1, 2, 5, 10, 300]
+    assert best_of_k([1.0, 2.0, 3.0]).table_ks() == [1, 2, 3]
+    assert curve.expected_test is None
+
+
+def test_best_of_k_round_trips_through_a_plain_dict():
+    curve = best_of_k([0.3, 0.1, 0.2], test_scores=[0.5, 0.4, 0.45])
+    data = curve.to_dict()
+    import json
+
+    again = BestOfK.from_dict(json.loads(json.dumps(data)))
+    assert again == curve
+    assert again.at(2)["expected"] == pytest.approx((0.1 + 0.2 + 0.1) / 3)
+
+
+def test_rank_by_validation_keeps_seed_order_on_ties():
+    assert rank_by_validation([0.2, 0.1, 0.2, 0.05]) == [3, 1, 0, 2]
+    assert rank_by_validation([0.2, 0.1, 0.2, 0.05], mode="max") == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scores": []}, "empty"),
+        ({"scores": [0.1, math.nan]}, "finite"),
+        ({"scores": [0.1, 0.2], "test_scores": [0.1]}, "1 values for 2"),
+        ({"scores": [0.1], "mode": "best"}, "mode"),
+        ({"scores": [0.1], "quantiles": (0.9, 0.1)}, "ordered"),
+        ({"scores": [0.1], "quantiles": (0.1, 1.5)}, r"\[0, 1\]"),
+    ],
+)
+def test_best_of_k_refuses_bad_input_naming_it(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        best_of_k(**kwargs)
+
+
+@pytest.mark.parametrize("k", [0, 4])
+def test_selection_weights_refuse_k_outside_1_to_k(k):
+    with pytest.raises(ValueError, match=r"`k` must be an int in \[1, 3\]"):
+        selection_weights(3, k)
+
+
+def test_optimism_numbers_by_hand_for_both_modes():
+    o = selection_optimism(0.10, 0.14, [0.14, 0.20, 0.26], mode="min")
+    assert o.mean_test_score == pytest.approx(0.20)
+    assert o.optimism == pytest.approx(0.04)  # the winner's val loss is 0.04 lower than its test loss
+    assert o.apparent_gain == pytest.approx(0.10)
+    assert o.test_gain == pytest.approx(0.06)
+    assert o.apparent_gain - o.test_gain == pytest.approx(o.optimism)
+    # Accuracy: validation 0.95, test 0.90, mean test 0.85: flattered by 0.05 (positive again).
+    m = selection_optimism(0.95, 0.90, [0.90, 0.80], mode="max")
+    assert (m.optimism, m.apparent_gain, m.test_gain) == pytest.approx((0.05, 0.10, 0.05))
+    with pytest.raises(ValueError, match="all_test"):
+        selection_optimism(0.1, 0.2, [])
+
+
+def test_still_improving_is_the_last_tenth_of_training():
+    assert still_improving(1000, 1000) and still_improving(900, 1000) and not still_improving(899, 1000)
+    assert still_improving(0, 0)  # one evaluation only: its best is at the end
+    assert still_improving(80, 100, fraction=0.2) and not still_improving(79, 100, fraction=0.2)
+    with pytest.raises(ValueError, match="best_at"):
+        still_improving(11, 10)
+    with pytest.raises(ValueError, match="fraction"):
+        still_improving(1, 10, fraction=1.5)
+
+
+@pytest.mark.parametrize(
+    ("grad", "low", "high", "kind"),
+    [
+        (1e-6, 1e-4, 3.0, "minimum"),  # all curvature positive
+        (1e-6, -2e-3, 3.0, "minimum"),  # a flat direction within eig_rtol * |eig_max| = 3e-3
+        (1e-6, -4e-3, 3.0, "saddle"),  # just outside the tolerance
+        (1e-3, -1.0, 3.0, "saddle"),  # gradient exactly at the tolerance counts as near-critical
+        (1.1e-3, 1.0, 3.0, "not critical yet"),  # convex there, but still moving
+        (0.5, -1.0, 3.0, "not critical yet"),
+        (math.nan, 1.0, 3.0, "unknown"),
+        (1e-6, math.nan, 3.0, "unknown"),
+    ],
+)
+def test_classification_rule_on_constructed_cases(grad, low, high, kind):
+    assert classify_point(grad, low, high, grad_tol=1e-3, eig_rtol=1e-3) == kind
+
+
+def test_classification_refuses_a_negative_tolerance():
+    with pytest.raises(ValueError, match="grad_tol"):
+        classify_point(0.0, 0.0, 1.0, grad_tol=-1.0, eig_rtol=1e-3)
