@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "The shallow ReLU study of arXiv 2212.13111 as one vectorized ensemble (make demo). "
             "--paper runs the authors' full set-up (300 initializations x 10,000 steps): it takes tens of "
-            "minutes on a CPU (about 40 min on 2 cores) and about a minute on a GPU; the default is a "
+            "minutes on a CPU (about an hour on a busy 2-core machine) and about a minute on a GPU; the default is a "
             "64 x 2,000 scaled-down run of it (~3 min on 2 CPU cores); --tiny is a seconds-long smoke test."
         )
     )
@@ -138,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=None, help="number of initializations (members)")
     p.add_argument("--steps", type=int, default=None, help="Adam steps")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths, e.g. 50 50")
+    p.add_argument("--num_probes", type=int, default=None, help="log-spaced steps recorded for the panels")
     p.add_argument("--target", default="quadratic", choices=("quadratic", "sin3", "x4sin", "teacher"))
     p.add_argument("--risk_rtol", type=float, default=0.05, help="one risk level: within best*(1+rtol)")
     p.add_argument("--grad_tol", type=float, default=1e-3, help="near-critical: ||grad R|| <= grad_tol")
@@ -153,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu, gpu, ...)")
     args = p.parse_args(argv)
-    for name in ("seeds", "steps"):
+    for name in ("seeds", "steps", "num_probes"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be >= 1, got {value}")
@@ -173,7 +174,7 @@ def preset_name(args: argparse.Namespace) -> str:
 
 def study_config(args: argparse.Namespace) -> StudyConfig:
     values: dict[str, Any] = dict(_PRESETS[preset_name(args)])
-    for name in ("seeds", "steps", "hidden"):
+    for name in ("seeds", "steps", "hidden", "num_probes"):
         if getattr(args, name) is not None:
             values[name] = list(getattr(args, name)) if name == "hidden" else getattr(args, name)
     if args.steps is not None and preset_name(args) == "demo":
