@@ -6,8 +6,12 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 DEMO_ARGS ?=
+# `make test-min`: the fast tests against the lowest lightning and torchmetrics pyproject.toml declares.
+VENV_MIN ?= .venv-min
+LIGHTNING_MIN := $(shell sed -n 's/^ *"lightning>=\([0-9.]*\)",$$/\1/p' pyproject.toml)
+TORCHMETRICS_MIN := $(shell sed -n 's/^ *"torchmetrics>=\([0-9.]*\)",$$/\1/p' pyproject.toml)
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-min lint typecheck pytest bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +43,20 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest
 
+$(VENV_MIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install -q "$(TORCH)"
+	$(VENV_MIN)/bin/python -m pip install -q -e ".[pyhessian,examples]" "lightning==$(LIGHTNING_MIN)" \
+		"torchmetrics==$(TORCHMETRICS_MIN)" pytest pytest-timeout pytest-xdist
+	touch $@
+
+test-min: $(VENV_MIN)/.installed
+	$(VENV_MIN)/bin/python -c "import lightning, torchmetrics; print('lightning', lightning.__version__, \
+		'torchmetrics', torchmetrics.__version__)"
+	$(VENV_MIN)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS) -m "not slow" tests/multiseed tests/callbacks
+
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/curvature.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_MIN) runs .pytest_cache .mypy_cache .ruff_cache

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 CALLBACKS: tuple[str, ...] = ("GradientNormMonitor", "HessianEigenMonitor", "RiskGapMonitor")
 
 _MULTISEED_SKIP = {"model", "datamodule", "train_dataloaders", "val_dataloaders"}
+# `multiseed` exit codes (an interrupted run exits 128 + signal, from MultiSeedInterrupted).
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BUSY = 3
 
 
 class _HelpFormatter(DefaultHelpFormatter):
@@ -185,10 +189,14 @@ class LandscapeCLI(LightningCLI):
         cpus_per_seed: float = 1.0,
         gpus_per_seed: float = 0.0,
         max_concurrent: int | None = None,
+        allow_config_change: bool = False,
     ) -> MultiSeedResult:
         """Train the model once per seed, keep the best, and print a table of seeds and scores.
 
-        A rerun with the same ``root_dir`` resumes: finished seeds are skipped.
+        A rerun with the same ``root_dir`` resumes: finished seeds are skipped. Exit codes: 0 every seed
+        finished; 1 a seed failed (the table is printed; rerun to retry it); 2 a bad argument, config or
+        run folder file, found before training; 3 ``root_dir`` is in use by another process; 143 (SIGTERM)
+        or 130 (Ctrl-C): interrupted, rerun the same command to resume.
 
         Args:
             model: the configured model (rebuilt for every seed from its class path and init args).
@@ -204,8 +212,11 @@ class LandscapeCLI(LightningCLI):
             cpus_per_seed: CPUs reserved per seed (Ray).
             gpus_per_seed: GPUs reserved per seed (Ray).
             max_concurrent: at most this many seeds at once (Ray).
+            allow_config_change: rank seeds of ``root_dir`` trained with another configuration together
+                with the new ones (a rerun with another configuration is refused otherwise).
         """
         from lightning_landscape.multiseed import MultiSeedTrainer
+        from lightning_landscape.multiseed.record import RootDirBusyError
 
         for key in ("optimizer", "lr_scheduler"):
             if self._get(self.config, key) is not None:
@@ -232,14 +243,25 @@ class LandscapeCLI(LightningCLI):
                 cpus_per_seed=cpus_per_seed,
                 gpus_per_seed=gpus_per_seed,
                 max_concurrent=max_concurrent,
+                allow_config_change=allow_config_change,
                 **trainer_kwargs,
             )
             result = ms.fit(model_cls, datamodule=datamodule)
         except (ValueError, TypeError) as err:
             # MultiSeedTrainer validates before the first seed trains: report it like a parser error.
             sys.stderr.write(f"lightning-landscape multiseed: error: {err}\n")
-            raise SystemExit(2) from err
+            raise SystemExit(EXIT_USAGE) from err
+        except RootDirBusyError as err:
+            sys.stderr.write(f"lightning-landscape multiseed: error: {err}\n")
+            raise SystemExit(EXIT_BUSY) from err
+        except RuntimeError as err:  # every seed failed
+            sys.stderr.write(f"lightning-landscape multiseed: error: {err}\n")
+            raise SystemExit(EXIT_FAILED) from err
         print(format_result(result))
+        if result.failed:
+            failed = [r.seed for r in result.failed]
+            sys.stderr.write(f"lightning-landscape multiseed: seeds {failed} failed; rerun to retry them\n")
+            raise SystemExit(EXIT_FAILED)
         return result
 
 

@@ -1,6 +1,14 @@
 """Multi-seed training: K independent retrains, the best kept."""
 
+from lightning_landscape.multiseed.record import RecordError, RootDirBusyError
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
-from lightning_landscape.multiseed.trainer import MultiSeedTrainer
+from lightning_landscape.multiseed.trainer import MultiSeedInterrupted, MultiSeedTrainer
 
-__all__ = ["MultiSeedResult", "MultiSeedTrainer", "SeedRun"]
+__all__ = [
+    "MultiSeedInterrupted",
+    "MultiSeedResult",
+    "MultiSeedTrainer",
+    "RecordError",
+    "RootDirBusyError",
+    "SeedRun",
+]

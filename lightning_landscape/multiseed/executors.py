@@ -1,10 +1,18 @@
-"""How seeds are run: the one per-seed function and the executors that call it.
+"""How seeds are run: one contract, three executors.
 
-:func:`run_seed` trains one seed from start to finish (or from its ``last.ckpt``) and returns a
-:class:`~lightning_landscape.multiseed.result.SeedRun`; it never raises for a failure of the seed
-itself. The executors only decide *where* it runs: :func:`run_sequential` in this process,
-:func:`run_ray` as one Ray task per seed. Both report through the same two callbacks, so the files,
-the results and the resume logic are the same whichever executor ran a seed.
+The contract: an executor gets a :class:`SeedJob` (everything the seeds share), the :class:`SeedTask`
+list (which seeds, resumed or not) and two callbacks, ``on_start(task)`` before a seed trains and
+``on_result(run)`` with its :class:`~lightning_landscape.multiseed.result.SeedRun` after, both called in
+the driver process; it never writes the record itself (the trainer does, under the run's lock).
+
+* :class:`SequentialExecutor` calls :func:`run_seed` for each task in this process;
+* :class:`RayExecutor` calls :func:`run_seed` as one Ray task per seed;
+* :class:`~lightning_landscape.multiseed.vectorized.VectorizedExecutor` trains all tasks as one ensemble.
+
+:func:`run_seed` trains one seed from start to finish, or from its ``last.ckpt`` when one exists (the
+driver has cleared the folder of a seed that starts afresh, so a ``last.ckpt`` there is this attempt's own:
+a Ray retry resumes rather than starts over). It never raises for a failure of the seed itself; an
+interruption (SIGTERM, Ctrl-C) propagates.
 """
 
 from __future__ import annotations
@@ -12,100 +20,39 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import pickle
 import random
-import shutil
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-from weakref import proxy
+from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch import nn
 from typing_extensions import override
 
+from lightning_landscape.multiseed._lightning import SafeCheckpointIO, plain_hparams
+from lightning_landscape.multiseed.build import ObjectBuilder
+from lightning_landscape.multiseed.paths import (
+    LAST_CHECKPOINT,
+    checkpoint_dir,
+    relative,
+    seed_dir,
+    seed_name,
+)
 from lightning_landscape.multiseed.result import SeedRun
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
 # Set in SeedRun.extra when the monitored key is missing: a configuration error, not a seed failure.
 CONFIG_ERROR_KEY = "config_error"
 _MISSING_MONITOR_TEXT = "could not find the monitored key"
-
-BuildKind = Literal["class", "factory", "rebuild", "reset", "copy"]
-
-
-def seed_dir(root_dir: str | Path, seed: int) -> Path:
-    """The folder of one seed: ``root_dir/seed_<seed>``."""
-    return Path(root_dir) / f"seed_{seed}"
-
-
-def is_rank_zero() -> bool:
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
-@dataclass
-class ObjectBuilder:
-    """Builds a fresh model or datamodule for one seed, after the seed is set.
-
-    Args:
-        kind: ``"class"``/``"factory"``/``"rebuild"`` call ``target(**kwargs)``; ``"copy"`` deep-copies
-            ``target``; ``"reset"`` deep-copies it and calls every submodule's ``reset_parameters()``.
-        target: the class, factory or instance.
-        kwargs: keyword arguments of the call.
-    """
-
-    kind: BuildKind
-    target: Any
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> Any:
-        if self.kind in ("class", "factory", "rebuild"):
-            return self.target(**self.kwargs)
-        obj = copy.deepcopy(self.target)
-        if self.kind == "reset":
-            reset_parameters(obj)
-        return obj
-
-
-def _resetter(module: nn.Module) -> Callable[[], None] | None:
-    # nn.MultiheadAttention only has the underscored variant.
-    for name in ("reset_parameters", "_reset_parameters"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
-def modules_without_reset(model: nn.Module) -> list[str]:
-    """Names of submodules that own parameters but cannot re-initialize them."""
-    return [
-        name or type(model).__name__
-        for name, module in model.named_modules()
-        if any(True for _ in module.parameters(recurse=False)) and _resetter(module) is None
-    ]
-
-
-def reset_parameters(model: nn.Module) -> None:
-    """Re-draws every parameter through its module's own initializer, in module order."""
-    for module in model.modules():
-        fn = _resetter(module)
-        if fn is not None:
-            fn()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -184,110 +131,6 @@ class _GlobalRNGState(Callback):
         self._loaded = None
 
 
-class _SeedCheckpoint(ModelCheckpoint):
-    """A ``ModelCheckpoint`` whose state is stored under a plain ``ModelCheckpoint``'s key.
-
-    Lightning keys a callback's state by its class name; keeping the plain name lets a ``last.ckpt``
-    written by a plain ``ModelCheckpoint`` (an earlier version) resume with its best score intact.
-    """
-
-    @override
-    def _generate_state_key(self, **kwargs: Any) -> str:
-        return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
-
-
-class _BestCheckpoint(_SeedCheckpoint):
-    """``ModelCheckpoint(monitor, mode)`` that remembers where and when it last wrote a file."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.saved_at: tuple[int, str | None, str] | None = None
-
-    @override
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        self.saved_at = (trainer.global_step, _current_hook(trainer), filepath)
-
-
-def _current_hook(trainer: Trainer) -> str | None:
-    module = trainer.lightning_module
-    return getattr(module, "_current_fx_name", None) if module is not None else None
-
-
-class _LastCheckpoint(_SeedCheckpoint):
-    """``last.ckpt``, rewritten at every save point, whether or not the best improved.
-
-    Lightning >= 2.6 rewrites ``save_last`` only when the top-k checkpoint is saved, which leaves a resume
-    behind by up to the whole run; this callback has no monitor, so it saves at every save point. It
-    runs right after ``best`` (the same triggers, later in the callback list): when ``best`` has just
-    written a file in this very hook at this step, that file already holds exactly this checkpoint
-    (the loops, weights, optimizer and RNG states have not moved, and this callback's own state is
-    reported as it will be after the save), so ``last.ckpt`` becomes a hard link to it (a copy where
-    links are not possible) instead of a second serialization. Either way ``last.ckpt`` is replaced by
-    a rename, never rewritten in place, so a kill leaves the previous or the new one whole, and a
-    linked best file is never touched.
-
-    Args:
-        best: the seed's monitored checkpoint callback.
-        dirpath: the folder of ``last.ckpt``.
-    """
-
-    def __init__(self, best: _BestCheckpoint, dirpath: Path) -> None:
-        super().__init__(
-            dirpath=dirpath, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None, save_top_k=1,
-            enable_version_counter=False,
-        )  # fmt: skip
-        self._best = best
-        self.reused = 0
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        # Every save of this callback goes to the same path, so its state after any save is known in
-        # advance; reporting it so makes the checkpoint `best` writes just before identical to ours.
-        state["best_model_path"] = self.format_checkpoint_name({})
-        return state
-
-    def _can_reuse(self, trainer: Trainer) -> str | None:
-        saved = self._best.saved_at
-        if (
-            saved is None
-            or saved[:2] != (trainer.global_step, _current_hook(trainer))
-            or self.save_weights_only != self._best.save_weights_only
-            # An asynchronous or remote writer may not have the file complete on local disk yet.
-            or type(trainer.strategy.checkpoint_io) is not TorchCheckpointIO
-            or not _is_local_file_protocol(str(self.dirpath))
-        ):
-            return None
-        return saved[2]
-
-    @override
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        source = self._can_reuse(trainer)
-        target = Path(filepath)
-        tmp = target.with_name(f".{target.name}.tmp")
-        if source is not None:
-            if trainer.is_global_zero:
-                tmp.unlink(missing_ok=True)
-                try:
-                    os.link(source, tmp)
-                except OSError:
-                    shutil.copyfile(source, tmp)
-                os.replace(tmp, target)
-            trainer.strategy.barrier()
-            self.reused += 1
-        else:
-            trainer.save_checkpoint(tmp, self.save_weights_only)
-            if trainer.is_global_zero:
-                os.replace(tmp, target)
-            trainer.strategy.barrier()
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
-
 @dataclass
 class SeedJob:
     """Everything the seeds share: sent once to each worker.
@@ -312,91 +155,126 @@ class SeedJob:
     train_dataloaders: Any = None
     val_dataloaders: Any = None
 
+    def build_model(self) -> LightningModule:
+        """A fresh model; call it right after ``seed_everything``."""
+        model = self.model.build()
+        if not isinstance(model, LightningModule):
+            raise TypeError(f"`model` built a {type(model).__name__}, expected a LightningModule")
+        return model
 
-def _checkpoint_loads_weights_only(path: Path) -> bool:
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning("%s holds objects torch refuses with weights_only=True; loading it in full", path)
-        return False
-    return True
+    def build_data(self) -> tuple[LightningDataModule | None, Any]:
+        """``(datamodule, train_dataloaders)`` for ``Trainer.fit``: a new datamodule or the shared loaders."""
+        datamodule = self.datamodule.build() if self.datamodule is not None else None
+        train = self.train_dataloaders
+        if isinstance(train, LightningDataModule):
+            datamodule, train = train, None
+        return datamodule, train
+
+    def trainer_args(self) -> tuple[dict[str, Any], list[Callback]]:
+        """The user's Trainer arguments but ``callbacks``/``logger``, and fresh copies of the callbacks."""
+        kwargs = dict(self.trainer_kwargs)
+        callbacks = kwargs.pop("callbacks", None) or []
+        kwargs.pop("logger", None)
+        if isinstance(callbacks, Callback):
+            callbacks = [callbacks]
+        return kwargs, copy.deepcopy(list(callbacks))
+
+    def logger(self, name: str) -> TensorBoardLogger | bool:
+        """A TensorBoardLogger writing into ``root_dir/<name>/``; ``False`` if logging is switched off."""
+        if self.trainer_kwargs.get("logger", True) is False:
+            return False
+        return TensorBoardLogger(save_dir=self.root_dir, name=name, version="", default_hp_metric=False)
 
 
-def _plain_hparams(model: LightningModule) -> dict[str, Any]:
-    hparams = getattr(model, "_hparams", None) or {}
-    return {str(k): v for k, v in dict(hparams).items() if isinstance(v, (bool, int, float, str))}
+@dataclass
+class SeedTask:
+    """One seed to run: the seed, whether it resumes from ``last.ckpt``, and its earlier attempts' time."""
+
+    seed: int
+    resume: bool = False
+    prior_wall_time: float = 0.0
 
 
-def run_seed(job: SeedJob, seed: int, resume: bool = False, prior_wall_time: float = 0.0) -> SeedRun:
+OnStart = Callable[[SeedTask], None]
+OnResult = Callable[[SeedRun], None]
+
+
+def seed_checkpoints(job: SeedJob, seed: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The two plain ``ModelCheckpoint`` s of a seed: the best on ``monitor``, and ``last.ckpt``.
+
+    ``last.ckpt`` comes from its own callback without a monitor, so it is rewritten at every save point
+    (a ``save_last`` is rewritten only with the top-k file in Lightning >= 2.6).
+    """
+    folder = checkpoint_dir(job.root_dir, seed)
+    best = ModelCheckpoint(dirpath=folder, monitor=job.monitor, mode=job.mode)
+    last = ModelCheckpoint(
+        dirpath=folder, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+        enable_version_counter=False,
+    )  # fmt: skip
+    return best, last
+
+
+def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
     """Trains one seed and reports what it produced; a failure of the seed is returned, not raised.
 
     Args:
         job: what all seeds share.
-        seed: the seed for ``seed_everything(seed, workers=True)``, set before anything is built.
-        resume: continue from ``seed_<k>/checkpoints/last.ckpt`` if it exists; otherwise the seed's
-            folder is cleared and the seed starts afresh.
-        prior_wall_time: seconds already spent on this seed by interrupted attempts.
+        task: the seed (for ``seed_everything(seed, workers=True)``, set before anything is built) and
+            the time its earlier attempts took. The seed resumes from ``seed_<k>/checkpoints/last.ckpt``
+            whenever that file exists.
 
     Returns:
         The seed's :class:`SeedRun`: ``"finished"`` with a finite score, or ``"failed"`` with the error.
-        A missing monitored key is flagged in ``extra["config_error"]`` for the caller to stop the run.
+        A missing monitored key is flagged in ``extra["config_error"]`` for the caller to stop the run;
+        a seed whose last monitored value is not finite although its best is has ``extra["diverged"]``.
     """
     start = time.perf_counter()
+    seed = task.seed
     folder = seed_dir(job.root_dir, seed)
-    ckpt_dir = folder / CHECKPOINT_DIR
-    last = ckpt_dir / LAST_CHECKPOINT
-    resume_from = last if resume and last.is_file() else None
-    if resume_from is None:
-        prior_wall_time = 0.0
-        if folder.exists() and is_rank_zero():
-            # A fresh start must not mix its checkpoints and event files with an earlier attempt's.
-            shutil.rmtree(folder)
+    best, last = seed_checkpoints(job, seed)
+    resume_from = Path(last.dirpath or "") / LAST_CHECKPOINT
+    resumed = resume_from.is_file()
+    prior_wall_time = task.prior_wall_time if resumed else 0.0
     run = SeedRun(seed=seed, status="running", log_dir=str(folder))
-    if resume_from is not None:
-        run.extra["resumed_from"] = str(resume_from)
-    checkpoint = _BestCheckpoint(dirpath=ckpt_dir, monitor=job.monitor, mode=job.mode)
-    last_checkpoint = _LastCheckpoint(checkpoint, ckpt_dir)
+    if resumed:
+        run.extra["resumed_from"] = relative(resume_from, job.root_dir)  # as every path in the record
+    trainer: Trainer | None = None
     try:
         seed_everything(seed, workers=True, verbose=False)
-        model = job.model.build()
-        if not isinstance(model, LightningModule):
-            raise TypeError(f"`model` built a {type(model).__name__}, expected a LightningModule")
-        datamodule = job.datamodule.build() if job.datamodule is not None else None
-        train_dataloaders = job.train_dataloaders
-        if isinstance(train_dataloaders, LightningDataModule):
-            datamodule, train_dataloaders = train_dataloaders, None
-        kwargs = dict(job.trainer_kwargs)
-        user_callbacks = kwargs.pop("callbacks", None) or []
-        if isinstance(user_callbacks, Callback):
-            user_callbacks = [user_callbacks]
-        logger: TensorBoardLogger | bool = False
-        if kwargs.pop("logger", True) is not False:
-            logger = TensorBoardLogger(
-                save_dir=job.root_dir, name=folder.name, version="", default_hp_metric=False
-            )
+        model = job.build_model()
+        datamodule, train_dataloaders = job.build_data()
+        kwargs, user_callbacks = job.trainer_args()
+        plugins = kwargs.pop("plugins", None) or []
+        plugins = [plugins] if not isinstance(plugins, (list, tuple)) else list(plugins)
         trainer = Trainer(
             **kwargs,
             default_root_dir=str(folder),
-            callbacks=[checkpoint, last_checkpoint, _GlobalRNGState(), *copy.deepcopy(list(user_callbacks))],
-            logger=logger,
+            callbacks=[best, last, _GlobalRNGState(), *user_callbacks],
+            logger=job.logger(seed_name(seed)),
+            plugins=[*plugins, SafeCheckpointIO(dirpath=best.dirpath)],
         )
         trainer.fit(
             model,
             train_dataloaders=train_dataloaders,
             val_dataloaders=job.val_dataloaders,
             datamodule=datamodule,
-            ckpt_path=resume_from,
-            weights_only=_checkpoint_loads_weights_only(resume_from) if resume_from is not None else None,
+            ckpt_path=resume_from if resumed else None,
         )
-        run.extra["hparams"] = _plain_hparams(model)
-        best = checkpoint.best_model_score
-        if best is None:
+        run.extra["hparams"] = plain_hparams(model)
+        final = trainer.callback_metrics.get(job.monitor)  # None when a resume had nothing left to train
+        final_value = float(final) if final is not None else math.nan
+        score = float(best.best_model_score) if best.best_model_score is not None else math.nan
+        if not best.best_model_path:
             raise RuntimeError(
                 f"no value of monitor={job.monitor!r} was ever checkpointed (did validation run?)"
             )
-        score = float(best)
         if not math.isfinite(score):
-            raise FloatingPointError(f"the monitored {job.monitor!r} is not finite (best value {score})")
+            raise FloatingPointError(
+                f"the monitored {job.monitor!r} was never finite (last value {final_value})"
+            )
+        if final is not None and not math.isfinite(final_value):
+            # Finished with a finite best, but the run blew up later: the user should know.
+            run.extra["diverged"] = True
         run.status = "finished"
         run.score = score
     except MisconfigurationException as err:
@@ -408,86 +286,87 @@ def run_seed(job: SeedJob, seed: int, resume: bool = False, prior_wall_time: flo
         log.debug("seed %d failed:\n%s", seed, traceback.format_exc())
         run.status = "failed"
         run.error = f"{type(err).__name__}: {err}"
-    run.best_model_path = str(checkpoint.best_model_path or "")
-    run.last_model_path = str(last_checkpoint.best_model_path or "")
+    run.best_model_path = str(best.best_model_path or "")
+    run.last_model_path = str(last.best_model_path or "")
     run.wall_time = prior_wall_time + (time.perf_counter() - start)
     return run
 
 
-@dataclass
-class SeedTask:
-    """One seed to run: the seed, whether to resume it, and the time its earlier attempts took."""
+class Executor(ABC):
+    """The executor contract: run ``tasks`` of ``job``, reporting each through the two callbacks."""
 
-    seed: int
-    resume: bool = False
-    prior_wall_time: float = 0.0
+    def check(self, job: SeedJob) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Refuses (``ValueError``) a job this executor cannot run, before anything is written or trained."""
 
-
-OnStart = Callable[[SeedTask], None]
-OnResult = Callable[[SeedRun], None]
+    @abstractmethod
+    def run(self, job: SeedJob, tasks: Sequence[SeedTask], on_start: OnStart, on_result: OnResult) -> None:
+        """Runs every task; ``on_start(task)`` before a seed trains, ``on_result(run)`` once it is done."""
 
 
-def run_sequential(job: SeedJob, tasks: Sequence[SeedTask], on_start: OnStart, on_result: OnResult) -> None:
+class SequentialExecutor(Executor):
     """Runs the seeds one after another in this process."""
-    for task in tasks:
-        on_start(task)
-        on_result(run_seed(job, task.seed, task.resume, task.prior_wall_time))
+
+    @override
+    def run(self, job: SeedJob, tasks: Sequence[SeedTask], on_start: OnStart, on_result: OnResult) -> None:
+        for task in tasks:
+            on_start(task)
+            on_result(run_seed(job, task))
 
 
-def run_ray(
-    job: SeedJob,
-    tasks: Sequence[SeedTask],
-    on_start: OnStart,
-    on_result: OnResult,
-    *,
-    address: str | None = None,
-    cpus_per_seed: float = 1.0,
-    gpus_per_seed: float = 0.0,
-    max_concurrent: int | None = None,
-    max_retries: int = 3,
-) -> None:
+@dataclass
+class RayExecutor(Executor):
     """Runs one Ray task per seed; results are handed to ``on_result`` in the driver as they arrive.
 
     Ray places the tasks by their resources (``cpus_per_seed``, ``gpus_per_seed``: fractions let small
-    seeds share a GPU) and re-runs a task whose worker died up to ``max_retries`` times; ``max_concurrent``
-    caps the tasks in flight. A Ray session already started by the caller is used as it is; otherwise
-    one is started (``address=None``: a local cluster) and shut down afterwards.
+    seeds share a GPU) and re-runs a task whose worker died up to ``max_retries`` times (the retry resumes
+    from the seed's ``last.ckpt``); ``max_concurrent`` caps the tasks in flight. A Ray session already
+    started by the caller is used as it is; otherwise one is started (``address=None``: a local cluster)
+    and shut down afterwards.
     """
-    import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address)
-    try:
-        remote: Any = ray.remote(run_seed).options(
-            num_cpus=cpus_per_seed, num_gpus=gpus_per_seed, max_retries=max_retries
-        )
-        job_ref = ray.put(job)
-        queue = list(tasks)
-        limit = max_concurrent or len(queue) or 1
-        in_flight: dict[Any, SeedTask] = {}
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < limit:
-                    task = queue.pop(0)
-                    on_start(task)
-                    in_flight[remote.remote(job_ref, task.seed, task.resume, task.prior_wall_time)] = task
-                done, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in done:
-                    task = in_flight.pop(ref)
-                    try:
-                        run = ray.get(ref)
-                    except Exception as err:  # the worker died more often than max_retries allows
-                        run = SeedRun(
-                            seed=task.seed,
-                            status="failed",
-                            error=f"Ray task failed: {type(err).__name__}: {err}",
-                            log_dir=str(seed_dir(job.root_dir, task.seed)),
-                        )
-                    on_result(run)
-        finally:
-            for ref in in_flight:
-                ray.cancel(ref, force=True)
-    finally:
+    address: str | None = None
+    cpus_per_seed: float = 1.0
+    gpus_per_seed: float = 0.0
+    max_concurrent: int | None = None
+    max_retries: int = 3
+
+    @override
+    def run(self, job: SeedJob, tasks: Sequence[SeedTask], on_start: OnStart, on_result: OnResult) -> None:
+        import ray
+
+        started_here = not ray.is_initialized()
         if started_here:
-            ray.shutdown()
+            ray.init(address=self.address)
+        try:
+            remote: Any = ray.remote(run_seed).options(
+                num_cpus=self.cpus_per_seed, num_gpus=self.gpus_per_seed, max_retries=self.max_retries
+            )
+            job_ref = ray.put(job)
+            queue = list(tasks)
+            limit = self.max_concurrent or len(queue) or 1
+            in_flight: dict[Any, SeedTask] = {}
+            try:
+                while queue or in_flight:
+                    while queue and len(in_flight) < limit:
+                        task = queue.pop(0)
+                        on_start(task)
+                        in_flight[remote.remote(job_ref, task)] = task
+                    done, _ = ray.wait(list(in_flight), num_returns=1)
+                    for ref in done:
+                        task = in_flight.pop(ref)
+                        try:
+                            run = ray.get(ref)
+                        except Exception as err:  # the worker died more often than max_retries allows
+                            run = SeedRun(
+                                seed=task.seed,
+                                status="failed",
+                                error=f"Ray task failed: {type(err).__name__}: {err}",
+                                log_dir=str(seed_dir(job.root_dir, task.seed)),
+                            )
+                        on_result(run)
+            finally:
+                for ref in in_flight:
+                    ray.cancel(ref, force=True)
+        finally:
+            if started_here:
+                ray.shutdown()

@@ -1,29 +1,21 @@
-"""The files a multi-seed run leaves: ``summary.json``, ``summary.csv``, ``seeds.png``, hparams entries.
+"""The files a multi-seed run leaves besides its record: ``summary.csv``, ``seeds.png``, hparams entries.
 
-``summary.json`` is the single source of truth: it is rewritten after every seed, always through a
-temporary file and :func:`os.replace`, so a run killed at any moment leaves either the previous or the
-new version, never half of one. A rerun reads it to know which seeds are finished.
+All of them are derived from the record (:mod:`~lightning_landscape.multiseed.record`) and written
+atomically; deleting them loses nothing a rerun cannot write again.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
+from lightning_landscape.multiseed.paths import SEEDS_PNG, SUMMARY_CSV, atomic_write, relative
+from lightning_landscape.multiseed.result import SeedRun
 
-SUMMARY_JSON = "summary.json"
-SUMMARY_CSV = "summary.csv"
-SEEDS_PNG = "seeds.png"
-BEST_CHECKPOINT = "best.ckpt"
 SCORE_TAG = "multiseed/score"
-SUMMARY_VERSION = 1
 
 _CSV_FIELDS = (
     "seed",
@@ -35,32 +27,7 @@ _CSV_FIELDS = (
     "log_dir",
     "error",
 )
-
-
-def _atomic_write(path: Path, write: Any, binary: bool = False) -> None:
-    # The temporary file lives next to the target: os.replace is atomic only within one filesystem.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_safe(value: Any) -> Any:
-    # JSON has no NaN/inf; None keeps the file readable by strict parsers.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+_CSV_PATHS = ("best_model_path", "last_model_path", "log_dir")
 
 
 def select_best(runs: Sequence[SeedRun], mode: str) -> SeedRun | None:
@@ -72,52 +39,8 @@ def select_best(runs: Sequence[SeedRun], mode: str) -> SeedRun | None:
     return min(finished, key=lambda r: sign * float(r.score))  # type: ignore[arg-type]
 
 
-def summary_dict(
-    runs: Sequence[SeedRun],
-    *,
-    monitor: str,
-    mode: str,
-    root_dir: str | Path,
-    best: SeedRun | None = None,
-    best_model_path: str = "",
-) -> dict[str, Any]:
-    """The content of ``summary.json``: the configuration, every seed's run, and the winner if known."""
-    stats = MultiSeedResult(
-        runs=list(runs), monitor=monitor, mode="min", best_seed=-1, best_score=math.nan,
-        best_model_path="", root_dir=str(root_dir),
-    ).summary_stats()  # fmt: skip
-    return _json_safe(
-        {
-            "version": SUMMARY_VERSION,
-            "monitor": monitor,
-            "mode": mode,
-            "root_dir": str(root_dir),
-            "seeds": [r.seed for r in runs],
-            "best_seed": best.seed if best is not None else None,
-            "best_score": best.score if best is not None else None,
-            "best_model_path": best_model_path,
-            "stats": stats,
-            "runs": [r.to_dict() for r in runs],
-        }
-    )
-
-
-def write_summary_json(root_dir: str | Path, summary: dict[str, Any]) -> Path:
-    path = Path(root_dir) / SUMMARY_JSON
-    _atomic_write(path, lambda f: json.dump(summary, f, indent=2, sort_keys=False))
-    return path
-
-
-def read_summary(root_dir: str | Path) -> dict[str, Any] | None:
-    """The parsed ``summary.json`` of ``root_dir``, or ``None`` if there is none yet."""
-    path = Path(root_dir) / SUMMARY_JSON
-    if not path.is_file():
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def write_summary_csv(root_dir: str | Path, runs: Sequence[SeedRun]) -> Path:
+    """``summary.csv``: one row per seed; paths relative to ``root_dir``, as in ``summary.json``."""
     path = Path(root_dir) / SUMMARY_CSV
 
     def write(f: Any) -> None:
@@ -125,9 +48,11 @@ def write_summary_csv(root_dir: str | Path, runs: Sequence[SeedRun]) -> Path:
         writer.writeheader()
         for run in runs:
             row = run.to_dict()
+            for key in _CSV_PATHS:
+                row[key] = relative(row[key], root_dir)
             writer.writerow({k: "" if row[k] is None else row[k] for k in _CSV_FIELDS})
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -163,7 +88,7 @@ def plot_seeds(root_dir: str | Path, runs: Sequence[SeedRun], monitor: str, best
     ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(root_dir) / SEEDS_PNG
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
     return path
 
 

@@ -28,7 +28,12 @@ class SeedRun:
         wall_time: seconds spent on this seed (summed over resumed attempts).
         error: the error text of a failed seed.
         log_dir: the seed's TensorBoard log folder.
-        extra: executor-specific plain values (e.g. the ensemble member index).
+        extra: plain values beyond the fields above (the ensemble member index, where a resume
+            started, ...). A new per-seed fact that the record should validate becomes a field with a
+            default instead.
+
+    Keys of a ``summary.json`` entry that this version does not know are kept aside and written back
+    unchanged, so a record written by a newer release survives a rerun with this one.
     """
 
     seed: int
@@ -40,14 +45,22 @@ class SeedRun:
     error: str = ""
     log_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    _carried: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as plain values (without the carried unknown keys)."""
+        data = asdict(self)
+        del data["_carried"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeedRun:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The inverse of :meth:`to_dict`; unknown keys are carried, not dropped. No validation: see
+        :func:`lightning_landscape.multiseed.record.read_record` for a file's content."""
+        known = set(cls.__dataclass_fields__) - {"_carried"}
+        run = cls(**{k: v for k, v in data.items() if k in known})
+        run._carried = {k: v for k, v in data.items() if k not in known}
+        return run
 
 
 @dataclass

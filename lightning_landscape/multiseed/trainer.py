@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
 import os
 import shutil
@@ -25,36 +26,45 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_landscape.multiseed._lightning import SIGTERMException, is_rank_zero
+from lightning_landscape.multiseed.build import datamodule_builder, model_builder
 from lightning_landscape.multiseed.executors import (
-    CHECKPOINT_DIR,
     CONFIG_ERROR_KEY,
-    LAST_CHECKPOINT,
-    ObjectBuilder,
+    Executor,
+    RayExecutor,
     SeedJob,
     SeedTask,
-    is_rank_zero,
-    modules_without_reset,
-    run_ray,
-    run_sequential,
+    SequentialExecutor,
+)
+from lightning_landscape.multiseed.paths import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    checkpoint_dir,
+    last_checkpoint,
     seed_dir,
 )
-from lightning_landscape.multiseed.report import (
-    BEST_CHECKPOINT,
-    plot_seeds,
-    read_summary,
-    select_best,
-    summary_dict,
-    write_hparams,
-    write_summary_csv,
-    write_summary_json,
+from lightning_landscape.multiseed.record import (
+    Record,
+    RunLock,
+    check_checkpoint,
+    config_changes,
+    describe,
+    read_record,
+    remove_stale_temporaries,
+    write_record,
 )
+from lightning_landscape.multiseed.report import plot_seeds, select_best, write_hparams, write_summary_csv
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
 
-Executor = Literal["sequential", "ray", "vectorized"]
+log = logging.getLogger(__name__)
+
+ExecutorName = Literal["sequential", "ray", "vectorized"]
 _EXECUTORS = ("sequential", "ray", "vectorized")
 _MODES = ("min", "max")
 # Trainer arguments the multi-seed trainer sets itself, with what to use instead.
@@ -68,98 +78,67 @@ _PREFLIGHT_DROP = (
     "logger", "enable_checkpointing", "callbacks", "default_root_dir", "enable_progress_bar",
     "enable_model_summary", "devices", "num_nodes", "strategy", "profiler", "overfit_batches",
 )  # fmt: skip
+# Trainer arguments that change what is shown or logged, never what a seed computes. Callbacks are left
+# out too: most observe (ours leave training bit-identical), and one that steers (EarlyStopping) is the
+# user's to keep.
+_NOT_IN_FINGERPRINT = frozenset(
+    {"enable_progress_bar", "enable_model_summary", "logger", "log_every_n_steps", "profiler", "callbacks"}
+)
+#: Exit codes: every asked-for seed finished (0), a seed failed or an error (1), a bad argument or a
+#: refused run folder (2, the CLI), the run folder in use (3, the CLI), interrupted and resumable
+#: (128 + the signal: 130 for Ctrl-C, 143 for SIGTERM).
+EXIT_INTERRUPTED_SIGINT = 130
+EXIT_INTERRUPTED_SIGTERM = 143
+
+
+class MultiSeedInterrupted(SystemExit):
+    """The run was interrupted (SIGTERM, Ctrl-C) with seeds unfinished; rerunning resumes it.
+
+    A ``SystemExit`` with code ``128 + signal`` (143 for SIGTERM, 130 for Ctrl-C), so a script that does
+    not catch it exits with that code, as a process killed by the signal would report it.
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _trainer_parameters() -> set[str]:
     return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
 
 
-def _rebuild_kwargs(obj: Any) -> dict[str, Any] | None:
-    """The saved ``__init__`` arguments of an instance, if they suffice to build another one."""
-    if not hasattr(obj, "_hparams_initial"):
-        return None
-    kwargs = dict(obj.hparams_initial)
-    try:
-        inspect.signature(type(obj)).bind(**kwargs)
-    except TypeError:
-        return None
-    return kwargs
-
-
-def _model_builder(model: Any, model_kwargs: dict[str, Any] | None) -> ObjectBuilder:
-    if isinstance(model, type):
-        if not issubclass(model, LightningModule):
-            raise TypeError(
-                f"`model` must be a LightningModule class, factory or instance, got class {model!r}"
-            )
-        return ObjectBuilder("class", model, dict(model_kwargs or {}))
-    if isinstance(model, LightningModule):
-        if model_kwargs:
-            raise TypeError(
-                "`model_kwargs` applies to a LightningModule class or factory, not to an instance; pass"
-                f" the class {type(model).__name__} with model_kwargs, or the instance alone"
-            )
-        kwargs = _rebuild_kwargs(model)
-        if kwargs is not None:
-            return ObjectBuilder("rebuild", type(model), kwargs)
-        missing = modules_without_reset(model)
-        if not missing:
-            return ObjectBuilder("reset", model)
-        raise TypeError(
-            f"`model` instance of {type(model).__name__} cannot be re-created per seed: it saved no"
-            " hyperparameters (call `self.save_hyperparameters()` in its __init__) and these submodules"
-            f" own parameters but have no reset_parameters(): {missing}. Pass the class"
-            " (with model_kwargs=...) or a zero-argument factory instead."
-        )
-    if callable(model):
-        return ObjectBuilder("factory", model, dict(model_kwargs or {}))
-    raise TypeError(
-        "`model` must be a LightningModule class, a zero-argument factory or an instance,"
-        f" got {type(model)!r}"
-    )
-
-
-def _datamodule_builder(datamodule: Any) -> ObjectBuilder | None:
-    if datamodule is None:
-        return None
-    if isinstance(datamodule, type):
-        if not issubclass(datamodule, LightningDataModule):
-            raise TypeError(
-                "`datamodule` must be a LightningDataModule class, factory or instance,"
-                f" got class {datamodule!r}"
-            )
-        return ObjectBuilder("class", datamodule)
-    if isinstance(datamodule, LightningDataModule):
-        kwargs = _rebuild_kwargs(datamodule)
-        return ObjectBuilder("rebuild", type(datamodule), kwargs) if kwargs is not None else (
-            ObjectBuilder("copy", datamodule)
-        )  # fmt: skip
-    if callable(datamodule):
-        return ObjectBuilder("factory", datamodule)
-    raise TypeError(
-        "`datamodule` must be a LightningDataModule class, a zero-argument factory, an instance or None,"
-        f" got {type(datamodule)!r}"
-    )
-
-
 class MultiSeedTrainer:
     """Trains a LightningModule once per seed and keeps the seed that is best on ``monitor``.
 
     Each seed ``k`` gets ``seed_everything(k, workers=True)`` *before* its model and data are built, a
-    fresh ``Trainer(**trainer_kwargs)`` in ``root_dir/seed_<k>/`` with a
-    ``ModelCheckpoint(monitor, mode, save_last=True)`` under ``checkpoints/`` and a ``TensorBoardLogger``
-    writing into the seed's folder, and deep copies of the user's callbacks. A seed's score is its
-    checkpoint's ``best_model_score``; the same seed gives the same score on the same machine.
+    fresh ``Trainer(**trainer_kwargs)`` in ``root_dir/seed_<k>/`` with two plain ``ModelCheckpoint`` s under
+    ``checkpoints/`` (the best on ``monitor``, and ``last.ckpt`` rewritten at every save point), a
+    ``TensorBoardLogger`` writing into the seed's folder, and deep copies of the user's callbacks. A seed's
+    score is its checkpoint's ``best_model_score``; the same seed gives the same score on the same machine.
 
-    After every seed ``root_dir/summary.json`` is rewritten atomically; it is the single source of
-    truth. A rerun with the same ``root_dir`` skips finished seeds and continues an interrupted one from
-    its ``last.ckpt`` (a SIGKILL loses at most the steps since that checkpoint; the global RNG states
-    travel in the checkpoint, so a resumed seed ends as an uninterrupted one would when its last
-    checkpoint was written at an epoch end). At the end: ``best.ckpt`` (a copy of the winner's best
-    checkpoint), ``summary.csv``, ``seeds.png`` and a TensorBoard hparams entry per seed.
+    ``root_dir/summary.json`` is the single source of truth (:mod:`~lightning_landscape.multiseed.record`):
+    rewritten atomically after every seed, validated when read, with paths relative to ``root_dir`` (the
+    folder can be moved or copied). One process at a time runs a folder (an OS lock; a second one fails
+    naming the holder's pid and host). A rerun with the same ``root_dir`` skips finished seeds and
+    continues an interrupted one from its ``last.ckpt`` (a SIGKILL loses at most the steps since that
+    checkpoint; the global RNG states travel in the checkpoint, so a resumed seed ends as an uninterrupted
+    one would when its last checkpoint was written at an epoch end). Every file is loaded with
+    ``weights_only=True``. Seeds recorded earlier but not asked for this time stay in the record
+    untouched; the result and the ranking cover the seeds asked for. A rerun whose configuration (model
+    class and arguments, datamodule, executor, Trainer arguments that change results; not the callbacks)
+    differs from the
+    one the finished seeds were trained with is refused, naming the keys, unless
+    ``allow_config_change=True``. Finished work is never deleted: a seed folder the record does not
+    account for is set aside as ``seed_<k>.orphan-<time>/``. At the end: ``best.ckpt`` (a copy of the
+    winner's best checkpoint, checked to load and to hold the recorded score first), ``summary.csv``,
+    ``seeds.png`` and a TensorBoard hparams entry per seed.
 
     A seed that raises or whose monitored value is never finite is recorded as ``"failed"`` and the
-    others go on. A configuration that cannot work fails before the first seed trains.
+    others go on. A configuration that cannot work fails before the first seed trains. A SIGTERM or
+    Ctrl-C stops the run with :class:`MultiSeedInterrupted` (exit code 143 or 130); rerun to resume.
 
     Args:
         seeds: how many seeds (``0 .. seeds-1``) or an explicit list of distinct integers.
@@ -176,6 +155,8 @@ class MultiSeedTrainer:
         gpus_per_seed: GPUs Ray reserves per seed; a fraction lets several seeds share one GPU.
         max_concurrent: most seeds Ray runs at once; ``None`` leaves it to the cluster's resources.
         max_retries: how often Ray re-runs a seed whose worker process died.
+        allow_config_change: rank seeds trained with another configuration together with the new ones
+            (the record then holds the new configuration).
         **trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -201,13 +182,14 @@ class MultiSeedTrainer:
         monitor: str = "val_loss",
         mode: Literal["min", "max"] = "min",
         root_dir: str | Path = "multiseed",
-        executor: Executor = "sequential",
+        executor: ExecutorName = "sequential",
         model_kwargs: dict[str, Any] | None = None,
         ray_address: str | None = None,
         cpus_per_seed: float = 1.0,
         gpus_per_seed: float = 0.0,
         max_concurrent: int | None = None,
         max_retries: int = 3,
+        allow_config_change: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
         self.seeds = self._check_seeds(seeds)
@@ -221,6 +203,8 @@ class MultiSeedTrainer:
             raise TypeError(f"`root_dir` must be a path, got {root_dir!r}")
         if model_kwargs is not None and not isinstance(model_kwargs, dict):
             raise TypeError(f"`model_kwargs` must be a dict or None, got {type(model_kwargs).__name__}")
+        if not isinstance(allow_config_change, bool):
+            raise TypeError(f"`allow_config_change` must be True or False, got {allow_config_change!r}")
         if ray_address is not None and not isinstance(ray_address, str):
             raise TypeError(f"`ray_address` must be a string or None, got {ray_address!r}")
         self._check_resources(cpus_per_seed, gpus_per_seed, max_concurrent, max_retries)
@@ -235,13 +219,14 @@ class MultiSeedTrainer:
         self.monitor = monitor
         self.mode: Literal["min", "max"] = mode
         self.root_dir = Path(root_dir)
-        self.executor: Executor = executor
+        self.executor: ExecutorName = executor
         self.model_kwargs = model_kwargs
         self.ray_address = ray_address
         self.cpus_per_seed = float(cpus_per_seed)
         self.gpus_per_seed = float(gpus_per_seed)
         self.max_concurrent = max_concurrent
         self.max_retries = max_retries
+        self.allow_config_change = allow_config_change
         self.trainer_kwargs = trainer_kwargs
 
     @staticmethod
@@ -320,6 +305,13 @@ class MultiSeedTrainer:
             items = [callbacks] if isinstance(callbacks, Callback) else callbacks
             if not isinstance(items, (list, tuple)) or not all(isinstance(c, Callback) for c in items):
                 raise TypeError(f"`callbacks` must be a Callback or a list of Callbacks, got {callbacks!r}")
+        plugins = trainer_kwargs.get("plugins")
+        items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
+        if any(isinstance(p, CheckpointIO) for p in items):
+            raise ValueError(
+                "`plugins` must not hold a CheckpointIO: every seed writes its checkpoints atomically and"
+                " reads them with weights_only=True through MultiSeedTrainer's own"
+            )
 
     def _check_root_dir(self) -> None:
         root = self.root_dir
@@ -341,11 +333,8 @@ class MultiSeedTrainer:
         with tempfile.TemporaryDirectory(dir=self.root_dir, prefix=".preflight-") as scratch:
             try:
                 seed_everything(self.seeds[0], workers=True, verbose=False)
-                model = job.model.build()
-                datamodule = job.datamodule.build() if job.datamodule is not None else None
-                train = job.train_dataloaders
-                if isinstance(train, LightningDataModule):
-                    datamodule, train = train, None
+                model = job.build_model()
+                datamodule, train = job.build_data()
                 trainer = Trainer(
                     **kwargs,
                     max_epochs=1,
@@ -399,50 +388,189 @@ class MultiSeedTrainer:
             val_dataloaders: as in ``Trainer.fit``; shared by all seeds.
 
         Returns:
-            The :class:`MultiSeedResult`, as recorded in ``root_dir/summary.json``.
+            The :class:`MultiSeedResult` of the seeds asked for, as recorded in ``root_dir/summary.json``.
+            Check ``result.failed``: a run in which some seeds failed still returns.
 
         Raises:
             TypeError: ``model`` or ``datamodule`` cannot be built per seed.
-            ValueError: ``root_dir`` is not writable, holds a run with another ``monitor``/``mode``,
-                ``monitor`` is never logged, or the configuration cannot train.
+            ValueError: ``root_dir`` is not writable, holds a run with another ``monitor``/``mode`` or
+                configuration, ``monitor`` is never logged, or the configuration cannot train.
+            RecordError: (a ``ValueError``) a file in ``root_dir`` cannot be trusted; the message names it.
+            RootDirBusyError: another process is running this ``root_dir``.
+            MultiSeedInterrupted: (a ``SystemExit``) a SIGTERM or Ctrl-C stopped the run; rerun to resume.
             RuntimeError: every seed failed; the message lists each seed's reason.
         """
-        model_builder = _model_builder(model, self.model_kwargs)
-        data_builder = _datamodule_builder(datamodule)
         if datamodule is not None and train_dataloaders is not None:
+            model_builder(model, self.model_kwargs)
+            datamodule_builder(datamodule)
             raise ValueError("pass either `datamodule` or `train_dataloaders`, not both")
-        self._check_root_dir()
-        root = self.root_dir
         job = SeedJob(
-            root_dir=str(root),
+            # Absolute: a Ray worker may run in another working directory.
+            root_dir=os.path.abspath(self.root_dir),
             monitor=self.monitor,
             mode=self.mode,
             trainer_kwargs=dict(self.trainer_kwargs),
-            model=model_builder,
-            datamodule=data_builder,
+            model=model_builder(model, self.model_kwargs),
+            datamodule=datamodule_builder(datamodule),
             train_dataloaders=train_dataloaders,
             val_dataloaders=val_dataloaders,
         )
-        runs, tasks = self._plan()
-        if tasks and self.executor != "ray":
-            # Ray seeds may need resources this driver lacks; a worker reports a missing monitor instead.
-            self._preflight(job)
-        self._write(runs)
+        executor = self._make_executor()
+        self._check_root_dir()
+        if not is_rank_zero():  # a DDP rank > 0 re-running the script: rank zero owns the folder
+            return self._run(job, executor)
+        with RunLock(self.root_dir):
+            return self._run(job, executor)
 
-        done = len(runs) - len(tasks)
-        total = len(runs)
+    def _make_executor(self) -> Executor:
+        if self.executor == "ray":
+            return RayExecutor(
+                address=self.ray_address, cpus_per_seed=self.cpus_per_seed, gpus_per_seed=self.gpus_per_seed,
+                max_concurrent=self.max_concurrent, max_retries=self.max_retries,
+            )  # fmt: skip
+        if self.executor == "vectorized":
+            from lightning_landscape.multiseed.vectorized import VectorizedExecutor
+
+            return VectorizedExecutor()
+        return SequentialExecutor()
+
+    def _run(self, job: SeedJob, executor: Executor) -> MultiSeedResult:
+        if is_rank_zero():
+            remove_stale_temporaries(self.root_dir)
+        record = read_record(self.root_dir)
+        record = self._adopt(record, self._fingerprint(job))
+        tasks = self._plan(record)
+        if tasks:
+            executor.check(job)
+            if self.executor != "ray":
+                # Ray seeds may need resources this driver lacks; a worker reports a missing monitor instead.
+                self._preflight(job)
+        self._write(record)
+        if tasks:
+            self._execute(job, executor, tasks, record)
+        return self._finish(record)
+
+    def _fingerprint(self, job: SeedJob) -> dict[str, str]:
+        """What the finished seeds' scores depend on, key by key, as stable text."""
+        fingerprint = {
+            "executor": self.executor,
+            "model": describe(job.model.target_type),
+            "model.kwargs": describe(job.model.kwargs),
+        }
+        if job.datamodule is not None:
+            fingerprint["datamodule"] = describe(job.datamodule.target_type)
+            fingerprint["datamodule.kwargs"] = describe(job.datamodule.kwargs)
+        for name, value in sorted(self.trainer_kwargs.items()):
+            if name not in _NOT_IN_FINGERPRINT:
+                fingerprint[f"trainer.{name}"] = describe(value)
+        return fingerprint
+
+    def _adopt(self, record: Record | None, fingerprint: dict[str, str]) -> Record:
+        """The record to continue: the one on disk if it is compatible, else a refusal naming the difference.
+
+        While no seed has finished, nothing is ranked yet: the folder takes this run's settings.
+        """
+        if record is None or not any(r.status == "finished" for r in record.runs.values()):
+            runs = record.runs if record is not None else {}
+            extra = record.extra if record is not None else {}
+            return Record(self.monitor, self.mode, runs=runs, fingerprint=fingerprint, extra=extra)
+        root = str(self.root_dir)
+        for name, value in (("monitor", self.monitor), ("mode", self.mode)):
+            if getattr(record, name) != value:
+                raise ValueError(
+                    f"`root_dir` {root!r} holds a run with {name}={getattr(record, name)!r};"
+                    f" got `{name}={value!r}`. Use another root_dir or the same {name}."
+                )
+        # A record from a release without fingerprints cannot tell: it takes this run's.
+        changed = config_changes(record.fingerprint, fingerprint) if record.fingerprint else []
+        if not record.fingerprint:
+            record.fingerprint = fingerprint
+        if changed and not self.allow_config_change:
+            details = "; ".join(
+                f"{k}: {record.fingerprint.get(k, '<unset>')} -> {fingerprint.get(k, '<unset>')}"
+                for k in changed
+            )
+            raise ValueError(
+                f"`root_dir` {root!r} holds seeds trained with another configuration ({details}). Their"
+                " scores would not compare with new ones: use another root_dir, restore the configuration,"
+                " or pass allow_config_change=True to rank them together anyway."
+            )
+        if changed:
+            rank_zero_warn(f"MultiSeedTrainer: ranking seeds of another configuration together ({changed})")
+            record.fingerprint = fingerprint
+        return record
+
+    def _plan(self, record: Record) -> list[SeedTask]:
+        """Decides per asked seed: keep (finished), resume (from a usable ``last.ckpt``) or start afresh.
+
+        A fresh start clears the folder of an attempt the record lists as unfinished; a folder the record
+        does not account for (no entry, or a finished entry whose checkpoint is gone) is set aside, never
+        deleted. Seeds not asked for are left as they are.
+        """
+        tasks: list[SeedTask] = []
+        for seed in self.seeds:
+            old = record.runs.get(seed)
+            folder = seed_dir(self.root_dir, seed)
+            if old is not None and old.status == "finished":
+                if Path(old.best_model_path).is_file():
+                    continue
+                self._set_aside(folder, f"its best checkpoint {old.best_model_path!r} is missing")
+                old = None
+            last = last_checkpoint(self.root_dir, seed)
+            resume = False
+            if old is not None and old.status == "running" and last.is_file():
+                problem = check_checkpoint(last, self.monitor, None)
+                if problem is None:
+                    resume = True
+                else:
+                    self._set_aside(folder, problem)
+            if not resume and folder.exists():
+                if old is None:
+                    self._set_aside(folder, "summary.json has no entry for it")
+                elif is_rank_zero():
+                    # The record's own unfinished attempt: a fresh start must not mix with its files.
+                    shutil.rmtree(folder)
+            prior = 0.0
+            if resume and old is not None:
+                started = old.extra.get("attempt_started")
+                # The interrupted attempt's time up to its last checkpoint is what the resume keeps.
+                prior = old.wall_time + (max(0.0, last.stat().st_mtime - started) if started else 0.0)
+            record.runs[seed] = SeedRun(seed=seed, status="pending", wall_time=prior, log_dir=str(folder))
+            tasks.append(SeedTask(seed=seed, resume=resume, prior_wall_time=prior))
+        return tasks
+
+    def _set_aside(self, folder: Path, why: str) -> None:
+        if not folder.exists() or not is_rank_zero():
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = folder.with_name(f"{folder.name}.orphan-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = folder.with_name(f"{folder.name}.orphan-{stamp}-{n}")
+        os.replace(folder, target)
+        rank_zero_warn(
+            f"MultiSeedTrainer: {why}; {folder} was set aside as {target.name} and the seed starts afresh"
+        )
+
+    def _execute(self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record) -> None:
+        runs = record.runs
+        done = len(self.seeds) - len(tasks)
+        # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
+        own_checkpoints = any(isinstance(c, ModelCheckpoint) for c in job.trainer_args()[1])
+        total = len(self.seeds)
 
         def on_start(task: SeedTask) -> None:
             run = runs[task.seed]
             run.status = "running"
             run.extra["attempt_started"] = time.time()
-            self._write(runs)
+            self._write(record)
 
         def on_result(run: SeedRun) -> None:
             nonlocal done
             if CONFIG_ERROR_KEY in run.extra:
                 runs[run.seed].status = "pending"
-                self._write(runs)
+                self._write(record)
                 raise ValueError(
                     f"`monitor={self.monitor!r}` is never logged (seed {run.seed}):"
                     f" {run.extra[CONFIG_ERROR_KEY]}"
@@ -450,107 +578,40 @@ class MultiSeedTrainer:
             runs[run.seed] = run
             done += 1
             if run.status == "finished" and is_rank_zero():
-                write_hparams(run.log_dir or seed_dir(root, run.seed), run, self.monitor, self.mode)
-            self._write(runs)
-            self._progress(run, runs, done, total)
+                write_hparams(run.log_dir or seed_dir(self.root_dir, run.seed), run, self.monitor, self.mode)
+                if not own_checkpoints:
+                    self._remove_strays(run)
+            self._write(record)
+            self._progress(run, done, total, record)
 
-        if tasks:
-            self._execute(
-                job, tasks, model, datamodule, train_dataloaders, val_dataloaders, on_start, on_result
+        try:
+            executor.run(job, tasks, on_start, on_result)
+        except (KeyboardInterrupt, SystemExit) as err:
+            code = EXIT_INTERRUPTED_SIGTERM if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED_SIGINT
+            unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed")]
+            self._write(record)
+            signal_name = "SIGTERM" if code == EXIT_INTERRUPTED_SIGTERM else "Ctrl-C"
+            message = (
+                f"MultiSeedTrainer interrupted ({signal_name})"
+                f" with seeds {unfinished} unfinished; rerun the same command with root_dir="
+                f"{str(self.root_dir)!r} to resume them (finished seeds are kept)."
             )
-        return self._finish()
+            log.error(message)
+            raise MultiSeedInterrupted(message, code) from err
 
-    def _plan(self) -> tuple[dict[int, SeedRun], list[SeedTask]]:
-        """Reads ``summary.json`` (if any) and decides per seed: keep, resume or start afresh."""
-        previous = read_summary(self.root_dir)
-        known: dict[int, SeedRun] = {}
-        if previous is not None:
-            for name, value in (("monitor", self.monitor), ("mode", self.mode)):
-                if previous.get(name) != value:
-                    raise ValueError(
-                        f"`root_dir` {str(self.root_dir)!r} holds a run with {name}={previous.get(name)!r};"
-                        f" got `{name}={value!r}`. Use another root_dir or the same {name}."
-                    )
-            known = {int(r["seed"]): SeedRun.from_dict(r) for r in previous.get("runs", [])}
-        runs: dict[int, SeedRun] = {}
-        tasks: list[SeedTask] = []
-        for seed in self.seeds:
-            old = known.get(seed)
-            folder = seed_dir(self.root_dir, seed)
-            if (
-                old is not None
-                and old.status == "finished"
-                and old.score is not None
-                and Path(old.best_model_path).is_file()
-            ):
-                runs[seed] = old
-                continue
-            last = folder / CHECKPOINT_DIR / LAST_CHECKPOINT
-            resume = old is not None and old.status == "running" and last.is_file()
-            prior = 0.0
-            if resume and old is not None:
-                started = old.extra.get("attempt_started")
-                # The interrupted attempt's time up to its last checkpoint is what the resume keeps.
-                prior = old.wall_time + (max(0.0, last.stat().st_mtime - started) if started else 0.0)
-            runs[seed] = SeedRun(seed=seed, status="pending", wall_time=prior, log_dir=str(folder))
-            tasks.append(SeedTask(seed=seed, resume=resume, prior_wall_time=prior))
-        return runs, tasks
+    def _remove_strays(self, run: SeedRun) -> None:
+        """Deletes top-k files a kill left behind (written just before it, not yet in ``last.ckpt``)."""
+        keep = {Path(run.best_model_path).name, LAST_CHECKPOINT}
+        for path in checkpoint_dir(self.root_dir, run.seed).glob("epoch=*.ckpt"):
+            if path.name not in keep:
+                path.unlink()
 
-    def _execute(
-        self,
-        job: SeedJob,
-        tasks: list[SeedTask],
-        model: Any,
-        datamodule: Any,
-        train_dataloaders: Any,
-        val_dataloaders: Any,
-        on_start: Callable[[SeedTask], None],
-        on_result: Callable[[SeedRun], None],
-    ) -> None:
-        if self.executor == "sequential":
-            run_sequential(job, tasks, on_start, on_result)
-        elif self.executor == "ray":
-            run_ray(
-                job, tasks, on_start, on_result, address=self.ray_address, cpus_per_seed=self.cpus_per_seed,
-                gpus_per_seed=self.gpus_per_seed, max_concurrent=self.max_concurrent,
-                max_retries=self.max_retries,
-            )  # fmt: skip
-        else:
-            from lightning_landscape.multiseed.vectorized import run_vectorized
+    def _write(self, record: Record, best: SeedRun | None = None) -> None:
+        if is_rank_zero():
+            write_record(record, self.root_dir, self.seeds, best)
 
-            for task in tasks:
-                on_start(task)
-            results = run_vectorized(
-                model,
-                [t.seed for t in tasks],
-                root_dir=self.root_dir,
-                monitor=self.monitor,
-                mode=self.mode,
-                trainer_kwargs=dict(self.trainer_kwargs),
-                model_kwargs=self.model_kwargs,
-                datamodule=datamodule,
-                train_dataloaders=train_dataloaders,
-                val_dataloaders=val_dataloaders,
-            )
-            for run in results:
-                on_result(run)
-
-    def _write(self, runs: dict[int, SeedRun], best: SeedRun | None = None, best_path: str = "") -> None:
-        if not is_rank_zero():
-            return
-        ordered = [runs[s] for s in self.seeds]
-        summary = summary_dict(
-            ordered,
-            monitor=self.monitor,
-            mode=self.mode,
-            root_dir=self.root_dir,
-            best=best,
-            best_model_path=best_path,
-        )
-        write_summary_json(self.root_dir, summary)
-
-    def _progress(self, run: SeedRun, runs: dict[int, SeedRun], done: int, total: int) -> None:
-        best = select_best(list(runs.values()), self.mode)
+    def _progress(self, run: SeedRun, done: int, total: int, record: Record) -> None:
+        best = select_best([record.runs[s] for s in self.seeds], self.mode)
         best_text = (
             f"best so far: seed {best.seed} ({self.monitor}={best.score:.6g})"
             if best
@@ -562,18 +623,22 @@ class MultiSeedTrainer:
             head = f"seed {run.seed} failed: {run.error}"
         rank_zero_info(f"[MultiSeedTrainer {done}/{total}] {head} in {run.wall_time:.1f}s; {best_text}")
 
-    def _finish(self) -> MultiSeedResult:
-        """Selects the best seed from what is on disk and writes best.ckpt, the summaries and the plot."""
-        on_disk = read_summary(self.root_dir)
-        assert on_disk is not None, "summary.json is written before any seed runs"
-        runs = {int(r["seed"]): SeedRun.from_dict(r) for r in on_disk["runs"]}
-        for run in runs.values():
-            if run.status == "finished" and not Path(run.best_model_path).is_file():
-                run.status, run.error = "failed", f"best checkpoint {run.best_model_path!r} is missing"
-        ordered = [runs[s] for s in self.seeds]
-        best = select_best(ordered, self.mode)
+    def _finish(self, record: Record) -> MultiSeedResult:
+        """Selects the best asked-for seed whose checkpoint holds up; writes best.ckpt, summaries, plot."""
+        ordered = [record.runs[s] for s in self.seeds]
+        best = None
+        while True:
+            best = select_best(ordered, self.mode)
+            if best is None:
+                break
+            problem = check_checkpoint(best.best_model_path, self.monitor, best.score)
+            if problem is None:
+                break
+            # Not counted as finished: the winner's file cannot stand for its score.
+            best.status, best.error = "failed", f"best checkpoint unusable: {problem}"
+            rank_zero_warn(f"MultiSeedTrainer: seed {best.seed} {best.error}; rerun to train it again")
         if best is None:
-            self._write(runs)
+            self._write(record)
             reasons = "; ".join(f"seed {r.seed}: {r.error or r.status}" for r in ordered)
             raise RuntimeError(f"all {len(ordered)} seeds failed ({reasons})")
         best_path = self.root_dir / BEST_CHECKPOINT
@@ -581,11 +646,8 @@ class MultiSeedTrainer:
             tmp = best_path.with_name(f".{BEST_CHECKPOINT}.tmp")
             shutil.copyfile(best.best_model_path, tmp)
             os.replace(tmp, best_path)
-            self._write(runs, best, str(best_path))
-            write_summary_csv(self.root_dir, ordered)
-            plot_seeds(self.root_dir, ordered, self.monitor, best)
         assert best.score is not None
-        return MultiSeedResult(
+        result = MultiSeedResult(
             runs=ordered,
             monitor=self.monitor,
             mode=self.mode,
@@ -594,3 +656,16 @@ class MultiSeedTrainer:
             best_model_path=str(best_path),
             root_dir=str(self.root_dir),
         )
+        self._after_selection(result, record)
+        if is_rank_zero():
+            self._write(record, best)
+            write_summary_csv(self.root_dir, ordered)
+            plot_seeds(self.root_dir, ordered, self.monitor, best)
+        return result
+
+    def _after_selection(self, result: MultiSeedResult, record: Record) -> None:
+        """Steps that run once the best seed is known and ``best.ckpt`` is written, under the run's lock.
+
+        A step may add per-seed fields to ``result.runs`` (the same objects as ``record.runs``) and
+        top-level blocks to ``record.extra``; the record is written right after. Nothing by default.
+        """

@@ -1,6 +1,6 @@
 """The vectorized executor: all seeds of a qualifying LightningModule as one :func:`torch.func.vmap` ensemble.
 
-``MultiSeedTrainer(executor="vectorized")`` calls :func:`run_vectorized`. A LightningModule *qualifies* when
+A LightningModule *qualifies* for :func:`run_vectorized` when
 
 * it has an ``nn.Module`` attribute ``net`` holding all trainable parameters;
 * it has a method ``loss_on_batch(net, batch) -> Tensor`` (a scalar), and its ``training_step`` and
@@ -18,6 +18,9 @@ seeds then vary the initialization only). The score of a member is its best epoc
 ``loss_on_batch`` (weighted by batch size, as Lightning's epoch mean of a logged ``val_loss`` is), so
 ``mode`` must be ``"min"``. Its best iterate is written as an ordinary checkpoint of the plain module,
 ``root_dir/seed_<s>/checkpoints/best.ckpt``, loadable by ``PlainModule.load_from_checkpoint`` alone.
+
+``MultiSeedTrainer(executor="vectorized")`` runs it through :class:`VectorizedExecutor`, the same executor
+contract as the sequential and Ray executors (:mod:`lightning_landscape.multiseed.executors`).
 """
 
 from __future__ import annotations
@@ -30,12 +33,11 @@ from typing import Any
 
 import lightning
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.core.optimizer import _configure_optimizers
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape.multiseed._lightning import configure_optimizers, plain_hparams
 from lightning_landscape.multiseed.ensemble import (
     _SEQUENTIAL_HINT,
     ELEMENTWISE_OPTIMIZERS,
@@ -43,22 +45,15 @@ from lightning_landscape.multiseed.ensemble import (
     _StackedEnsemble,
     build_seeded,
 )
+from lightning_landscape.multiseed.executors import Executor, OnResult, OnStart, SeedJob, SeedTask
+from lightning_landscape.multiseed.paths import (
+    BEST_CHECKPOINT,
+    ENSEMBLE_DIR,
+    atomic_write,
+    checkpoint_dir,
+    seed_dir,
+)
 from lightning_landscape.multiseed.result import SeedRun
-
-BEST_CHECKPOINT_NAME = "best.ckpt"
-
-
-def _build_module(model: Any, model_kwargs: dict[str, Any] | None) -> Callable[[], LightningModule]:
-    if isinstance(model, LightningModule):
-        if model_kwargs:
-            raise TypeError("`model_kwargs` applies to a LightningModule class or factory, not an instance.")
-        kwargs = dict(getattr(model, "hparams_initial", {}) or {})
-        cls = type(model)
-        return lambda: cls(**kwargs)
-    if callable(model):
-        kwargs = dict(model_kwargs or {})
-        return lambda: model(**kwargs)
-    raise TypeError(f"`model` must be a LightningModule class, factory or instance, got {type(model)!r}.")
 
 
 def check_qualifies(module: Any) -> None:
@@ -178,11 +173,6 @@ def _checkpoint(module: LightningModule, epoch: int, step: int) -> dict[str, Any
     }
 
 
-def _plain_hparams(module: LightningModule) -> dict[str, Any]:
-    hparams = dict(getattr(module, "hparams_initial", {}) or {})
-    return {str(k): v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
-
-
 def _write_member_logs(folder: Path, ensemble: _StackedEnsemble, k: int, monitor: str) -> None:
     """One event file per seed in ``seed_<s>/``, so TensorBoard shows the seeds as separate runs."""
     from torch.utils.tensorboard import SummaryWriter
@@ -196,91 +186,74 @@ def _write_member_logs(folder: Path, ensemble: _StackedEnsemble, k: int, monitor
         writer.close()
 
 
-def run_vectorized(
-    model: Any,
-    seeds: list[int],
-    *,
-    root_dir: str | Path,
-    monitor: str,
-    mode: str,
-    trainer_kwargs: dict[str, Any],
-    model_kwargs: dict[str, Any] | None,
-    datamodule: Any = None,
-    train_dataloaders: Any = None,
-    val_dataloaders: Any = None,
-) -> list[SeedRun]:
-    """Train all ``seeds`` of ``model`` as one vectorized ensemble; one :class:`SeedRun` per seed.
+def check_job(job: SeedJob) -> LightningModule:
+    """Refuses a job the vectorized executor cannot run; returns the module it built to find out.
 
-    Args:
-        model: a qualifying LightningModule class, factory (called with ``model_kwargs``) or instance
-            (rebuilt from its saved hyperparameters); see the module docstring.
-        seeds: the seeds, one member each.
-        root_dir: where ``seed_<s>/checkpoints/best.ckpt``, ``seed_<s>/`` event files and the ensemble's
-            own TensorBoard logs (``ensemble/``) go.
-        monitor: the name the plain module logs its validation loss under (the members' score).
-        mode: must be ``"min"``: the score is a loss.
-        trainer_kwargs: ``Trainer`` arguments for the one ensemble fit.
-        model_kwargs: keyword arguments for a class or factory ``model``.
-        datamodule: a LightningDataModule instance, class or factory (built once, shared by all members).
-        train_dataloaders: training loaders (shared by all members).
-        val_dataloaders: validation loaders (shared by all members).
+    Raises:
+        VectorizationError: ``mode`` is not ``"min"``, the Trainer options couple the members, or the
+            model does not qualify (see the module docstring).
+    """
+    if job.mode != "min":
+        raise VectorizationError(
+            f"mode={job.mode!r}: the vectorized executor scores members by their validation loss "
+            f"(loss_on_batch), which is minimized. {_SEQUENTIAL_HINT}"
+        )
+    check_trainer_kwargs(job.trainer_kwargs)
+    template = build_seeded(job.build_model, [0])[0]
+    check_qualifies(template)
+    _precheck_optimizer(template)
+    return template
+
+
+def run_vectorized(job: SeedJob, seeds: Sequence[int]) -> list[SeedRun]:
+    """Train all ``seeds`` of ``job`` as one vectorized ensemble; one :class:`SeedRun` per seed.
+
+    Member ``k`` is ``job.build_model()`` right after ``seed_everything(seeds[k], workers=True)``. The data
+    is built once (``job.build_data()``) and shared by all members. Checkpoints go to
+    ``seed_<s>/checkpoints/best.ckpt``, one event file per seed to ``seed_<s>/``, the ensemble's own
+    TensorBoard logs to ``ensemble/``.
 
     Returns:
         The runs in seed order: ``"finished"`` with the best finite score and its checkpoint, or
         ``"failed"`` when a member's score never was finite.
 
     Raises:
-        VectorizationError: (a ``ValueError``) before training when the model does not qualify, ``mode`` is
-            not ``"min"``, or the Trainer options couple the members; the message suggests
-            ``executor="sequential"``.
+        VectorizationError: (a ``ValueError``) before training, see :func:`check_job`; the message
+            suggests ``executor="sequential"``.
 
     Example::
 
-        runs = run_vectorized(MyModule, [0, 1, 2], root_dir="runs/vec", monitor="val_loss", mode="min",
-                              trainer_kwargs={"max_epochs": 5}, model_kwargs=None,
-                              train_dataloaders=train, val_dataloaders=val)
+        job = SeedJob(root_dir="runs/vec", monitor="val_loss", mode="min", trainer_kwargs={"max_epochs": 5},
+                      model=model_builder(MyModule, None), train_dataloaders=train, val_dataloaders=val)
+        runs = run_vectorized(job, [0, 1, 2])
     """
-    root = Path(root_dir)
-    if mode != "min":
-        raise VectorizationError(
-            f"mode={mode!r}: the vectorized executor scores members by their validation loss "
-            f"(loss_on_batch), which is minimized. {_SEQUENTIAL_HINT}"
-        )
     if not seeds:
         raise ValueError("`seeds` is empty.")
-    check_trainer_kwargs(trainer_kwargs)
-    factory = _build_module(model, model_kwargs)
-    templates = build_seeded(factory, seeds)
-    check_qualifies(templates[0])
-    _precheck_optimizer(templates[0])
+    check_job(job)
+    root = Path(job.root_dir)
+    templates = build_seeded(job.build_model, seeds)
     ensemble = _VectorizedModule(templates, seeds)
-
-    if isinstance(datamodule, type) or (
-        callable(datamodule) and not isinstance(datamodule, LightningDataModule)
-    ):
-        datamodule = datamodule()
-    if isinstance(train_dataloaders, LightningDataModule):
-        datamodule, train_dataloaders = train_dataloaders, None
-
-    kwargs = dict(trainer_kwargs)
-    logger: TensorBoardLogger | bool = False
-    if kwargs.pop("logger", True) is not False:
-        logger = TensorBoardLogger(save_dir=str(root), name="ensemble", version="", default_hp_metric=False)
-    for owned in ("callbacks", "enable_checkpointing", "default_root_dir"):
+    datamodule, train_dataloaders = job.build_data()
+    kwargs, _ = job.trainer_args()
+    for owned in ("enable_checkpointing", "default_root_dir"):
         kwargs.pop(owned, None)
+    logger = job.logger(ENSEMBLE_DIR)
     trainer = Trainer(
-        **kwargs, default_root_dir=str(root / "ensemble"), logger=logger, enable_checkpointing=False
+        **kwargs, default_root_dir=str(root / ENSEMBLE_DIR), logger=logger, enable_checkpointing=False
     )
     start = time.perf_counter()
     trainer.fit(
-        ensemble, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, datamodule=datamodule
+        ensemble,
+        train_dataloaders=train_dataloaders,
+        val_dataloaders=job.val_dataloaders,
+        datamodule=datamodule,
     )
     wall = time.perf_counter() - start
 
     runs = []
     scores = ensemble.best_scores
     for k, (seed, template) in enumerate(zip(seeds, templates, strict=True)):
-        folder = root / f"seed_{seed}"
+        folder = seed_dir(root, seed)
         run = SeedRun(seed=seed, status="failed", log_dir=str(folder), wall_time=wall / len(seeds))
         run.extra.update(
             {
@@ -288,24 +261,41 @@ def run_vectorized(
                 "member": k,
                 "ensemble_size": len(seeds),
                 "ensemble_wall_time": wall,
-                "hparams": _plain_hparams(template),
+                "hparams": plain_hparams(template),
             }
         )
         score = float(scores[k]) if scores is not None else math.nan
         if scores is None:
-            run.error = f"no validation epoch ran, so {monitor!r} was never computed (did validation run?)"
+            run.error = (
+                f"no validation epoch ran, so {job.monitor!r} was never computed (did validation run?)"
+            )
         elif not math.isfinite(score):
-            run.error = f"the monitored {monitor!r} is not finite (best value {score})"
+            run.error = f"the monitored {job.monitor!r} was never finite (best value {score})"
         else:
-            _export_member(ensemble, template, k, folder / "checkpoints" / BEST_CHECKPOINT_NAME)
-            run.status, run.score = "finished", score
-            run.best_model_path = str(folder / "checkpoints" / BEST_CHECKPOINT_NAME)
+            path = checkpoint_dir(root, seed) / BEST_CHECKPOINT
+            _export_member(ensemble, template, k, path)
+            run.status, run.score, run.best_model_path = "finished", score, str(path)
             run.extra["best_epoch"] = ensemble.best_epochs[k]
             run.extra["best_step"] = ensemble.best_steps[k]
         if logger:
-            _write_member_logs(folder, ensemble, k, monitor)
+            _write_member_logs(folder, ensemble, k, job.monitor)
         runs.append(run)
     return runs
+
+
+class VectorizedExecutor(Executor):
+    """All tasks as one vectorized ensemble (:func:`run_vectorized`); a resumed task starts afresh."""
+
+    @override
+    def check(self, job: SeedJob) -> None:
+        check_job(job)
+
+    @override
+    def run(self, job: SeedJob, tasks: Sequence[SeedTask], on_start: OnStart, on_result: OnResult) -> None:
+        for task in tasks:
+            on_start(task)
+        for run in run_vectorized(job, [t.seed for t in tasks]):
+            on_result(run)
 
 
 def _precheck_optimizer(template: LightningModule) -> None:
@@ -321,7 +311,7 @@ def _precheck_optimizer(template: LightningModule) -> None:
 
 def _single_optimizer(config: Any) -> torch.optim.Optimizer:
     """The one optimizer of a ``configure_optimizers`` result; refuse several, and ReduceLROnPlateau."""
-    optimizers, schedulers, _ = _configure_optimizers(config)
+    optimizers, schedulers = configure_optimizers(config)
     if len(optimizers) != 1:
         raise VectorizationError(
             f"Cannot vectorize: configure_optimizers returned {len(optimizers)} optimizers; one is "
@@ -346,4 +336,5 @@ def _export_member(ensemble: _StackedEnsemble, template: LightningModule, k: int
             target = params[name] if name in params else net.get_buffer(name)
             target.data = tensor.to(target.device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(_checkpoint(template, ensemble.best_epochs[k], ensemble.best_steps[k]), path)
+    checkpoint = _checkpoint(template, ensemble.best_epochs[k], ensemble.best_steps[k])
+    atomic_write(path, lambda f: torch.save(checkpoint, f), binary=True)

@@ -1,4 +1,5 @@
-"""A 3-seed job run in a subprocess; with MULTISEED_KILL_SEED/STEP set it SIGKILLs itself mid-seed.
+"""A 3-seed job run in a subprocess; with MULTISEED_KILL_SEED/STEP set it SIGKILLs itself mid-seed
+(or sends itself MULTISEED_KILL_SIGNAL).
 
 Usage: python _kill_job.py ROOT_DIR RECORD_FILE
 """
@@ -17,8 +18,9 @@ if __name__ == "__main__":
     root, record = sys.argv[1], sys.argv[2]
     callbacks = [RecordStart(record)]
     if "MULTISEED_KILL_SEED" in os.environ:
+        signum = int(os.environ.get("MULTISEED_KILL_SIGNAL", "9"))
         callbacks.append(
-            KillAt(int(os.environ["MULTISEED_KILL_SEED"]), int(os.environ["MULTISEED_KILL_STEP"]))
+            KillAt(int(os.environ["MULTISEED_KILL_SEED"]), int(os.environ["MULTISEED_KILL_STEP"]), signum)
         )
     train, val = loaders()
     trainer = MultiSeedTrainer(

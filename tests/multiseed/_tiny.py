@@ -43,7 +43,8 @@ class TinyData(LightningDataModule):
 
 
 class TinyRegressor(LightningModule):
-    """A 1-hidden-1 MLP; ``fail_on_seed`` raises in that seed's training, ``nan`` logs a NaN loss."""
+    """A 1-hidden-1 MLP; ``fail_on_seed`` raises in that seed's training, ``nan`` logs a NaN loss (from
+    epoch ``nan_from_epoch`` on, if set)."""
 
     def __init__(
         self,
@@ -52,17 +53,20 @@ class TinyRegressor(LightningModule):
         fail_on_seed: int = -1,
         nan: bool = False,
         dropout: float = 0.0,
+        nan_from_epoch: int = -1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.lr, self.fail_on_seed, self.nan = lr, fail_on_seed, nan
+        self.nan_from_epoch = nan_from_epoch
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", "-1"))
 
     def loss_on_batch(self, net: Any, batch: Any) -> Tensor:
         x, y = batch
         loss = nn.functional.mse_loss(net(x), y)
-        return loss * float("nan") if self.nan else loss
+        diverged = 0 <= self.nan_from_epoch <= (self.current_epoch if self._trainer is not None else -1)
+        return loss * float("nan") if self.nan or diverged else loss
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -93,15 +97,17 @@ def val_loss(model: LightningModule, loader: DataLoader) -> float:
 
 
 class KillAt(Callback):
-    """SIGKILLs this process at a global step of one seed: the crash a resume must survive."""
+    """Signals this process (SIGKILL by default) at a global step of one seed: a crash to survive."""
 
-    def __init__(self, seed: int, step: int) -> None:
-        self.seed, self.step = seed, step
+    def __init__(self, seed: int, step: int, signum: int = signal.SIGKILL) -> None:
+        self.seed, self.step, self.signum, self.sent = seed, step, signum, False
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if int(os.environ.get("PL_GLOBAL_SEED", "-1")) == self.seed and trainer.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "-1"))
+        if seed == self.seed and trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
 
 
 class RecordStart(Callback):
@@ -120,15 +126,30 @@ QUIET: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": F
 
 
 class DieOnceInWorker(Callback):
-    """SIGKILLs a worker process (never the process that built it) the first time it trains ``seed``."""
+    """SIGKILLs a worker process (never the process that built it) the first time it trains ``seed``,
+    at global step ``step`` or later."""
 
-    def __init__(self, seed: int, marker: str) -> None:
-        self.seed, self.marker, self.driver_pid = seed, marker, os.getpid()
+    def __init__(self, seed: int, marker: str, step: int = 0) -> None:
+        self.seed, self.marker, self.step, self.driver_pid = seed, marker, step, os.getpid()
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if os.getpid() == self.driver_pid or int(os.environ.get("PL_GLOBAL_SEED", "-1")) != self.seed:
             return
+        if trainer.global_step < self.step:
+            return
         if not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fit(root: Any, seeds: Any = 3, model: Any = TinyRegressor, epochs: int = 3, **kwargs: Any) -> Any:
+    """A MultiSeedTrainer run on the tiny data: ``trainer={...}`` adds Trainer arguments."""
+    from lightning_landscape.multiseed import MultiSeedTrainer
+
+    trainer_kwargs = {"max_epochs": epochs, **QUIET, **kwargs.pop("trainer", {})}
+    train, val = loaders()
+    data = kwargs.pop("datamodule", None)
+    loaders_kw = {} if data is not None else {"train_dataloaders": train, "val_dataloaders": val}
+    trainer = MultiSeedTrainer(seeds=seeds, root_dir=root, **kwargs, **trainer_kwargs)
+    return trainer.fit(model, datamodule=data, **loaders_kw)

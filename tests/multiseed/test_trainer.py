@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import _tiny
 import pytest
 import torch
 from _tiny import QUIET, DieOnceInWorker, TinyData, TinyRegressor, loaders, val_loss
@@ -24,19 +25,15 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
 from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer
-from lightning_landscape.multiseed.report import SUMMARY_JSON, write_summary_json
+from lightning_landscape.multiseed.paths import SUMMARY_JSON
+from lightning_landscape.multiseed.record import write_summary_json
 
 HERE = Path(__file__).parent
 EPOCHS = 3
 
 
 def fit(root: Path, seeds: Any = 3, model: Any = TinyRegressor, **kwargs: Any) -> MultiSeedResult:
-    trainer_kwargs = {"max_epochs": EPOCHS, **QUIET, **kwargs.pop("trainer", {})}
-    train, val = loaders()
-    data = kwargs.pop("datamodule", None)
-    loaders_kw = {} if data is not None else {"train_dataloaders": train, "val_dataloaders": val}
-    trainer = MultiSeedTrainer(seeds=seeds, root_dir=root, **kwargs, **trainer_kwargs)
-    return trainer.fit(model, datamodule=data, **loaders_kw)
+    return _tiny.fit(root, seeds, model, epochs=EPOCHS, **kwargs)
 
 
 def reload_score(path: str | Path, **model_kwargs: Any) -> float:
@@ -145,7 +142,8 @@ def test_all_seeds_failing_raises_with_each_reason(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="all 2 seeds failed") as info:
         fit(tmp_path, seeds=2, model_kwargs={"nan": True})
     assert "seed 0:" in str(info.value) and "seed 1:" in str(info.value)
-    assert "not finite" in str(info.value)
+    # The last value, not the checkpoint's initial best (inf), says what went wrong.
+    assert "never finite (last value nan)" in str(info.value) and "inf" not in str(info.value)
     summary = json.loads((tmp_path / SUMMARY_JSON).read_text())
     assert [r["status"] for r in summary["runs"]] == ["failed", "failed"]
     assert not (tmp_path / "best.ckpt").exists()
@@ -202,6 +200,7 @@ class PlainRegressor(TinyRegressor):
     def __init__(self) -> None:
         LightningModule.__init__(self)
         self.lr, self.fail_on_seed, self.nan, self.seed = 0.05, -2, False, -1
+        self.nan_from_epoch = -1
         self.net = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
 
 
@@ -278,8 +277,9 @@ def test_vectorized_executor_dispatch(tmp_path: Path) -> None:
 def test_ray_executor_matches_sequential(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     marker = tmp_path / "worker_died"
-    # The same callback in both runs; it only ever kills a Ray worker, once, in seed 2.
-    trainer = {"callbacks": [DieOnceInWorker(seed=2, marker=str(marker))]}
+    # The same callback in both runs; it only ever kills a Ray worker, once, in seed 2, at step 5: after
+    # the end-of-epoch-1 checkpoint (4 batches per epoch), so the retry has a last.ckpt to resume from.
+    trainer = {"callbacks": [DieOnceInWorker(seed=2, marker=str(marker), step=5)]}
     expected = fit(tmp_path / "seq", seeds=3, trainer=trainer).scores
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
@@ -290,7 +290,9 @@ def test_ray_executor_matches_sequential(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
     assert marker.exists(), "the worker of seed 2 was not killed: the retry went untested"
-    # Ray re-ran seed 2 after its worker died; the fresh attempt gives the uninterrupted score.
+    # Ray re-ran seed 2 after its worker died; the retry resumed and gives the uninterrupted score.
+    assert result.runs[2].extra["resumed_from"].endswith("last.ckpt")
+    assert "resumed_from" not in result.runs[1].extra
     assert result.scores == pytest.approx(expected, rel=1e-6)
     assert [r.status for r in result.runs] == ["finished"] * 3
     assert (tmp_path / "ray" / "best.ckpt").is_file() and (tmp_path / "ray" / "seeds.png").is_file()

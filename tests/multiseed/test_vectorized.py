@@ -14,7 +14,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_landscape.multiseed.build import model_builder
 from lightning_landscape.multiseed.ensemble import VectorizationError
+from lightning_landscape.multiseed.executors import SeedJob
 from lightning_landscape.multiseed.vectorized import run_vectorized
 
 SEEDS = [3, 11, 42]
@@ -82,20 +84,24 @@ def _sequential(seed: int, tmp: Path, **hparams: Any) -> tuple[float, dict[str, 
     return float(ckpt.best_model_score), state  # type: ignore[arg-type]
 
 
-def _vectorized(tmp: Path, **hparams: Any) -> list[Any]:
+def _job(
+    root: Path, model: Any, trainer_kwargs: dict[str, Any], mode: str = "min", **hparams: Any
+) -> SeedJob:
     train, val = _loaders()
-    return run_vectorized(
-        TinyRegressor,
-        SEEDS,
-        root_dir=tmp / "vec",
+    return SeedJob(
+        root_dir=str(root),
         monitor="val_loss",
-        mode="min",
-        trainer_kwargs={"max_epochs": EPOCHS, "precision": "64-true", "log_every_n_steps": 1, **QUIET},
-        model_kwargs=hparams or None,
-        datamodule=None,
+        mode=mode,
+        trainer_kwargs=trainer_kwargs,
+        model=model_builder(model, hparams or None),
         train_dataloaders=train,
         val_dataloaders=val,
     )
+
+
+def _vectorized(tmp: Path, **hparams: Any) -> list[Any]:
+    kwargs = {"max_epochs": EPOCHS, "precision": "64-true", "log_every_n_steps": 1, **QUIET}
+    return run_vectorized(_job(tmp / "vec", TinyRegressor, kwargs, **hparams), SEEDS)
 
 
 @pytest.mark.slow
@@ -210,19 +216,9 @@ class _Branchy(TinyRegressor):
 def test_refusals_name_the_reason_and_suggest_sequential(
     tmp_path: Path, model: Any, trainer_kwargs: dict[str, Any], mode: str, match: str
 ) -> None:
-    train, val = _loaders()
+    kwargs = {"max_epochs": 1, "logger": False, **QUIET, **trainer_kwargs}
     with pytest.raises(VectorizationError, match=match) as info:
-        run_vectorized(
-            model,
-            [0, 1],
-            root_dir=tmp_path,
-            monitor="val_loss",
-            mode=mode,
-            trainer_kwargs={"max_epochs": 1, "logger": False, **QUIET, **trainer_kwargs},
-            model_kwargs=None,
-            train_dataloaders=train,
-            val_dataloaders=val,
-        )
+        run_vectorized(_job(tmp_path, model, kwargs, mode=mode), [0, 1])
     assert 'executor="sequential"' in str(info.value)
     assert isinstance(info.value, ValueError)
     # Refused before any member was trained or exported.

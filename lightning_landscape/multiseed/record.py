@@ -1,0 +1,410 @@
+"""The run folder's record: ``summary.json`` read, validated, written and locked, in one place.
+
+``summary.json`` is the single source of truth of a multi-seed run. It is
+
+* **validated on read** against the schema below: a file that does not parse or does not fit raises
+  :class:`RecordError` naming the file, the problem and the way out; nothing in it is trusted before that;
+* **portable**: every path in it is relative to ``root_dir`` and resolved inside it
+  (:func:`~lightning_landscape.multiseed.paths.inside`), so the folder can be moved or copied;
+* **written atomically** (a temporary file and :func:`os.replace`, permissions by the umask);
+* **open to extension**: top-level blocks and per-seed keys this version does not know are carried
+  through read -> write unchanged (:attr:`Record.extra`, ``SeedRun._carried``);
+* **guarded by a lock** (:class:`RunLock`, an OS ``flock`` on ``root_dir/.lock``) held by the one process
+  that runs the seeds, so every update is a read-modify-write by a single writer.
+
+Schema (version 2)::
+
+    {"version": 2, "monitor": str, "mode": "min" | "max",
+     "fingerprint": {key: str, ...},            # the configuration the finished seeds were trained with
+     "seeds": [int, ...],                       # the seeds of the last run, in order
+     "best_seed": int | null, "best_score": float | null, "best_model_path": str,
+     "stats": {...},                            # derived: mean, std, min, median, max
+     "runs": [{"seed": int, "status": "finished" | "failed" | "pending" | "running",
+               "score": float | null,           # finite; required when finished
+               "best_model_path": str, "last_model_path": str, "log_dir": str,   # relative to root_dir
+               "wall_time": float >= 0, "error": str, "extra": {...}}, ...],
+     ...}                                       # other blocks (e.g. "barriers", "best_of_k") kept as they are
+
+Version 1 files (absolute paths, written by earlier releases) are read by re-basing their paths on the
+``root_dir`` they recorded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import pickle
+import shutil
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_landscape.multiseed._lightning import safe_torch_load
+from lightning_landscape.multiseed.paths import (
+    LOCK_FILE,
+    SUMMARY_JSON,
+    PathOutsideRootError,
+    atomic_write,
+    inside,
+    relative,
+)
+from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
+
+SUMMARY_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_STATUSES = ("finished", "failed", "pending", "running")
+_PATH_FIELDS = ("best_model_path", "last_model_path", "log_dir")
+# Top-level keys this module writes itself; every other key is carried through as it is.
+_OWN_KEYS = frozenset(
+    {"version", "monitor", "mode", "root_dir", "fingerprint", "seeds", "best_seed", "best_score",
+     "best_model_path", "stats", "runs"}
+)  # fmt: skip
+# Per-seed keys checked by _check_run itself; any other SeedRun field is taken as stored, after the check
+# FIELD_CHECKS names for it (a new optional field registers its check there).
+_CHECKED_RUN_KEYS = frozenset({"seed", "status", "score", "wall_time", "error", "extra", *_PATH_FIELDS})
+_RUN_FIELDS = frozenset(SeedRun.__dataclass_fields__) - {"_carried"}
+
+
+def finite_or_none(value: Any) -> str | None:
+    """``None`` if ``value`` is a finite number or ``None``, else what is wrong (a FIELD_CHECKS check)."""
+    ok = value is None or (_is_number(value) and math.isfinite(value))
+    return None if ok else f"must be a finite number or null, got {value!r}"
+
+
+#: Checks of the optional SeedRun fields: ``{field: check(value) -> problem or None}``.
+FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class RecordError(ValueError):
+    """A file of the run folder cannot be trusted; the message names it and the way out."""
+
+
+class RootDirBusyError(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+@dataclass
+class Record:
+    """What ``summary.json`` holds, validated; paths in :attr:`runs` are resolved (``root_dir/...``).
+
+    Args:
+        monitor: the metric that ranks the seeds.
+        mode: ``"min"`` or ``"max"``.
+        runs: every seed ever recorded in this folder, by seed (also those not asked for this time).
+        fingerprint: the configuration the finished seeds were trained with (see :func:`describe`).
+        extra: top-level blocks this version does not write itself, carried through unchanged. Steps
+            after selection add theirs here (``record.extra["barriers"] = {...}``).
+    """
+
+    monitor: str
+    mode: str
+    runs: dict[int, SeedRun] = field(default_factory=dict)
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fail(path: Path, problem: str) -> RecordError:
+    return RecordError(
+        f"{path}: {problem}. The file was not used. Restore it (e.g. from a copy of the run folder) or,"
+        " to start a new record, move it away: seed folders it does not list are then set aside as"
+        " seed_<k>.orphan-<time>/, never deleted."
+    )
+
+
+def _check_run(path: Path, i: int, data: Any, root_dir: Path, base: str | None) -> SeedRun:
+    where = f"runs[{i}]"
+    if not isinstance(data, dict):
+        raise _fail(path, f"{where} must be an object, got {type(data).__name__}")
+    seed = data.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**32 - 1:
+        raise _fail(path, f"{where}.seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    status = data.get("status", "pending")
+    if status not in _STATUSES:
+        raise _fail(path, f"{where} (seed {seed}).status must be one of {_STATUSES}, got {status!r}")
+    score = data.get("score")
+    problem = finite_or_none(score)
+    if problem:
+        raise _fail(path, f"{where} (seed {seed}).score {problem}")
+    if status == "finished" and score is None:
+        raise _fail(path, f"{where} (seed {seed}) is 'finished' without a score")
+    wall = data.get("wall_time", 0.0)
+    if not _is_number(wall) or not math.isfinite(wall) or wall < 0:
+        raise _fail(path, f"{where} (seed {seed}).wall_time must be a number >= 0, got {wall!r}")
+    for key in ("error", *_PATH_FIELDS):
+        if not isinstance(data.get(key, ""), str):
+            raise _fail(path, f"{where} (seed {seed}).{key} must be a string, got {data[key]!r}")
+    extra = data.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _fail(path, f"{where} (seed {seed}).extra must be an object, got {extra!r}")
+    paths: dict[str, Any] = {}
+    for key in _PATH_FIELDS:
+        stored = data.get(key, "")
+        if base is not None and os.path.isabs(stored):  # version 1: absolute, under the recorded root
+            stored = relative(stored, base) if stored else ""
+        try:
+            paths[key] = str(inside(stored, root_dir, f"{where} (seed {seed}).{key}")) if stored else ""
+        except PathOutsideRootError as err:
+            raise _fail(path, str(err)) from err
+    optional: dict[str, Any] = {}
+    for key in sorted(_RUN_FIELDS - _CHECKED_RUN_KEYS):
+        if key in data:
+            problem = FIELD_CHECKS.get(key, lambda _: None)(data[key])
+            if problem:
+                raise _fail(path, f"{where} (seed {seed}).{key} {problem}")
+            optional[key] = data[key]
+    run = SeedRun(
+        seed=seed, status=status, score=float(score) if score is not None else None,
+        wall_time=float(wall), error=data.get("error", ""), extra=dict(extra), **paths, **optional,
+    )  # fmt: skip
+    run._carried = {k: v for k, v in data.items() if k not in _RUN_FIELDS}
+    return run
+
+
+def read_record(root_dir: str | Path) -> Record | None:
+    """The validated record of ``root_dir``, or ``None`` if it has none yet.
+
+    Raises:
+        RecordError: ``summary.json`` does not parse or does not fit the schema (the message names it).
+    """
+    root = Path(root_dir)
+    path = root / SUMMARY_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise _fail(path, f"not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise _fail(path, f"the top level must be an object, got {type(data).__name__}")
+    version = data.get("version")
+    if version not in _READABLE_VERSIONS:
+        raise _fail(path, f"unknown version {version!r} (this release reads {list(_READABLE_VERSIONS)})")
+    monitor, mode = data.get("monitor"), data.get("mode")
+    if not isinstance(monitor, str) or not monitor:
+        raise _fail(path, f"'monitor' must be a non-empty string, got {monitor!r}")
+    if mode not in ("min", "max"):
+        raise _fail(path, f"'mode' must be 'min' or 'max', got {mode!r}")
+    fingerprint = data.get("fingerprint", {})
+    if not isinstance(fingerprint, dict) or not all(isinstance(v, str) for v in fingerprint.values()):
+        raise _fail(path, f"'fingerprint' must map names to strings, got {fingerprint!r}")
+    items = data.get("runs", [])
+    if not isinstance(items, list):
+        raise _fail(path, f"'runs' must be a list, got {type(items).__name__}")
+    base = str(data.get("root_dir", "")) if version == 1 else None
+    runs: dict[int, SeedRun] = {}
+    for i, item in enumerate(items):
+        run = _check_run(path, i, item, root, base)
+        if run.seed in runs:
+            raise _fail(path, f"seed {run.seed} is listed twice in 'runs'")
+        runs[run.seed] = run
+    extra = {k: v for k, v in data.items() if k not in _OWN_KEYS}
+    return Record(monitor=monitor, mode=mode, runs=runs, fingerprint=dict(fingerprint), extra=extra)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _json_safe(value: Any) -> Any:
+    # JSON has no NaN/inf; null keeps the file readable by strict parsers.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _stored_run(run: SeedRun, root_dir: Path) -> dict[str, Any]:
+    data = {**run._carried, **run.to_dict()}
+    for key in _PATH_FIELDS:
+        data[key] = relative(data[key], root_dir) if data[key] else ""
+    return data
+
+
+def record_dict(
+    record: Record, root_dir: str | Path, seeds: Sequence[int], best: SeedRun | None = None
+) -> dict[str, Any]:
+    """The content of ``summary.json``: ``seeds`` first in the given order, then every other recorded seed."""
+    from lightning_landscape.multiseed.paths import BEST_CHECKPOINT
+
+    root = Path(root_dir)
+    asked = [record.runs[s] for s in seeds if s in record.runs]
+    others = [record.runs[s] for s in sorted(record.runs) if s not in set(seeds)]
+    stats = MultiSeedResult(
+        runs=asked, monitor=record.monitor, mode="min", best_seed=-1, best_score=math.nan,
+        best_model_path="", root_dir=str(root),
+    ).summary_stats()  # fmt: skip
+    return _json_safe(
+        {
+            **record.extra,
+            "version": SUMMARY_VERSION,
+            "monitor": record.monitor,
+            "mode": record.mode,
+            "fingerprint": dict(record.fingerprint),
+            "seeds": list(seeds),
+            "best_seed": best.seed if best is not None else None,
+            "best_score": best.score if best is not None else None,
+            "best_model_path": BEST_CHECKPOINT if best is not None else "",
+            "stats": stats,
+            "runs": [_stored_run(r, root) for r in (*asked, *others)],
+        }
+    )
+
+
+def write_record(
+    record: Record, root_dir: str | Path, seeds: Sequence[int], best: SeedRun | None = None
+) -> Path:
+    """Writes ``root_dir/summary.json`` atomically (see :func:`record_dict`)."""
+    return write_summary_json(root_dir, record_dict(record, root_dir, seeds, best))
+
+
+def write_summary_json(root_dir: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Writes a ready ``summary.json`` content atomically: the old file or the new one, never half."""
+    path = Path(root_dir) / SUMMARY_JSON
+    atomic_write(path, lambda f: json.dump(summary, f, indent=2, allow_nan=False))
+    return path
+
+
+def remove_stale_temporaries(root_dir: str | Path) -> list[Path]:
+    """Deletes what a killed writer left: ``.<name>.*.tmp`` files in ``root_dir`` and its checkpoint
+    folders, and pre-flight scratch folders. Only called under the lock: no other writer is alive."""
+    root = Path(root_dir)
+    stale = [*root.glob(".*.tmp"), *root.glob("seed_*/checkpoints/.*.tmp"), *root.glob(".preflight-*")]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file of the run folder, loaded with ``weights_only=True`` (nothing in it can run code).
+
+    Raises:
+        RecordError: the file is missing, truncated, not a checkpoint, or holds objects outside the
+            allow-list; the message names the file.
+    """
+    path = Path(path)
+    try:
+        checkpoint = safe_torch_load(path)
+    except FileNotFoundError as err:
+        raise RecordError(f"{path}: the checkpoint is missing") from err
+    except pickle.UnpicklingError as err:
+        raise RecordError(
+            f"{path}: holds objects that torch refuses to load with weights_only=True, so it was not used"
+            f" (nothing in it was run): {str(err).splitlines()[0]}"
+        ) from err
+    except Exception as err:  # truncated or not a torch file at all
+        raise RecordError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RecordError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def recorded_score(checkpoint: Mapping[str, Any], monitor: str) -> float | None:
+    """The best ``monitor`` value a Lightning checkpoint's ``ModelCheckpoint`` state holds, if any."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor") == monitor and "best_model_score" in state:
+            value = state["best_model_score"]
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def check_checkpoint(path: str | Path, monitor: str, score: float | None) -> str | None:
+    """Why the checkpoint at ``path`` cannot stand for a seed with ``score``; ``None`` if it can.
+
+    It must load with ``weights_only=True`` and, where its ``ModelCheckpoint`` state records the best
+    ``monitor`` value, hold ``score``.
+    """
+    try:
+        checkpoint = load_checkpoint(path)
+    except RecordError as err:
+        return str(err)
+    held = recorded_score(checkpoint, monitor)
+    if score is not None and held is not None and not math.isclose(held, score, rel_tol=1e-6, abs_tol=1e-12):
+        return f"{path}: holds {monitor}={held!r}, but the record says {score!r}"
+    return None
+
+
+class RunLock:
+    """An exclusive OS lock on ``root_dir/.lock``, held while one process runs the seeds.
+
+    The lock file says who holds it (pid, host, since when), so a second process fails with a message
+    naming the holder. The kernel drops the lock when its holder exits, however it exits (a SIGKILL
+    too), so a stale lock file never blocks a rerun. ``flock`` also works between hosts on NFS v4.
+
+    Raises:
+        RootDirBusyError: on entry, if another process holds the lock.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root, RunLock(root):
+        ...     RunLock(root).__enter__()
+        Traceback (most recent call last):
+        ...
+        lightning_landscape.multiseed.record.RootDirBusyError: ...
+    """
+
+    def __init__(self, root_dir: str | Path) -> None:
+        self.path = Path(root_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "an unknown process"
+            os.close(fd)
+            raise RootDirBusyError(
+                f"`root_dir` {str(self.path.parent)!r} is in use by {holder}; one process at a time runs a"
+                " folder's seeds. Wait for it to finish (then rerun to pick up its results), stop it, or use"
+                " another root_dir; to share the seeds among machines use executor='ray'."
+            ) from err
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {stamp})\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def describe(value: Any) -> str:
+    """A stable text for one configuration value: JSON for plain values, the qualified name otherwise."""
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    try:
+        return json.dumps(value, sort_keys=True, default=_name_of)
+    except (TypeError, ValueError):
+        return _name_of(value)
+
+
+def _name_of(value: Any) -> str:
+    kind = type(value)
+    return f"<{kind.__module__}.{kind.__qualname__}>"
+
+
+def config_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    """The keys whose value differs between two fingerprints (a key on one side only counts)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
