@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader
+from typing_extensions import override
 
+from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer, SeedRun
 from lightning_landscape.multiseed.selection import (
     BestOfK,
     best_of_k,
@@ -18,6 +24,7 @@ from lightning_landscape.multiseed.selection import (
     selection_weights,
     still_improving,
 )
+from tests.multiseed._tiny import TinyData, TinyRegressor, make_data, val_loss
 
 
 def _brute_force(scores, tests, k, mode):
@@ -155,3 +162,118 @@ def test_classification_rule_on_constructed_cases(grad, low, high, kind):
 def test_classification_refuses_a_negative_tolerance():
     with pytest.raises(ValueError, match="grad_tol"):
         classify_point(0.0, 0.0, 1.0, grad_tol=-1.0, eig_rtol=1e-3)
+
+
+# --- wired into MultiSeedTrainer: the held-out test, optimism, still_improving, best-of-k on disk ------
+
+
+class _WithTest(TinyRegressor):
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("test_loss", self.loss_on_batch(self.net, batch))
+
+
+class _DataWithTest(TinyData):
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(make_data(48, 300), batch_size=16)
+
+
+def _fit(tmp_path, executor: str, test: str) -> MultiSeedResult:
+    trainer = MultiSeedTrainer(
+        seeds=3, root_dir=tmp_path / executor, executor=executor, test=test, max_epochs=3,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    return trainer.fit(_WithTest, datamodule=_DataWithTest)
+
+
+@pytest.mark.parametrize(("executor", "test"), [("sequential", "all"), ("vectorized", "best")])
+def test_held_out_test_of_the_winner_is_recorded_and_reads_back(tmp_path, executor, test):
+    result = _fit(tmp_path, executor, test)
+    root = tmp_path / executor
+    test_loader = _DataWithTest().test_dataloader()
+    for run in result.finished:
+        if test == "best" and run.seed != result.best_seed:
+            assert run.test_score is None
+            continue
+        model = _WithTest.load_from_checkpoint(run.best_model_path, weights_only=True)
+        assert run.test_score == pytest.approx(val_loss(model, test_loader), rel=1e-5)
+        assert isinstance(run.still_improving, bool)
+    best = next(r for r in result.runs if r.seed == result.best_seed)
+    assert result.best_test_score == best.test_score is not None
+    tested = [r.test_score for r in result.finished if r.test_score is not None]
+    expected = selection_optimism(result.best_score, best.test_score, tested, "min")
+    assert result.selection is not None
+    assert result.selection["optimism"] == pytest.approx(expected.optimism, rel=1e-12)
+    assert result.selection["test_gain"] == pytest.approx(expected.test_gain, rel=1e-12)
+
+    summary = json.loads((root / "summary.json").read_text())
+    assert [r.get("test_score") for r in summary["runs"]] == [r.test_score for r in result.runs]
+    assert summary["selection"]["optimism"] == pytest.approx(expected.optimism, rel=1e-12)
+    stored = BestOfK.from_dict(summary["best_of_k"])
+    assert stored.expected == pytest.approx(best_of_k(result.scores).expected, rel=1e-12)
+    assert (stored.expected_test is not None) == (test == "all")
+    assert (root / "best_of_k.png").stat().st_size > 0
+    assert "test_score" in (root / "summary.csv").read_text().splitlines()[0]
+
+    # A rerun trains nothing, keeps the test scores and reads the same curve back.
+    again = _fit(tmp_path, executor, test)
+    assert [r.test_score for r in again.runs] == [r.test_score for r in result.runs]
+    assert again.best_of_k() == result.best_of_k()
+
+
+def test_selecting_on_the_test_set_is_refused_unless_asked_for(tmp_path):
+    with pytest.raises(ValueError, match=r"monitor='test_loss'.*select_on_test=True"):
+        MultiSeedTrainer(seeds=2, monitor="test_loss", root_dir=tmp_path)
+    MultiSeedTrainer(seeds=2, monitor="test_loss", root_dir=tmp_path, select_on_test=True)
+    assert (
+        MultiSeedTrainer(seeds=2, monitor="val/acc", mode="max", root_dir=tmp_path).test_monitor == "test/acc"
+    )
+    with pytest.raises(ValueError, match="`test` must be one of"):
+        MultiSeedTrainer(seeds=2, root_dir=tmp_path, test="winner")  # type: ignore[arg-type]
+
+
+def test_still_improving_reads_the_steps_of_the_checkpoints(tmp_path):
+    # Validation loss that falls every epoch: the best checkpoint is the last one.
+    result = _fit(tmp_path, "sequential", "none")
+    assert all(r.test_score is None for r in result.runs)
+    for run in result.finished:
+        best = torch.load(run.best_model_path, weights_only=True)["global_step"]
+        last = torch.load(run.last_model_path, weights_only=True)["global_step"]
+        assert run.still_improving == still_improving(best, last)
+    summary = json.loads((tmp_path / "sequential" / "summary.json").read_text())
+    assert summary["still_improving"] == sorted(r.seed for r in result.finished if r.still_improving)
+
+
+def test_cli_table_prints_best_of_k_rows_test_scores_and_still_improving():
+    from lightning_landscape.cli import format_result
+
+    runs = [
+        SeedRun(seed=s, status="finished", score=0.1 * (s + 1), test_score=0.1 * (s + 1) + 0.05)
+        for s in range(12)
+    ]
+    runs[3].still_improving = True
+    result = MultiSeedResult(runs, "val_loss", "min", 0, 0.1, "/r/best.ckpt", "/r", best_test_score=0.15)
+    result.selection = {
+        **selection_optimism(0.1, 0.15, [r.test_score for r in runs]).to_dict(),
+        "seeds_tested": 12,
+    }
+    text = format_result(result)
+    curve = result.best_of_k()
+    assert curve is not None
+    for k in (1, 2, 5, 10, 12):
+        assert f"k={k:<4} {curve.expected[k - 1]:.6g}" in text
+    assert "k=3 " not in text
+    assert any(line.split()[0] == "3" and line.endswith("(still improving)") for line in text.splitlines())
+    assert "test score" in text.splitlines()[0] and "optimism +0.05" in text
+
+
+def test_a_model_without_test_step_or_metric_is_left_untested_with_a_warning(tmp_path):
+    trainer = MultiSeedTrainer(
+        seeds=2, root_dir=tmp_path, test_monitor="test_acc", max_epochs=1, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"test_monitor='test_acc'.*logs \['test_loss'\]"):
+        result = trainer.fit(_WithTest, datamodule=_DataWithTest)
+    assert result.best_test_score is None and result.selection is None
+    assert result.best_of_k() is not None
