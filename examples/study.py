@@ -120,8 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "The shallow ReLU study of arXiv 2212.13111 as one vectorized ensemble (make demo). "
             "--paper runs the authors' full set-up (300 initializations x 10,000 steps): it takes tens of "
-            "minutes on a CPU (about an hour on a busy 2-core machine) and about a minute on a GPU; the default is a "
-            "64 x 2,000 scaled-down run of it (~3 min on 2 CPU cores); --tiny is a seconds-long smoke test."
+            "minutes on a CPU (about an hour on a busy 2-core machine) and about a minute on a GPU; the "
+            "default is a 64 x 2,000 scaled-down run of it (~3 min on 2 CPU cores); --tiny is a seconds-long "
+            "smoke test."
         )
     )
     p.add_argument("--paper", action="store_true", help="the authors' scale: 300 inits x 10,000 steps")
