@@ -56,6 +56,7 @@ from lightning_landscape.multiseed.paths import (
     last_checkpoint,
     seed_dir,
 )
+from lightning_landscape.multiseed.progress import RunDisplay
 from lightning_landscape.multiseed.record import (
     Record,
     RunLock,
@@ -180,6 +181,9 @@ class MultiSeedTrainer:
             the winner's test score optimistic, so it is refused unless asked for.
         still_improving_fraction: a seed whose best checkpoint lies in this final share of training
             is flagged ``still_improving``.
+        quiet: no progress bar over the seeds and no Lightning notices below a warning (for scripts).
+            Either way each of Lightning's banners and notices (and the model summary) appears once
+            per run, not once per seed.
         **trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -217,6 +221,7 @@ class MultiSeedTrainer:
         test_monitor: str | None = None,
         select_on_test: bool = False,
         still_improving_fraction: float = STILL_IMPROVING_FRACTION,
+        quiet: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
         self.seeds = self._check_seeds(seeds)
@@ -235,6 +240,9 @@ class MultiSeedTrainer:
             raise ValueError(
                 f"`still_improving_fraction` must be a number in [0, 1], got {still_improving_fraction!r}"
             )
+        if not isinstance(quiet, bool):
+            raise TypeError(f"`quiet` must be True or False, got {quiet!r}")
+        self.quiet = quiet
         self.test: TestWhich = test
         self.test_monitor = test_monitor or (derive_test_monitor(monitor) if isinstance(monitor, str) else "")
         self.still_improving_fraction = float(still_improving_fraction)
@@ -491,15 +499,16 @@ class MultiSeedTrainer:
         record = read_record(self.root_dir)
         record = self._adopt(record, self._fingerprint(job))
         tasks = self._plan(record)
-        if tasks:
-            executor.check(job)
-            if self.executor != "ray":
-                # Ray seeds may need resources this driver lacks; a worker reports a missing monitor instead.
-                self._preflight(job)
-        self._write(record)
-        if tasks:
-            self._execute(job, executor, tasks, record)
-        return self._finish(record)
+        with RunDisplay(len(self.seeds), len(self.seeds) - len(tasks), self.monitor, self.quiet) as display:
+            if tasks:
+                executor.check(job)
+                if self.executor != "ray":
+                    # Ray seeds may need resources this driver lacks; a worker reports a missing monitor.
+                    self._preflight(job)
+            self._write(record)
+            if tasks:
+                self._execute(job, executor, tasks, record, display)
+            return self._finish(record)
 
     def _fingerprint(self, job: SeedJob) -> dict[str, str]:
         """What the finished seeds' scores depend on, key by key, as stable text."""
@@ -604,7 +613,9 @@ class MultiSeedTrainer:
             f"MultiSeedTrainer: {why}; {folder} was set aside as {target.name} and the seed starts afresh"
         )
 
-    def _execute(self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record) -> None:
+    def _execute(
+        self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record, display: RunDisplay
+    ) -> None:
         runs = record.runs
         done = len(self.seeds) - len(tasks)
         # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
@@ -634,6 +645,7 @@ class MultiSeedTrainer:
                     self._remove_strays(run)
             self._write(record)
             self._progress(run, done, total, record)
+            display.update(run.seed, select_best([runs[s] for s in self.seeds], self.mode))
 
         try:
             executor.run(job, tasks, on_start, on_result)

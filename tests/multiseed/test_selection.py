@@ -277,3 +277,31 @@ def test_a_model_without_test_step_or_metric_is_left_untested_with_a_warning(tmp
         result = trainer.fit(_WithTest, datamodule=_DataWithTest)
     assert result.best_test_score is None and result.selection is None
     assert result.best_of_k() is not None
+
+
+def _banner_count(caplog, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_banners_once_per_run_one_bar_over_the_seeds_and_a_quiet_option(tmp_path, caplog, capsys, quiet):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    trainer = MultiSeedTrainer(
+        seeds=3, root_dir=tmp_path, max_epochs=1, enable_progress_bar=False, test="none", quiet=quiet,
+        accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(TinyRegressor, datamodule=TinyData)
+    err = capsys.readouterr().err
+    # Four Trainers ran (the pre-flight and three seeds): without the filter, four of each banner.
+    assert _banner_count(caplog, "GPU available") == (0 if quiet else 1)
+    assert _banner_count(caplog, "Trainable params") == (0 if quiet else 1)  # the model summary
+    assert _banner_count(caplog, "[MultiSeedTrainer") == (0 if quiet else 3)
+    assert ("Seeds" in err and "3/3" in err) is not quiet
+    # The filter is gone after the run: a plain Trainer prints its banner again.
+    caplog.clear()
+    from lightning.pytorch import Trainer
+
+    Trainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu")
+    assert _banner_count(caplog, "GPU available") == 1
