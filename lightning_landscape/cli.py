@@ -5,6 +5,7 @@
 
     lightning-landscape fit --config configs/shallow_relu.yaml
     lightning-landscape multiseed --config configs/shallow_relu.yaml --seeds 8 --monitor val_loss --mode min
+    lightning-landscape landscape --config configs/shallow_relu.yaml --ckpt_path runs/best.ckpt --mode plane
 
 Our callbacks go under ``trainer.callbacks`` in YAML (or ``--trainer.callbacks+=GradientNormMonitor``);
 ``lightning-landscape fit --help`` lists every option of each of them, and
@@ -22,6 +23,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jsonargparse import DefaultHelpFormatter
@@ -40,6 +42,8 @@ _MULTISEED_SKIP = {"model", "datamodule", "train_dataloaders", "val_dataloaders"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BUSY = 3
+# Subcommands that are methods of LandscapeCLI (no Trainer is built for them).
+_OWN_SUBCOMMANDS = ("multiseed", "landscape")
 
 
 class _HelpFormatter(DefaultHelpFormatter):
@@ -131,6 +135,7 @@ class LandscapeCLI(LightningCLI):
             "validate": {"model", "dataloaders", "datamodule"},
             "test": {"model", "dataloaders", "datamodule"},
             "multiseed": set(_MULTISEED_SKIP),
+            "landscape": set(_MULTISEED_SKIP),
         }
 
     @override
@@ -139,7 +144,7 @@ class LandscapeCLI(LightningCLI):
         self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
         parser_subcommands = parser.add_subcommands()
         for subcommand in self.subcommands():
-            klass: type = type(self) if subcommand == "multiseed" else Trainer
+            klass: type = type(self) if subcommand in _OWN_SUBCOMMANDS else Trainer
             fn = getattr(klass, subcommand)
             description = (inspect.getdoc(fn) or "").split("\n")[0]
             subparser_kwargs = kwargs.get(subcommand, {})
@@ -151,7 +156,7 @@ class LandscapeCLI(LightningCLI):
     @override
     def instantiate_classes(self) -> None:
         try:
-            if self.subcommand == "multiseed":
+            if self.subcommand in _OWN_SUBCOMMANDS:
                 # No Trainer here: MultiSeedTrainer builds one per seed from the `trainer` section.
                 self.config_init = self.parser.instantiate_classes(self.config)
                 self.datamodule = self._get(self.config_init, "data")
@@ -166,7 +171,7 @@ class LandscapeCLI(LightningCLI):
 
     @override
     def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand != "multiseed":
+        if subcommand not in _OWN_SUBCOMMANDS:
             super()._run_subcommand(subcommand)
             return
         fn_kwargs = {
@@ -174,7 +179,7 @@ class LandscapeCLI(LightningCLI):
             for k, v in self.config_init[subcommand].items()
             if k in self._subcommand_method_arguments[subcommand]
         }
-        self.multiseed(model=self.model, datamodule=self.datamodule, **fn_kwargs)
+        getattr(self, subcommand)(model=self.model, datamodule=self.datamodule, **fn_kwargs)
 
     def multiseed(
         self,
@@ -263,6 +268,79 @@ class LandscapeCLI(LightningCLI):
             sys.stderr.write(f"lightning-landscape multiseed: seeds {failed} failed; rerun to retry them\n")
             raise SystemExit(EXIT_FAILED)
         return result
+
+    def landscape(
+        self,
+        model: LightningModule,
+        ckpt_path: str,
+        datamodule: LightningDataModule | None = None,
+        mode: Literal["line", "plane"] = "plane",
+        directions: Literal["random", "hessian"] = "random",
+        span: float = 1.0,
+        steps: int = 21,
+        num_batches: int = 1,
+        seed: int = 0,
+        out_dir: str | None = None,
+    ) -> Path:
+        """Draw the loss line or plane around a saved checkpoint and write PNG + data.
+
+        The loss is the module's ``training_step`` (logging silenced, eval mode) on the first
+        ``num_batches`` batches of the datamodule's train dataloader (drawn under ``seed``). Writes
+        ``landscape_<mode>.png`` and ``landscape_<mode>.npz`` (reload with ``PlaneResult.load`` /
+        ``LineResult.load``) into ``out_dir``. Exit code 2 for a bad argument or a checkpoint that does not
+        fit the model.
+
+        Args:
+            model: the configured model (its weights are replaced by the checkpoint's).
+            ckpt_path: the checkpoint (read with ``weights_only=True``).
+            datamodule: the configured data module (the probe batches come from its train dataloader).
+            mode: ``line`` (along the first direction) or ``plane``.
+            directions: ``random`` (filter-normalized) or ``hessian`` (top-2 eigenvectors).
+            span: half-width of the grid in units of the directions.
+            steps: points per axis.
+            num_batches: batches of the train dataloader the loss is averaged over.
+            seed: seeds the batches' draw and the random directions.
+            out_dir: where the files go; unset: the checkpoint's folder.
+        """
+        import torch
+
+        from lightning_landscape.callbacks._probe import TrainingStepLoss
+        from lightning_landscape.landscape import hessian_directions, loss_line, loss_plane, random_directions
+        from lightning_landscape.multiseed.barriers import load_weights
+
+        try:
+            if datamodule is None:
+                raise ValueError("`landscape` needs a `data` section: the loss is evaluated on its batches")
+            weights = load_weights(ckpt_path, model)
+            datamodule.setup("fit")
+            batches: list[Any] = []
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                for batch in datamodule.train_dataloader():
+                    batches.append(batch)
+                    if len(batches) >= num_batches:
+                        break
+            loss_fn = TrainingStepLoss()
+            if directions == "hessian":
+                dirs = hessian_directions(weights, loss_fn, batches, k=2, seed=seed).directions
+            else:
+                dirs = random_directions(weights, 2, seed=seed)
+            window = (-float(span), float(span))
+            result: Any
+            if mode == "line":
+                result = loss_line(weights, loss_fn, batches, direction=dirs[0], span=window, steps=steps)
+            else:
+                result = loss_plane(weights, loss_fn, batches, directions=dirs, span=window, steps=steps)
+        except (ValueError, TypeError, OSError) as err:
+            sys.stderr.write(f"lightning-landscape landscape: error: {err}\n")
+            raise SystemExit(EXIT_USAGE) from err
+        result.meta["title"] = f"{mode} along {directions} directions: {os.path.basename(ckpt_path)}"
+        folder = Path(out_dir) if out_dir is not None else Path(ckpt_path).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        result.save(folder / f"landscape_{mode}.npz")
+        result.plot().savefig(folder / f"landscape_{mode}.png", dpi=110)
+        print(f"loss at the checkpoint {result.center_loss:.6g}; wrote {folder / f'landscape_{mode}.png'}")
+        return folder / f"landscape_{mode}.png"
 
 
 def _class_and_kwargs(

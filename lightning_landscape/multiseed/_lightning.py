@@ -8,13 +8,13 @@ it is here because it is the one place a seed's checkpoint files are written and
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
@@ -26,9 +26,9 @@ try:  # Lightning raises it for a SIGTERM; a SystemExit without a code.
 except ImportError:  # pragma: no cover - older Lightning
     SIGTERMException = SystemExit  # type: ignore[misc,assignment]
 
-# What a Lightning checkpoint may hold besides tensors and plain containers. Nothing here can run code:
-# each is a plain container class rebuilt from its items.
-SAFE_CHECKPOINT_GLOBALS: list[Any] = [AttributeDict]
+# What a Lightning checkpoint may hold besides tensors and plain containers: a path among the saved
+# hyperparameters. Nothing here can run code: each is rebuilt from plain strings.
+SAFE_CHECKPOINT_GLOBALS: list[Any] = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath]
 
 
 def is_rank_zero() -> bool:

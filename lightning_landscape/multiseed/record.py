@@ -373,13 +373,19 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        except BlockingIOError as err:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "an unknown process"
             os.close(fd)
             raise RootDirBusyError(
                 f"`root_dir` {str(self.path.parent)!r} is in use by {holder}; one process at a time runs a"
                 " folder's seeds. Wait for it to finish (then rerun to pick up its results), stop it, or use"
                 " another root_dir; to share the seeds among machines use executor='ray'."
+            ) from err
+        except OSError as err:
+            os.close(fd)
+            raise RecordError(
+                f"{self.path}: cannot lock the run folder ({err}); put root_dir on a filesystem with file"
+                " locks (flock), so that two processes cannot run it at once"
             ) from err
         os.ftruncate(fd, 0)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")

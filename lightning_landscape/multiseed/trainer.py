@@ -184,6 +184,11 @@ class MultiSeedTrainer:
         quiet: no progress bar over the seeds and no Lightning notices below a warning (for scripts).
             Either way each of Lightning's banners and notices (and the model summary) appears once
             per run, not once per seed.
+        barriers: after the selection, the loss barrier between the best seed's best checkpoint and each
+            other finished seed's (``True`` or ``"best"``), or between every pair (``"all"``), on the
+            first 4 train batches: the ``barriers`` block of ``summary.json``, ``barriers.png`` (heatmap),
+            ``interpolation.png`` (the segments) and one summary line (seeds sharing the best basin).
+        barrier_tol: the barrier (loss units) below which a seed shares the best seed's basin.
         **trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -222,6 +227,8 @@ class MultiSeedTrainer:
         select_on_test: bool = False,
         still_improving_fraction: float = STILL_IMPROVING_FRACTION,
         quiet: bool = False,
+        barriers: bool | Literal["best", "all"] = False,
+        barrier_tol: float = 0.01,
         **trainer_kwargs: Any,
     ) -> None:
         self.seeds = self._check_seeds(seeds)
@@ -282,6 +289,12 @@ class MultiSeedTrainer:
         self.max_concurrent = max_concurrent
         self.max_retries = max_retries
         self.allow_config_change = allow_config_change
+        if barriers not in (False, True, "best", "all"):
+            raise ValueError(f"`barriers` must be False, True, 'best' or 'all', got {barriers!r}")
+        if isinstance(barrier_tol, bool) or not isinstance(barrier_tol, (int, float)) or not barrier_tol >= 0:
+            raise ValueError(f"`barrier_tol` must be a number >= 0, got {barrier_tol!r}")
+        self.barriers: Literal["best", "all"] | None = "best" if barriers is True else (barriers or None)
+        self.barrier_tol = float(barrier_tol)
         self.trainer_kwargs = trainer_kwargs
 
     @staticmethod
@@ -494,6 +507,7 @@ class MultiSeedTrainer:
         return SequentialExecutor()
 
     def _run(self, job: SeedJob, executor: Executor) -> MultiSeedResult:
+        self._job = job  # the post-selection steps rebuild models and data from it
         if is_rank_zero():
             remove_stale_temporaries(self.root_dir)
         record = read_record(self.root_dir)
@@ -593,6 +607,12 @@ class MultiSeedTrainer:
             prior = 0.0
             if resume and old is not None:
                 started = old.extra.get("attempt_started")
+                if (
+                    isinstance(started, bool)
+                    or not isinstance(started, (int, float))
+                    or not math.isfinite(started)
+                ):
+                    started = None  # not a time this class wrote: the resume keeps the recorded time only
                 # The interrupted attempt's time up to its last checkpoint is what the resume keeps.
                 prior = old.wall_time + (max(0.0, last.stat().st_mtime - started) if started else 0.0)
             record.runs[seed] = SeedRun(seed=seed, status="pending", wall_time=prior, log_dir=str(folder))
@@ -731,15 +751,26 @@ class MultiSeedTrainer:
 
         A step may add per-seed fields to ``result.runs`` (the same objects as ``record.runs``) and
         top-level blocks to ``record.extra``; the record is written right after. Here: the held-out test
-        of the winner (or of every seed), ``still_improving``, the best-of-k curve and the optimism.
+        of the winner (or of every seed), ``still_improving``, the best-of-k curve and the optimism; with
+        ``barriers``: the loss barriers between the best seed's best checkpoint and the others'
+        (``record.extra["barriers"]``, ``barriers.png``, ``interpolation.png``; see
+        :mod:`~lightning_landscape.multiseed.barriers`).
         """
-        if self._job is None or not is_rank_zero():
-            return
-        after_selection(
-            result, record.extra, self._job, test=self.test, test_monitor=self.test_monitor,
-            test_dataloaders=self._test_dataloaders, trainer_kwargs=self.trainer_kwargs,
-            still_improving_fraction=self.still_improving_fraction,
-        )  # fmt: skip
-        curve = result.best_of_k()
-        if curve is not None:
-            plot_best_of_k(self.root_dir, curve, self.monitor)
+        if self._job is not None and is_rank_zero():
+            after_selection(
+                result, record.extra, self._job, test=self.test, test_monitor=self.test_monitor,
+                test_dataloaders=self._test_dataloaders, trainer_kwargs=self.trainer_kwargs,
+                still_improving_fraction=self.still_improving_fraction,
+            )  # fmt: skip
+            curve = result.best_of_k()
+            if curve is not None:
+                plot_best_of_k(self.root_dir, curve, self.monitor)
+        if self.barriers is not None and is_rank_zero():
+            from lightning_landscape.multiseed.barriers import barriers_after_selection
+
+            block = barriers_after_selection(
+                self._job, result.runs, result.best_seed, self.root_dir, self.barriers, self.barrier_tol
+            )
+            if block is not None:
+                record.extra["barriers"] = block
+                rank_zero_info(f"MultiSeedTrainer: {block['summary']}")

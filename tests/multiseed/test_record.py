@@ -99,6 +99,14 @@ def test_a_crafted_last_ckpt_runs_no_code_and_is_not_used(finished: Path, tmp_pa
     assert result.runs[1].score == pytest.approx(read_record(finished).runs[1].score, rel=1e-6)  # type: ignore[union-attr]
 
 
+def test_what_lightning_checkpoints_hold_loads_with_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "plain.ckpt"
+    hparams = {"lr": 0.1, "data_dir": Path("data/x"), "sizes": [1, 2]}
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": hparams}, path)
+    loaded = load_checkpoint(path)
+    assert loaded["hyper_parameters"] == hparams and torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+
+
 # Item 2: a folder can be moved or copied.
 def test_a_moved_then_copied_folder_resumes_without_retraining(finished: Path, tmp_path: Path) -> None:
     original = copy_of(finished, tmp_path)

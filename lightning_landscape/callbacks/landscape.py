@@ -1,0 +1,284 @@
+r"""Loss lines or planes around the current weights during fit, and the plane of the trajectory at the end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_landscape.callbacks._probe import (
+    LossFn,
+    TrainingStepLoss,
+    draw_batches,
+    epoch_end_logging_step,
+    probe_dataloader,
+    resolve_loss_fn,
+)
+from lightning_landscape.callbacks._tensorboard import log_scalars, tensorboard_writers
+from lightning_landscape.curvature.eigen import check_int
+from lightning_landscape.landscape import (
+    LineResult,
+    PlaneResult,
+    hessian_directions,
+    loss_line,
+    loss_plane,
+    random_directions,
+    trajectory_plane,
+)
+from lightning_landscape.landscape.directions import Direction, flatten, named_trainable, unflatten
+
+# Tag names of this family (to join the other families in callbacks/_tags.py).
+LANDSCAPE_SECTION = "landscape"
+LANDSCAPE_SHARPNESS = "landscape/sharpness"
+LANDSCAPE_CENTER_LOSS = "landscape/center_loss"
+LANDSCAPE_CURVATURE = "landscape/curvature"
+LANDSCAPE_IMAGE = "landscape/surface"
+LANDSCAPE_TRAJECTORY_IMAGE = "landscape/trajectory"
+
+
+class LossLandscapeMonitor(Callback):
+    r"""Draw the loss along fixed directions around the current weights, on a schedule, and the trajectory.
+
+    With :math:`L` the batch-size-weighted mean loss over ``num_batches`` fixed probe batches (drawn once
+    like the Hessian monitor's: a fresh pass over the train or val dataloader under ``seed``), every
+    ``every_n_epochs`` epochs and at fit end the monitor evaluates :math:`L(\theta_t + \alpha d_1)` on
+    ``steps`` values of :math:`\alpha \in [-\text{span}, \text{span}]` (``mode="line"``) or
+    :math:`L(\theta_t + \alpha d_1 + \beta d_2)` on a ``steps x steps`` grid (``mode="plane"``). The
+    directions are drawn once at the start of training and kept for the whole run (and in the checkpoint),
+    so that frames at different epochs are comparable: ``"random"`` (filter-normalized Gaussian, biases and
+    norm layers zeroed, Li et al. 2018) or ``"hessian"`` (the top-2 Hessian eigenvectors at the first
+    weights, unit norm).
+
+    Logged at each probe: ``landscape/sharpness``
+    :math:`= \max_{|\alpha|, |\beta| \le r} L - L(\theta_t)` at radius :math:`r` = ``sharpness_radius``
+    (default ``span``), ``landscape/center_loss`` and, in line mode, ``landscape/curvature``
+    :math:`= d_1^\top H d_1` (the eigenvalue for ``"hessian"``), to every logger and to
+    ``trainer.callback_metrics``; the figure to TensorBoard (``landscape/surface``, rank zero); the result
+    as ``epoch_<e>.npz`` and ``.png`` under ``<log_dir>/landscape/``. At fit end, with ``trajectory``, the
+    plane of the first two PCA directions of the weights seen at the probes (tomgoldstein's trajectory plot)
+    is drawn (``landscape/trajectory``, ``trajectory.npz``/``.png``); the iterates (trainable parameters, on
+    the CPU) are kept in this callback's state, so a resumed run draws the whole path.
+
+    Probing leaves training bit-identical (model, gradients, modes, every RNG, logged metrics). Under DDP
+    every rank evaluates its shard of the probe batches, the losses are all-reduced, and rank zero writes.
+
+    Args:
+        every_n_epochs: Probe at the end of every this many training epochs (and at fit end).
+        mode: ``"line"`` or ``"plane"``.
+        directions: ``"random"`` or ``"hessian"``.
+        span: Half-width of the grid in units of the directions (``> 0``).
+        steps: Points per axis (``>= 3``; odd keeps the centre on the grid).
+        sharpness_radius: Radius of ``landscape/sharpness`` (``None``: ``span``).
+        num_batches: How many batches of the dataloader form the probe.
+        dataloader: ``"train"`` or ``"val"``: where the probe batches come from.
+        loss_fn: Import path ``"pkg.module:function"`` of ``loss_fn(model, batch) -> Tensor``; ``None`` uses
+            the module's ``training_step`` with its logging silenced.
+        trajectory: At fit end, draw the trajectory plane of the probed iterates (needs 3 of them).
+        seed: Seeds the probe batches' draw and the random directions.
+
+    Raises:
+        ValueError: If an argument is invalid (checked in ``__init__``).
+        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_landscape.callbacks.landscape import LossLandscapeMonitor
+        >>> monitor = LossLandscapeMonitor(every_n_epochs=5, mode="plane", steps=21)
+        >>> trainer = Trainer(callbacks=[monitor])
+    """
+
+    _landscape_family = LANDSCAPE_SECTION
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        mode: Literal["line", "plane"] = "line",
+        directions: Literal["random", "hessian"] = "random",
+        span: float = 1.0,
+        steps: int = 21,
+        sharpness_radius: float | None = None,
+        num_batches: int = 1,
+        dataloader: Literal["train", "val"] = "train",
+        loss_fn: str | None = None,
+        trajectory: bool = True,
+        seed: int = 0,
+    ) -> None:
+        check_int("every_n_epochs", every_n_epochs)
+        check_int("steps", steps, minimum=3)
+        check_int("num_batches", num_batches)
+        check_int("seed", seed, minimum=0)
+        if mode not in ("line", "plane"):
+            raise ValueError(f"`mode` must be 'line' or 'plane', got {mode!r}")
+        if directions not in ("random", "hessian"):
+            raise ValueError(f"`directions` must be 'random' or 'hessian', got {directions!r}")
+        if dataloader not in ("train", "val"):
+            raise ValueError(f"`dataloader` must be 'train' or 'val', got {dataloader!r}")
+        for name, value, optional in (("span", span, False), ("sharpness_radius", sharpness_radius, True)):
+            if optional and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+        self.every_n_epochs = every_n_epochs
+        self.mode = mode
+        self.directions = directions
+        self.span = float(span)
+        self.steps = steps
+        self.sharpness_radius = float(sharpness_radius) if sharpness_radius is not None else self.span
+        self.num_batches = num_batches
+        self.dataloader = dataloader
+        self.loss_fn = loss_fn
+        self.trajectory = bool(trajectory)
+        self.seed = seed
+        self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
+        self._batches: list[Any] | None = None
+        self._directions: list[Tensor] | None = None  # flat, CPU
+        self._iterates: list[Tensor] = []  # flat trainable parameters at each probe, CPU
+        self._last_probe_step = -1
+        self.num_probes = 0
+        self.last_result: LineResult | PlaneResult | None = None
+        self.trajectory_result: PlaneResult | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            every_n_epochs=self.every_n_epochs, mode=self.mode, directions=self.directions, seed=self.seed
+        )
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+            raise MisconfigurationException(
+                f"LossLandscapeMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
+                "moving the weights needs every parameter on every rank. Use strategy='ddp' or one device."
+            )
+
+    def _loss(self) -> LossFn:
+        return self._loss_fn if self._loss_fn is not None else TrainingStepLoss()
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = probe_dataloader(trainer, self.dataloader)
+        self._batches = draw_batches(trainer, loader, self.num_batches, self.seed)
+        like = named_trainable(pl_module)
+        n = sum(p.numel() for p in like.values())
+        if self._directions is not None and all(d.numel() == n for d in self._directions):
+            return  # restored from a checkpoint: the run keeps its directions
+        if self.directions == "random":
+            dirs: list[Direction] = random_directions(pl_module, 2, seed=self.seed)
+        else:
+            dirs = hessian_directions(pl_module, self._loss(), self._batches, k=2, seed=self.seed).directions
+        self._directions = [flatten(d, like).detach().cpu() for d in dirs]
+
+    def _dirs(self, pl_module: pl.LightningModule) -> list[Direction]:
+        assert self._directions is not None
+        like = named_trainable(pl_module)
+        return [unflatten(d.to(next(iter(like.values())).device), like) for d in self._directions]
+
+    def _log_dir(self, trainer: pl.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir) / "landscape"
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        metrics = self._probe(trainer, pl_module, f"epoch_{trainer.current_epoch}")
+        for tag, value in metrics.items():
+            pl_module.log(tag, value, logger=False, sync_dist=False)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._batches is None or self._directions is None:
+            return
+        if trainer.global_step != self._last_probe_step:
+            self._probe(trainer, pl_module, "final")
+        if self.trajectory and len(self._iterates) >= 3:
+            self._draw_trajectory(trainer, pl_module)
+
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> dict[str, float]:
+        if self._batches is None or self._directions is None:
+            return {}
+        self._last_probe_step = trainer.global_step
+        dirs = self._dirs(pl_module)
+        span = (-self.span, self.span)
+        result: LineResult | PlaneResult
+        if self.mode == "line":
+            result = loss_line(
+                pl_module, self._loss(), self._batches, direction=dirs[0], span=span, steps=self.steps
+            )
+            sharp = result.sharpness(self.sharpness_radius)
+        else:
+            result = loss_plane(
+                pl_module, self._loss(), self._batches, directions=dirs, span=span, steps=self.steps
+            )
+            inside = (result.alphas.abs() <= self.sharpness_radius + 1e-12)[:, None] & (
+                result.betas.abs() <= self.sharpness_radius + 1e-12
+            )[None, :]
+            values = result.losses[inside & torch.isfinite(result.losses)]
+            sharp = float(values.max()) - result.center_loss if values.numel() else math.nan
+        result.meta.update(
+            {"directions": self.directions, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        )
+        result.meta["title"] = (
+            f"{self.mode} along {self.directions} directions, epoch {trainer.current_epoch}"
+        )
+        self.last_result = result
+        self.num_probes += 1
+        self._iterates.append(flatten({k: p.detach() for k, p in named_trainable(pl_module).items()}).cpu())
+        metrics = {LANDSCAPE_SHARPNESS: sharp, LANDSCAPE_CENTER_LOSS: result.center_loss}
+        if isinstance(result, LineResult) and result.curvature is not None:
+            metrics[LANDSCAPE_CURVATURE] = result.curvature
+        step = epoch_end_logging_step(trainer)
+        log_scalars(trainer, metrics, step)
+        self._write(trainer, result, name, LANDSCAPE_IMAGE, step)
+        return metrics
+
+    def _write(
+        self, trainer: pl.Trainer, result: LineResult | PlaneResult, name: str, tag: str, step: int
+    ) -> None:
+        """Figure to TensorBoard and files under the log dir, on global rank zero only (no collective)."""
+        if not trainer.is_global_zero:
+            return
+        folder = self._log_dir(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        result.save(folder / f"{name}.npz")
+        fig = result.plot()
+        fig.savefig(folder / f"{name}.png", dpi=100)
+        for writer in tensorboard_writers(trainer):
+            writer.add_figure(tag, fig, global_step=step, close=False)
+
+    def _draw_trajectory(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._batches is not None
+        like = named_trainable(pl_module)
+        device = next(iter(like.values())).device
+        states = [unflatten(flat.to(device), like) for flat in self._iterates]
+        plane = trajectory_plane(states, pl_module, self._loss(), self._batches, steps=self.steps)
+        self.trajectory_result = plane
+        self._write(trainer, plane, "trajectory", LANDSCAPE_TRAJECTORY_IMAGE, epoch_end_logging_step(trainer))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"last_probe_step": self._last_probe_step, "num_probes": self.num_probes}
+        if self._directions is not None:
+            state["directions"] = [d.clone() for d in self._directions]
+        state["iterates"] = [t.clone() for t in self._iterates]
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_probe_step = int(state_dict.get("last_probe_step", -1))
+        self.num_probes = int(state_dict.get("num_probes", 0))
+        dirs = state_dict.get("directions")
+        if isinstance(dirs, list) and all(isinstance(d, Tensor) for d in dirs):
+            self._directions = [d.detach().cpu().clone() for d in dirs]
+        iterates = state_dict.get("iterates", [])
+        self._iterates = [t.detach().cpu().clone() for t in iterates if isinstance(t, Tensor)]

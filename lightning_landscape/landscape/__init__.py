@@ -1,0 +1,31 @@
+"""The loss landscape: directions, lines, planes, barriers between models and trajectory planes.
+
+Pure PyTorch (no Lightning import), on top of the curvature core: usable on any ``nn.Module`` with
+``loss_fn(model, batch)`` and fixed batches. Grid points are evaluated many per forward
+(``torch.func.functional_call`` under ``vmap``); the model is left exactly as found.
+"""
+
+from lightning_landscape.landscape.directions import (
+    Direction,
+    HessianDirections,
+    hessian_directions,
+    normalize_direction,
+    random_directions,
+)
+from lightning_landscape.landscape.results import BarrierResult, LineResult, PlaneResult
+from lightning_landscape.landscape.surface import linear_barrier, loss_line, loss_plane, trajectory_plane
+
+__all__ = [
+    "BarrierResult",
+    "Direction",
+    "HessianDirections",
+    "LineResult",
+    "PlaneResult",
+    "hessian_directions",
+    "linear_barrier",
+    "loss_line",
+    "loss_plane",
+    "normalize_direction",
+    "random_directions",
+    "trajectory_plane",
+]

@@ -1,0 +1,412 @@
+r"""The loss at many points of an affine subspace of weight space, vectorized.
+
+A point is :math:`\theta(c) = \theta_0 + \sum_j c_j d_j` (and buffers :math:`b(c) = b_0 + \sum_j c_j e_j`,
+used to interpolate BatchNorm statistics between two models). The loss at a point is the batch-size-weighted
+mean of ``loss_fn(model, batch)`` over the fixed batches, as in the curvature core.
+
+Many points share one forward: ``torch.func.functional_call`` runs the model with the weights of a point, and
+``torch.func.vmap`` maps it over a chunk of coefficient vectors, so a chunk of ``C`` points is one batched
+forward per batch (one large matrix product per layer instead of ``C`` small ones). The chunk size is bounded
+by a memory budget: the weights of a point plus the activations of one forward (measured once, as the bytes
+autograd saves on the first batch), times ``C``. Where ``vmap`` cannot run the loss (a ``.item()`` or
+data-dependent control flow in ``loss_fn``, in-place updates of unbatched buffers such as BatchNorm statistics
+in train mode), the points are evaluated one by one, with one warning saying why.
+
+Layers applied to the data itself (the first Linear of an MLP, the first Conv of a CNN) get a shortcut: such
+a layer is linear in its weight, so for the weight :math:`W_0 + \sum_j c_j D_j` of a point its output is
+:math:`f(x; W_0) + \sum_j c_j f(x; D_j)`, and the ``1 + r`` products on the fixed input are computed once per
+batch and combined per point (a ``TorchFunctionMode`` sees the layer's call under ``vmap``; the input is
+recognised as the same for every point because it is not batched). On a 784-256-256-10 MLP this removes
+three quarters of the multiply-adds of every point.
+
+The model is never modified: the weights of a point live only in the call, the model's own buffers are
+swapped for copies, the train/eval flags and the global RNG are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from lightning_landscape.curvature.operator import (
+    LossFn,
+    NonFiniteError,
+    _available_bytes,
+    _SavedBytes,
+    batch_size,
+    rng_devices,
+    swapped_buffers,
+    validate_inputs,
+)
+
+_BUDGET_FRACTION = 0.25
+# Beyond a few hundred points per forward the batched products are as efficient as they get; larger chunks
+# only hold more memory.
+_MAX_CHUNK = 256
+_warned: set[str] = set()
+
+
+class _LossOf(nn.Module):
+    """``loss_fn(model, batch)`` as a module whose only child is ``model``, for ``functional_call``."""
+
+    _loss_fn: LossFn
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "_loss_fn", loss_fn)  # not a submodule, even if it is a Module
+
+    def forward(self, batch: Any) -> Tensor:
+        loss = self._loss_fn(self.model, batch)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape}.")
+        return loss.reshape(())
+
+
+_is_batched: Any = getattr(torch._C._functorch, "is_batchedtensor", None)
+_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+
+
+class _AffineLayers(TorchFunctionMode):
+    """Under ``vmap``: a Linear/Conv on an unbatched input with a point's weight, from products cached per
+    batch (see the module docstring). Every other call runs as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: dict[int, tuple[str, Tensor, Tensor, Tensor]] = {}  # id(weight) -> name, W0, D, c
+        self.cache: dict[tuple[Any, ...], tuple[Tensor, Tensor, float]] = {}
+        self.calls: dict[str, int] = {}
+        self.real: dict[int, Tensor] = {}
+        self.keep: list[Tensor] = []
+        self.batch = 0
+
+    def placeholder(self, name: str, base: Tensor, stacked: Tensor, coef: Tensor) -> Tensor:
+        """A stand-in for the point's weight: a batched view of zeros that costs no memory. A layer that
+        takes the shortcut never reads it; any other use gets the real weight, built once per forward."""
+        stand_in = (coef[:1] * 0).reshape([1] * base.dim()).expand(base.shape)
+        self.points[id(stand_in)] = (name, base, stacked, coef)
+        self.keep.append(stand_in)  # alive until the next forward, so that its id stays unique
+        return stand_in
+
+    def new_forward(self) -> None:
+        self.points.clear()
+        self.real.clear()
+        self.calls.clear()
+        self.keep.clear()
+
+    def _real(self, arg: Any) -> Any:
+        if isinstance(arg, Tensor) and id(arg) in self.points:
+            key = id(arg)
+            if key not in self.real:
+                _, base, stacked, coef = self.points[key]
+                self.real[key] = base + torch.tensordot(coef, stacked, dims=1)
+            return self.real[key]
+        return arg
+
+    def _substitute(self, obj: Any) -> Any:
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(self._substitute(o) for o in obj)
+        if isinstance(obj, dict):
+            return {k: self._substitute(v) for k, v in obj.items()}
+        return self._real(obj)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if (func is F.linear or func in _CONVS) and _is_batched is not None and len(args) >= 2:
+            out = self._shortcut(func, args, kwargs)
+            if out is not None:
+                return out
+        if self.points and getattr(func, "__name__", "") != "__get__":  # shape/dtype reads need no weight
+            args, kwargs = self._substitute(args), self._substitute(kwargs)
+        return func(*args, **kwargs)
+
+    def _shortcut(self, func: Any, args: Any, kwargs: Any) -> Tensor | None:
+        x, weight = args[0], args[1]
+        entry = self.points.get(id(weight))
+        if entry is None or not isinstance(x, Tensor) or _is_batched(x):
+            return None
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        rest = tuple(args[3:])
+        extra = {k: v for k, v in kwargs.items() if k != "bias"}
+        if func is not F.linear and (rest[3] if len(rest) > 3 else extra.get("groups", 1)) != 1:
+            return None
+        name, base, stacked, coef = entry
+        # A moving bias is folded into the products: f(x; W, b) is linear in (W, b) jointly.
+        bias_entry = self.points.get(id(bias)) if isinstance(bias, Tensor) else None
+        # The k-th call of one weight on an unbatched input sees the same input at every point of a batch
+        # (it depends on the batch only); the checksum guards against a forward that is not deterministic.
+        calls = self.calls[name] = self.calls.get(name, 0) + 1
+        key: tuple[Any, ...] = (
+            self.batch,
+            name,
+            calls,
+            bias_entry is not None,
+            tuple(x.shape),
+            x.dtype,
+            rest,
+        )
+        key += tuple(sorted(extra.items()))
+        checksum = float(x.detach().sum())
+        cached = self.cache.get(key)
+        if cached is None or not (cached[2] == checksum or (cached[2] != cached[2] and checksum != checksum)):
+            r, out_features = stacked.shape[0], stacked.shape[1]
+            b0 = db = None
+            if bias_entry is not None:
+                b0, db = bias_entry[1], bias_entry[2].reshape(-1)
+            fixed = func(x, base, b0, *rest, **extra)
+            flat = func(x, stacked.reshape(r * out_features, *stacked.shape[2:]), db, *rest, **extra)
+            if func is F.linear:  # [..., r * out] -> [r, ..., out]
+                per = flat.reshape(*flat.shape[:-1], r, out_features).movedim(-2, 0)
+            else:  # [N, r * out, *spatial] -> [r, N, out, *spatial]
+                per = flat.reshape(flat.shape[0], r, out_features, *flat.shape[2:]).movedim(1, 0)
+            cached = self.cache[key] = (fixed, per, checksum)
+        fixed, per, _ = cached
+        out = fixed + torch.tensordot(coef, per, dims=1)
+        if bias is not None and bias_entry is None:
+            bias = self._real(bias)
+            out = out + (bias if func is F.linear else bias.reshape(-1, *([1] * _CONVS[func])))
+        return out
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _stack(dicts: Sequence[Mapping[str, Tensor]], names: Sequence[str]) -> dict[str, Tensor]:
+    return {n: torch.stack([d[n].detach() for d in dicts]) for n in names}
+
+
+class GridEvaluator:
+    """The loss of ``model`` over ``batches`` at many points :math:`\\theta_0 + \\sum_j c_j d_j`.
+
+    Args:
+        model: the model (left exactly as found).
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: non-empty list of batches on the model's device.
+        train_mode: evaluate with the model's own train/eval flags (random layers then see the same masks at
+            every point: the RNG is seeded per batch); default eval mode.
+        chunk_size: points per forward; ``None`` chooses from ``memory_budget``.
+        memory_budget: bytes one chunk may use; ``None`` is a quarter of the free memory of the device.
+        vectorize: ``False`` evaluates point by point (the reference the vectorized path is tested against).
+        seed: seeds random layers in train mode.
+        distributed: all-reduce the weighted losses across ranks (each rank passes its own batches); ``None``
+            does so when ``torch.distributed`` is initialized.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Any],
+        *,
+        train_mode: bool = False,
+        chunk_size: int | None = None,
+        memory_budget: int | None = None,
+        vectorize: bool = True,
+        seed: int = 0,
+        distributed: bool | None = None,
+    ) -> None:
+        self.batches = validate_inputs(model, loss_fn, batches)
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
+            raise ValueError(f"`chunk_size` must be None or an integer >= 1, got {chunk_size!r}.")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be None or an integer >= 1, got {chunk_size!r}.")
+        if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 1):
+            raise ValueError(
+                f"`memory_budget` must be None or a number of bytes >= 1, got {memory_budget!r}."
+            )
+        self.model = model
+        self.wrapper = _LossOf(model, loss_fn)
+        self.train_mode = bool(train_mode)
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.vectorize = bool(vectorize)
+        self.seed = int(seed)
+        self.weights = [float(batch_size(b)) for b in self.batches]
+        if distributed is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.distributed = bool(distributed)
+        self.shortcut = (
+            True  # the cached products of layers on the data (off: the plain vmap, for benchmarks)
+        )
+        self.vectorized_last = False  # whether the last call ran vectorized (for tests and benchmarks)
+        self.last_chunk_size = 0
+
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
+        modes = [(m, m.training) for m in self.model.modules()]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=rng_devices(self.model)))
+            stack.enter_context(swapped_buffers(self.model))
+            stack.enter_context(torch.no_grad())
+            if not self.train_mode:
+                self.model.eval()
+            try:
+                yield
+            finally:
+                for module, training in modes:
+                    module.training = training
+
+    def _seed(self, index: int) -> None:
+        if self.train_mode:
+            torch.manual_seed(self.seed * 1_000_003 + index)
+
+    def _point_fn(
+        self,
+        origin: Mapping[str, Tensor],
+        stacked: Mapping[str, Tensor],
+        fixed: Mapping[str, Tensor],
+        affine: _AffineLayers | None = None,
+    ) -> Any:
+        def loss_at(c: Tensor, batch: Any) -> Tensor:
+            state = {f"model.{n}": t for n, t in fixed.items()}
+            if affine is not None:
+                affine.new_forward()
+            for name, base in origin.items():
+                coef = c.to(base.dtype)
+                if name in stacked:
+                    if affine is not None:
+                        point = affine.placeholder(name, base, stacked[name], coef)
+                    else:
+                        point = base + torch.tensordot(coef, stacked[name], dims=1)
+                    state[f"model.{name}"] = point
+                else:
+                    state[f"model.{name}"] = base
+            return torch.func.functional_call(self.wrapper, state, (batch,), strict=False)
+
+        return loss_at
+
+    def _measure(self, loss_at: Any, coeffs: Tensor) -> int:
+        """Bytes of one point's forward (weights + activations), measured on the largest batch."""
+        counter = _SavedBytes()
+        index = max(range(len(self.batches)), key=lambda i: self.weights[i])
+        self._seed(index)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+            # Weights that are leaves make autograd save every activation of the forward (buffers stay
+            # constants: BatchNorm refuses statistics that require grad).
+            loss_at(coeffs[0], self.batches[index])
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return max(counter.nbytes, 1) + params
+
+    def _chunk(self, loss_at: Any, coeffs: Tensor, device: torch.device) -> int:
+        if self.chunk_size is not None:
+            return min(self.chunk_size, coeffs.shape[0])
+        budget = self.memory_budget
+        if budget is None:
+            budget = int(_BUDGET_FRACTION * _available_bytes(device))
+        per_point = self._measure(loss_at, coeffs)
+        return max(1, min(coeffs.shape[0], _MAX_CHUNK, budget // per_point))
+
+    def _loop(self, loss_at: Any, coeffs: Tensor, start: int) -> Tensor:
+        out = torch.zeros(coeffs.shape[0] - start, dtype=torch.float64)
+        for i, batch in enumerate(self.batches):
+            for p in range(start, coeffs.shape[0]):
+                self._seed(i)
+                out[p - start] += float(loss_at(coeffs[p], batch)) * self.weights[i]
+        return out
+
+    def losses(
+        self,
+        origin: Mapping[str, Tensor],
+        basis: Sequence[Mapping[str, Tensor]],
+        coeffs: Tensor,
+        buffers: Mapping[str, Tensor] | None = None,
+        buffer_basis: Sequence[Mapping[str, Tensor]] | None = None,
+    ) -> Tensor:
+        """The mean loss at every point ``origin + coeffs[p] @ basis`` (``coeffs`` is ``[P, len(basis)]``).
+
+        ``buffers`` replace the model's buffers of those names; ``buffer_basis`` (one dict per basis
+        direction, over some of the ``buffers``) moves them along with the weights.
+
+        Returns:
+            ``[P]`` float64 losses on the CPU.
+
+        Raises:
+            NonFiniteError: never; non-finite losses are returned as they are (``inf``/``nan``).
+        """
+        names = list(origin)
+        stacked = _stack(basis, names) if basis else {}
+        fixed: dict[str, Tensor] = {}
+        buf_origin: dict[str, Tensor] = {}
+        if buffers is not None:
+            moving = set().union(*(set(b) for b in buffer_basis)) if buffer_basis else set()
+            for name, buf in buffers.items():
+                (buf_origin if name in moving else fixed)[name] = buf.detach()
+            if buffer_basis:
+                stacked.update({n: torch.stack([b[n].detach() for b in buffer_basis]) for n in buf_origin})
+        all_origin = {**{n: origin[n].detach() for n in names}, **buf_origin}
+        loss_at = self._point_fn(all_origin, stacked, fixed)
+        affine = _AffineLayers() if self.shortcut else None
+        batched_loss_at = self._point_fn(all_origin, stacked, fixed, affine)
+        device = next(iter(origin.values())).device
+        coeffs = coeffs.to(device=device, dtype=torch.float64)
+        total = torch.zeros(coeffs.shape[0], dtype=torch.float64)
+        with self._context():
+            done = 0
+            self.vectorized_last = self.vectorize
+            if self.vectorize:
+                leaves = {n: all_origin[n].detach().requires_grad_(True) for n in names}
+                measure = self._point_fn(leaves, {}, {**fixed, **buf_origin})
+                chunk = self._chunk(measure, coeffs, device)
+                self.last_chunk_size = chunk
+                batched = torch.func.vmap(batched_loss_at, in_dims=(0, None), randomness="same")
+                try:
+                    while done < coeffs.shape[0]:
+                        part = coeffs[done : done + chunk]
+                        acc = torch.zeros(part.shape[0], dtype=torch.float64)
+                        for i, batch in enumerate(self.batches):
+                            self._seed(i)
+                            if affine is not None:
+                                affine.batch = i
+                            with affine if affine is not None else contextlib.nullcontext():
+                                values = batched(part, batch)
+                            acc += values.detach().to("cpu", torch.float64) * self.weights[i]
+                        total[done : done + part.shape[0]] = acc
+                        done += part.shape[0]
+                except Exception as err:  # vmap cannot run this loss: say why once, then loop
+                    _warn_once(
+                        f"landscape: evaluating the loss point by point, torch.func.vmap cannot run it "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                    )
+                    self.vectorized_last = False
+            if done < coeffs.shape[0]:
+                total[done:] = self._loop(loss_at, coeffs, done)
+        weight = sum(self.weights)
+        if self.distributed:
+            dev = device
+            packed = torch.cat([total, torch.tensor([weight], dtype=torch.float64)]).to(dev)
+            torch.distributed.all_reduce(packed)
+            packed = packed.cpu()
+            total, weight = packed[:-1], float(packed[-1])
+        return total / weight
+
+
+def check_finite(losses: Tensor, where: str) -> None:
+    """A :class:`NonFiniteError` if no loss in ``losses`` is finite (a few non-finite points are data)."""
+    if losses.numel() and not bool(torch.isfinite(losses).any()):
+        raise NonFiniteError(f"the loss is not finite at any point of the {where}.")
+
+
+def linspace(span: Any, steps: int, name: str = "span") -> Tensor:
+    """``steps`` float64 points from ``span[0]`` to ``span[1]`` after checking both."""
+    if not isinstance(span, (tuple, list)) or len(span) != 2:
+        raise ValueError(f"`{name}` must be a pair (low, high) of finite numbers, got {span!r}.")
+    lo, hi = span
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in span):
+        raise ValueError(f"`{name}` must be a pair (low, high) of finite numbers, got {span!r}.")
+    if not lo < hi:
+        raise ValueError(f"`{name}` must have low < high, got {span!r}.")
+    grid = torch.linspace(float(lo), float(hi), steps, dtype=torch.float64)
+    # A symmetric span holds the centre exactly (linspace leaves ~1e-17 there).
+    return torch.where(grid.abs() <= 1e-12 * (hi - lo), 0.0, grid)

@@ -1,0 +1,273 @@
+r"""Directions in weight space: random filter-normalized, Hessian eigenvectors, PCA of a trajectory.
+
+A direction is a ``dict[str, Tensor]`` keyed like ``model.named_parameters()`` (trainable parameters only),
+each tensor shaped, typed and placed like its parameter. A point of a line or plane is
+:math:`\theta + \alpha d_1 (+ \beta d_2)`.
+
+Filter normalization (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets", NeurIPS) rescales
+every filter :math:`d_{i,j}` of a Gaussian direction (row ``j`` of a Linear weight, output channel ``j`` of a
+Conv weight) to the norm of the matching filter of the weights,
+
+.. math::
+
+    d_{i,j} \leftarrow \frac{d_{i,j}}{\lVert d_{i,j} \rVert} \lVert \theta_{i,j} \rVert,
+
+so that a step :math:`\alpha = 1` moves every filter by its own size whatever the scale of its layer (a
+network with ReLUs is invariant to rescaling a filter, and the raw loss surface would show that invariance
+rather than the geometry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.curvature import hessian_eigenvalues
+from lightning_landscape.curvature.eigen import check_int, make_generator
+from lightning_landscape.curvature.operator import LossFn
+
+Direction = dict[str, Tensor]
+"""A direction in weight space: one tensor per trainable parameter, keyed like ``named_parameters()``."""
+
+Normalization = Literal["filter", "layer", "model"]
+_NORMALIZATIONS = ("filter", "layer", "model", None)
+_IGNORES = ("biasbn", None)
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def named_trainable(model: nn.Module) -> dict[str, Tensor]:
+    """The trainable parameters of ``model`` by name, each once, in ``named_parameters()`` order."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _norm_layer_params(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, _NORM_LAYERS):
+            names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
+    return names
+
+
+def _filter_norms(t: Tensor) -> Tensor:
+    """Norm of each filter (leading index), broadcastable to ``t``; a 0-d/1-d tensor is one filter."""
+    if t.dim() <= 1:
+        return torch.linalg.vector_norm(t).reshape([1] * t.dim())
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).reshape([-1] + [1] * (t.dim() - 1))
+
+
+def _ratio(target: Tensor, current: Tensor) -> Tensor:
+    # A zero random filter (measure zero) would divide by zero: leave it zero.
+    return torch.where(current > 0, target / current.clamp_min(torch.finfo(current.dtype).tiny), 0.0)
+
+
+def normalize_direction(
+    direction: Mapping[str, Tensor],
+    weights: Mapping[str, Tensor],
+    normalization: Normalization | None,
+    skip: Sequence[str] = (),
+) -> Direction:
+    """Rescale ``direction`` to the scale of ``weights`` (module docstring); ``skip`` names are zeroed.
+
+    ``"filter"``: every filter to its weight filter's norm; ``"layer"``: every tensor to its weight tensor's
+    norm; ``"model"``: the whole direction (skipped entries excluded) to the norm of the weights (same
+    entries); ``None``: unchanged.
+
+    Raises:
+        ValueError: for an unknown ``normalization`` or names that do not match ``weights``.
+    """
+    if normalization not in _NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {_NORMALIZATIONS}, got {normalization!r}.")
+    if set(direction) != set(weights):
+        missing = sorted(set(weights) ^ set(direction))[:5]
+        raise ValueError(f"the direction's names do not match the model's trainable parameters: {missing}")
+    out: Direction = {}
+    skipped = set(skip)
+    for name, d in direction.items():
+        w = weights[name].detach()
+        d = d.detach().to(dtype=w.dtype, device=w.device)
+        if name in skipped:
+            out[name] = torch.zeros_like(w)
+        elif normalization == "filter":
+            out[name] = d * _ratio(_filter_norms(w), _filter_norms(d))
+        elif normalization == "layer":
+            out[name] = d * _ratio(torch.linalg.vector_norm(w), torch.linalg.vector_norm(d))
+        else:
+            out[name] = d.clone()
+    if normalization == "model":
+        kept = [n for n in out if n not in skipped]
+        w_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(weights[n]) for n in kept]))
+        d_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(out[n]) for n in kept]))
+        scale = _ratio(w_norm.to(torch.float64), d_norm.to(torch.float64))
+        out = {n: d * scale.to(d.dtype) for n, d in out.items()}
+    return out
+
+
+def random_directions(
+    model: nn.Module,
+    n: int = 2,
+    normalization: Normalization | None = "filter",
+    seed: int = 0,
+    ignore: Literal["biasbn"] | None = "biasbn",
+) -> list[Direction]:
+    """``n`` Gaussian directions around the model's weights, normalized as in Li et al. 2018.
+
+    The entries are drawn in float64 on the CPU from a private generator seeded by ``seed`` (the global RNG is
+    never touched, and the directions are the same on every device), then normalized (see
+    :func:`normalize_direction`) and cast to each parameter's dtype and device.
+
+    Args:
+        model: the model; its trainable parameters define the space.
+        n: how many directions (``>= 1``).
+        normalization: ``"filter"`` (default), ``"layer"``, ``"model"`` or ``None`` (raw Gaussian).
+        seed: seeds the private generator.
+        ignore: ``"biasbn"`` (default) zeroes biases and the parameters of normalization layers (every
+            parameter with at most one dimension, and every parameter of a BatchNorm/LayerNorm/GroupNorm), as
+            in the paper; ``None`` keeps them (a 0-d/1-d tensor is then one filter).
+
+    Returns:
+        A list of ``n`` directions.
+
+    Raises:
+        ValueError: for a bad ``n``, ``normalization``, ``seed`` or ``ignore``, or no trainable parameter.
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+        >>> d1, d2 = random_directions(model, n=2)
+        >>> torch.allclose(d1["0.weight"].norm(dim=1), model[0].weight.norm(dim=1))
+        True
+        >>> float(d1["0.bias"].abs().sum())
+        0.0
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    check_int("n", n)
+    check_int("seed", seed, minimum=0)
+    if ignore not in _IGNORES:
+        raise ValueError(f"`ignore` must be one of {_IGNORES}, got {ignore!r}.")
+    if normalization not in _NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {_NORMALIZATIONS}, got {normalization!r}.")
+    weights = named_trainable(model)
+    if not weights:
+        raise ValueError("`model` has no trainable parameters (none with requires_grad=True).")
+    skip: list[str] = []
+    if ignore == "biasbn":
+        norm_params = _norm_layer_params(model)
+        skip = [name for name, w in weights.items() if w.dim() <= 1 or name in norm_params]
+    gen = make_generator(seed)
+    out = []
+    for _ in range(n):
+        raw = {name: torch.randn(w.shape, generator=gen, dtype=torch.float64) for name, w in weights.items()}
+        out.append(normalize_direction(raw, weights, normalization, skip))
+    return out
+
+
+class HessianDirections(NamedTuple):
+    """Hessian eigenvectors as unit directions, with their eigenvalues.
+
+    Attributes:
+        directions: one direction per eigenvalue (unit norm over all trainable parameters).
+        eigenvalues: float64 eigenvalues, in the order of ``directions``.
+        converged: whether every eigenvalue met the solver's tolerance.
+    """
+
+    directions: list[Direction]
+    eigenvalues: Tensor
+    converged: bool
+
+
+def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Direction:
+    """Split a flat vector (``named_parameters()`` order) into a direction shaped like ``like``."""
+    out: Direction = {}
+    offset = 0
+    for name, p in like.items():
+        out[name] = vector[offset : offset + p.numel()].reshape(p.shape).to(dtype=p.dtype, device=p.device)
+        offset += p.numel()
+    if offset != vector.numel():
+        raise ValueError(f"vector of {vector.numel()} entries for {offset} trainable parameters")
+    return out
+
+
+def flatten(direction: Mapping[str, Tensor], like: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Concatenate a direction into one flat vector (in the order of ``like``'s names when given)."""
+    names = list(like) if like is not None else list(direction)
+    return torch.cat([direction[n].reshape(-1) for n in names])
+
+
+def hessian_directions(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    k: int = 2,
+    which: Literal["largest", "smallest"] = "largest",
+    tol: float = 1e-3,
+    seed: int = 0,
+    **kwargs: Any,
+) -> HessianDirections:
+    """The top (or bottom) ``k`` Hessian eigenvectors as directions, from the curvature core's Lanczos.
+
+    The Hessian is the one of :func:`~lightning_landscape.curvature.hessian_eigenvalues` (batch-size-weighted
+    mean of ``loss_fn`` over ``batches``, eval mode); further keyword arguments (``max_iter``, ``memory``,
+    ``train_mode``, ``backend``) go to it. The model is left exactly as found.
+
+    Returns:
+        A :class:`HessianDirections` (directions of unit norm, eigenvalues, converged flag).
+
+    Raises:
+        ValueError: for ``which`` other than ``"largest"``/``"smallest"`` and whatever
+            :func:`~lightning_landscape.curvature.hessian_eigenvalues` refuses.
+
+    Example::
+
+        >>> model = nn.Linear(3, 1)
+        >>> x = torch.randn(32, 3)
+        >>> loss_fn = lambda m, b: ((m(b) - 1.0) ** 2).mean()
+        >>> dirs, values, converged = hessian_directions(model, loss_fn, [x], k=2)
+        >>> len(dirs), values.shape
+        (2, torch.Size([2]))
+    """
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"`which` must be 'largest' or 'smallest', got {which!r}.")
+    result = hessian_eigenvalues(
+        model, loss_fn, batches, k=k, which=which, tol=tol, seed=seed, return_eigenvectors=True, **kwargs
+    )
+    assert result.eigenvectors is not None
+    like = named_trainable(model)
+    directions = [unflatten(v.detach(), like) for v in result.eigenvectors]
+    return HessianDirections(directions, result.eigenvalues.to(torch.float64), bool(result.converged))
+
+
+def pca_directions(offsets: Tensor, k: int = 2) -> tuple[Tensor, Tensor]:
+    """The first ``k`` principal directions of the rows of ``offsets`` ``[m, n]`` (uncentred, as in
+    tomgoldstein/loss-landscape: offsets of the iterates from the final one) and their explained variance
+    ratios.
+
+    Returns:
+        ``(vectors [k, n] orthonormal, ratios [k])``; directions beyond the rank of ``offsets`` are zero.
+    """
+    _, s, vh = torch.linalg.svd(offsets.to(torch.float64), full_matrices=False)
+    vectors = torch.zeros(k, offsets.shape[1], dtype=torch.float64, device=offsets.device)
+    r = min(k, vh.shape[0])
+    vectors[:r] = vh[:r]
+    energy = (s**2).sum()
+    ratios = torch.zeros(k, dtype=torch.float64)
+    if float(energy) > 0:
+        ratios[:r] = (s[:r] ** 2 / energy).cpu()
+    return vectors, ratios
+
+
+__all__ = [
+    "Direction",
+    "HessianDirections",
+    "Normalization",
+    "flatten",
+    "hessian_directions",
+    "named_trainable",
+    "normalize_direction",
+    "pca_directions",
+    "random_directions",
+    "unflatten",
+]
