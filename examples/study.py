@@ -71,6 +71,10 @@ FINAL_MEMBERS = "final_members.pt"
 ENDPOINTS = "endpoints.csv"
 CURVES = "curves.csv"
 BEST_OF_K_CSV = "best_of_k.csv"
+PLANE = "plane_best.npz"
+BARRIERS = "barriers.csv"
+#: How many of the lowest end points the barrier heatmap compares pairwise.
+BARRIER_SEEDS = 8
 FIGURES = (
     "final_risk_hist.png",
     "grad_norm.png",
@@ -78,8 +82,10 @@ FIGURES = (
     "risk_gap.png",
     "hessian_eigs.png",
     "best_of_k.png",
+    "plane_best.png",
+    "barriers.png",
 )
-DATA_FILES = (TRAJECTORIES, FINAL_MEMBERS, ENDPOINTS, CURVES, BEST_OF_K_CSV, "study.json")
+DATA_FILES = (TRAJECTORIES, FINAL_MEMBERS, ENDPOINTS, CURVES, BEST_OF_K_CSV, PLANE, BARRIERS, "study.json")
 REPORT_FILES = ("report.md", *FIGURES, *DATA_FILES)
 
 _ENDPOINT_FIELDS = (
@@ -479,6 +485,56 @@ def risk_levels(risks: list[float], rtol: float) -> list[list[float]]:
     return levels
 
 
+def measure_landscape(cfg: StudyConfig, root: Path, ends: list[Endpoint]) -> None:
+    """The loss plane around the best end point along its top-2 Hessian eigenvectors (``plane_best.npz``)
+    and the linear barriers between the lowest end points, pairwise (``barriers.csv``)."""
+    from lightning_landscape.landscape import hessian_directions, linear_barrier, loss_plane
+
+    seeds, nets, _ = load_members(root, cfg)
+    by_seed = dict(zip(seeds, nets, strict=True))
+    target = ShallowReLUDataModule(target=cfg.target, val_size=8).target  # type: ignore[arg-type]
+    grid = midpoint_grid(cfg.grid_size, target, torch.float64)
+    ranked = [e.seed for e in sorted(ends, key=lambda e: e.final_risk)]
+    best = by_seed[ranked[0]]
+    hd = hessian_directions(best, _mse, [grid], k=2)
+    # Unit eigenvectors: at |alpha| = 2 / sqrt(lambda_1) the quadratic model has risen by 2 along d_1.
+    half = 2.0 / math.sqrt(max(float(hd.eigenvalues[0]), 1e-12))
+    plane = loss_plane(best, _mse, [grid], directions=hd.directions, span=(-half, half), steps=31)
+    plane.meta.update({"seed": ranked[0], "eigenvalues": [float(v) for v in hd.eigenvalues]})
+    plane.save(root / PLANE)
+    chosen = ranked[:BARRIER_SEEDS]
+    with open(root / BARRIERS, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed_a", "seed_b", "barrier"])
+        for i, a in enumerate(chosen):
+            for b in chosen[i + 1 :]:
+                writer.writerow(
+                    [a, b, linear_barrier(by_seed[a], by_seed[b], _mse, [grid], steps=25).barrier]
+                )
+
+
+def read_barriers(root: Path) -> tuple[list[int], Any]:
+    """The seeds of ``barriers.csv`` (lowest risk first) and the symmetric matrix of their barriers."""
+    import numpy as np
+
+    rows = _read_rows(root / BARRIERS)
+    seeds: list[int] = []
+    for r in rows:
+        for key in ("seed_a", "seed_b"):
+            if int(r[key]) not in seeds:
+                seeds.append(int(r[key]))
+    matrix = np.zeros((len(seeds), len(seeds)))
+    for r in rows:
+        i, j = seeds.index(int(r["seed_a"])), seeds.index(int(r["seed_b"]))
+        matrix[i, j] = matrix[j, i] = float(r["barrier"])
+    return seeds, matrix
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 # --- figures and report -------------------------------------------------------------------------------
 
 
@@ -594,6 +650,33 @@ def make_figures(
     ax.set_title("what each extra retrain buys", fontsize=9)
     save(fig, "best_of_k.png")
 
+    # 7. the plane around the best end point along its top-2 Hessian eigenvectors
+    from lightning_landscape.landscape import PlaneResult
+
+    plane = PlaneResult.load(root / PLANE)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    a, b = plane.alphas.numpy(), plane.betas.numpy()
+    z = np.log10(np.maximum(plane.losses.numpy().T, 1e-12))
+    mesh = ax.contourf(a, b, z, levels=30, cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label="log10 R")
+    ax.plot([0], [0], "r*", ms=10)
+    ev = plane.meta.get("eigenvalues", [math.nan, math.nan])
+    ax.set_xlabel(f"along d1 (λ1 = {ev[0]:.3g})")
+    ax.set_ylabel(f"along d2 (λ2 = {ev[1]:.3g})")
+    ax.set_title(f"risk around the best end point (seed {plane.meta.get('seed')})", fontsize=9)
+    save(fig, "plane_best.png")
+
+    # 8. the barrier heatmap between the lowest end points
+    seeds, matrix = read_barriers(root)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    im = ax.imshow(matrix, cmap="magma")
+    fig.colorbar(im, ax=ax, label="linear barrier (risk units)")
+    ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
+    ax.set_yticks(range(len(seeds)), [str(s) for s in seeds])
+    ax.set_xlabel("seed (lowest final risk first)")
+    ax.set_title("barriers on the segments between end points", fontsize=9)
+    save(fig, "barriers.png")
+
 
 def answer_lines(
     cfg: StudyConfig, root: Path, ends: list[Endpoint], curve: BestOfK, args: argparse.Namespace
@@ -678,6 +761,12 @@ risk R(θ) = ∫₀¹ (N_θ(x) - f(x))² dx by the {cfg.grid_size}-point midpoin
 
 ![best of k](best_of_k.png)
 
+The risk around the best end point along its top-2 Hessian eigenvectors, and the linear barriers
+max_t R((1-t)θ_a + tθ_b) - ((1-t)R(θ_a) + tR(θ_b)) between the {BARRIER_SEEDS} lowest end points
+(`{PLANE}`, `{BARRIERS}`):
+
+![plane around the best end point](plane_best.png) ![barriers](barriers.png)
+
 | | |
 |---|---|
 | one risk level | within (1 + {args.risk_rtol:g}) times its lowest member |
@@ -734,6 +823,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     else:
         write_endpoints(root, measure_endpoints(cfg, root, args))
         ends = read_endpoints(root, args)
+    if not ((root / PLANE).is_file() and (root / BARRIERS).is_file()):
+        measure_landscape(cfg, root, ends)
     traj = read_trajectories(root)
     write_curves(root, traj)
     curve = best_of_k([e.final_risk for e in ends], mode="min")

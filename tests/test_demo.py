@@ -133,6 +133,33 @@ def test_every_panel_has_its_data_file_with_numbers_that_check_out(tiny_run):
     for k in (1, 2, 3):
         brute = [min(sub) for sub in itertools.combinations(risks, k)]
         assert bok[k] == pytest.approx(sum(brute) / len(brute), rel=1e-12)
+    # Plane panel: its centre is the best end point; barrier panel: one segment recomputed point by point.
+    from lightning_landscape.landscape import PlaneResult
+
+    plane = PlaneResult.load(root / study.PLANE)
+    best_seed = min(ends, key=lambda s: float(ends[s]["final_risk"]))
+    assert plane.meta["seed"] == best_seed
+    assert plane.center_loss == pytest.approx(float(ends[best_seed]["final_risk"]), rel=1e-9)
+    rows = _read_csv(root / study.BARRIERS)
+    assert len(rows) == len(risks) * (len(risks) - 1) // 2  # all pairs of the (here: all) lowest seeds
+    row = rows[0]
+    a, b = (nets[seeds.index(int(row[key]))] for key in ("seed_a", "seed_b"))
+    pa, pb = (torch.cat([p.detach().reshape(-1) for p in n.parameters()]) for n in (a, b))
+    probe = study.member_net(cfg.hidden, cfg.bias_init).double()
+    gaps = []
+    for t in torch.linspace(0, 1, 25, dtype=torch.float64).tolist():
+        torch.nn.utils.vector_to_parameters((1 - t) * pa + t * pb, probe.parameters())
+        with torch.no_grad():
+            risk_t = float(nn.functional.mse_loss(probe(x), y))
+        gaps.append(
+            risk_t
+            - (
+                (1 - t) * float(ends[int(row["seed_a"])]["final_risk"])
+                + t * float(ends[int(row["seed_b"])]["final_risk"])
+            )
+        )
+    assert float(row["barrier"]) == pytest.approx(max(gaps), rel=1e-6, abs=1e-12)
+
     # The printed median is the statistical one (an even count: the mean of the middle two).
     assert f"median {statistics.median(risks):.4g}" in out
     assert "Best of k random initializations" in out and "k=1:" in out and f"k={cfg.seeds}:" in out
