@@ -267,17 +267,19 @@ class ShallowReLU(pl.LightningModule):
 
     Args:
         hidden: widths of the hidden layers, e.g. ``[20]`` or ``[50, 50]``.
-        init: ``"he"`` (weights and biases :math:`\\mathcal{N}(0, 2 / \\text{fan\\_in})`) or ``"xavier"``
-            (:math:`\\mathcal{N}(0, 2 / (\\text{fan\\_in} + \\text{fan\\_out}))`). Biases are drawn like
-            weights so the kinks of the first layer spread over the input domain.
+        init: ``"he"`` (weights :math:`\\mathcal{N}(0, 2 / \\text{fan\\_in})`) or ``"xavier"``
+            (:math:`\\mathcal{N}(0, 2 / (\\text{fan\\_in} + \\text{fan\\_out}))`).
+        bias_init: ``"normal"`` draws the biases like the weights, so the kinks of the first layer spread
+            over the input domain; ``"zero"`` starts them at 0, as the authors' scripts of
+            arXiv 2212.13111 do (``tf.zeros`` biases, He-normal weights).
         optimizer: ``"sgd"`` (plain) or ``"adam"``.
         lr: learning rate.
         lr_halve_every: halve the learning rate every this many optimizer steps; ``0`` keeps it
             constant. The paper's Adam runs use 500.
 
     Raises:
-        ValueError: for an empty or non-positive ``hidden``, an unknown ``init``/``optimizer``, a
-            non-positive ``lr`` or a negative ``lr_halve_every``.
+        ValueError: for an empty or non-positive ``hidden``, an unknown ``init``/``bias_init``/
+            ``optimizer``, a non-positive ``lr`` or a negative ``lr_halve_every``.
 
     Example::
 
@@ -289,6 +291,7 @@ class ShallowReLU(pl.LightningModule):
         self,
         hidden: list[int] | None = None,
         init: Literal["he", "xavier"] = "he",
+        bias_init: Literal["normal", "zero"] = "normal",
         optimizer: Literal["sgd", "adam"] = "sgd",
         lr: float = 0.01,
         lr_halve_every: int = 0,
@@ -299,6 +302,8 @@ class ShallowReLU(pl.LightningModule):
             raise ValueError(f"`hidden` must be a non-empty list of positive ints, got {hidden!r}.")
         if init not in ("he", "xavier"):
             raise ValueError(f"`init` must be 'he' or 'xavier', got {init!r}.")
+        if bias_init not in ("normal", "zero"):
+            raise ValueError(f"`bias_init` must be 'normal' or 'zero', got {bias_init!r}.")
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"`optimizer` must be 'sgd' or 'adam', got {optimizer!r}.")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -315,7 +320,10 @@ class ShallowReLU(pl.LightningModule):
             std = math.sqrt(2.0 / fan_in) if init == "he" else math.sqrt(2.0 / (fan_in + fan_out))
             with torch.no_grad():
                 linear.weight.normal_(0.0, std)
-                linear.bias.normal_(0.0, std)
+                if bias_init == "normal":
+                    linear.bias.normal_(0.0, std)
+                else:
+                    linear.bias.zero_()
             layers.append(linear)
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())

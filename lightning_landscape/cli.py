@@ -396,12 +396,16 @@ def format_result(result: MultiSeedResult) -> str:
 
         print(format_result(MultiSeedTrainer(seeds=3, max_steps=10).fit(MyModel)))
     """
-    header = f"{'seed':>6}  {'status':<9} {result.monitor:>14}  {'time [s]':>9}"
+    tested = any(r.test_score is not None for r in result.runs)
+    test_head = f"  {'test score':>12}" if tested else ""
+    header = f"{'seed':>6}  {'status':<9} {result.monitor:>14}{test_head}  {'time [s]':>9}"
     rows = [header, "-" * len(header)]
     for run in result.runs:
         score = "" if run.score is None else f"{run.score:.6g}"
+        test = f"  {'' if run.test_score is None else f'{run.test_score:.6g}':>12}" if tested else ""
         mark = "  <- best" if run.seed == result.best_seed and run.status == "finished" else ""
-        rows.append(f"{run.seed:>6}  {run.status:<9} {score:>14}  {run.wall_time:>9.1f}{mark}")
+        mark += "  (still improving)" if run.still_improving else ""
+        rows.append(f"{run.seed:>6}  {run.status:<9} {score:>14}{test}  {run.wall_time:>9.1f}{mark}")
         if run.status == "failed" and run.error:
             rows.append(f"{'':>8}error: {run.error.strip().splitlines()[-1]}")
     stats = result.summary_stats()
@@ -411,6 +415,22 @@ def format_result(result: MultiSeedResult) -> str:
         + ", ".join(f"{k} {v:.6g}" for k, v in stats.items())
     )
     rows.append(f"best seed {result.best_seed}: {result.monitor} = {result.best_score:.6g}")
+    if result.best_test_score is not None and result.selection is not None:
+        sel = result.selection
+        rows.append(
+            f"its test score {result.best_test_score:.6g}: optimism {sel['optimism']:+.3g} (test - val,"
+            f" signed); mean test score of the {sel['seeds_tested']} tested seed(s)"
+            f" {sel['mean_test_score']:.6g}"
+        )
+    curve = result.best_of_k()
+    if curve is not None:
+        rows.append(f"best of k seeds drawn at random (expected {result.monitor} [10%, 90%]):")
+        for k in curve.table_ks():
+            row = curve.at(k)
+            text = f"  k={k:<4} {row['expected']:.6g}  [{row['q_low']:.6g}, {row['q_high']:.6g}]"
+            if row["expected_test"] is not None:
+                text += f"  test {row['expected_test']:.6g}"
+            rows.append(text)
     rows.append(f"best checkpoint: {result.best_model_path}")
     rows.append(f"summary: {os.path.join(result.root_dir, 'summary.json')}")
     return "\n".join(rows)

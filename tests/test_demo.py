@@ -1,112 +1,231 @@
-"""The main job at a tiny size: every report file, numbers that match an independent recomputation, resume."""
+"""The main job at a tiny size: every panel's data file against independent recomputations; resume."""
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from examples import study
-from examples.shallow_relu import ShallowReLU, ShallowReLUDataModule, population_risk
-from lightning_landscape.callbacks import _tags
+from examples.shallow_relu import population_risk, target_function
+from lightning_landscape.multiseed.selection import classify_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _dense_hessian_eigs(ckpt: Path, dm: ShallowReLUDataModule) -> torch.Tensor:
-    """Eigenvalues of the dense float64 Hessian of the validation-grid loss at a checkpoint."""
-    model = ShallowReLU.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
-    net = model.net.to(torch.float64)
-    names = [n for n, _ in net.named_parameters()]
-    shapes = [p.shape for _, p in net.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-    x, y = (t.to(torch.float64) for t in dm.val_dataloader().dataset.tensors)
+def _dense_hessian(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The float64 Hessian of the mean squared error by plain autograd double backward, row by row."""
+    params = list(net.parameters())
+    loss = nn.functional.mse_loss(net(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    rows = []
+    for i in range(flat.numel()):
+        row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
+        rows.append(
+            torch.cat(
+                [
+                    (r if r is not None else torch.zeros_like(p)).reshape(-1)
+                    for r, p in zip(row, params, strict=True)
+                ]
+            )
+        )
+    return torch.stack(rows)
 
-    def loss(theta: torch.Tensor) -> torch.Tensor:
-        params, i = {}, 0
-        for name, shape in zip(names, shapes, strict=True):
-            n = shape.numel()
-            params[name] = theta[i : i + n].reshape(shape)
-            i += n
-        pred = torch.func.functional_call(net, params, (x,))
-        return torch.nn.functional.mse_loss(pred, y)
 
-    return torch.linalg.eigvalsh(torch.func.hessian(loss)(flat))
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
-def test_tiny_demo_writes_every_report_file_with_numbers_that_check_out(tmp_path):
-    root = tmp_path / "demo"
-    # As `make demo` runs it: a plain script, from another directory.
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``--paper --tiny`` as ``make demo`` runs the script: a plain subprocess, from another directory."""
+    root = tmp_path_factory.mktemp("study") / "run"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "study.py"), "--tiny", "--root_dir", str(root)],
-        cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "study.py"),
+            "--paper",
+            "--tiny",
+            "--quiet",
+            "--root_dir",
+            str(root),
+        ],
+        cwd=root.parent,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = proc.stdout
-    lines = out.strip().splitlines()[-4:]
+    return root, proc.stdout
 
-    for name in (*study.REPORT_FILES, "summary.json", "summary.csv", "seeds.png", "best.ckpt"):
+
+@pytest.mark.slow
+def test_every_panel_has_its_data_file_with_numbers_that_check_out(tiny_run):
+    root, out = tiny_run
+    cfg = study.study_config(study.parse_args(["--paper", "--tiny"]))
+    for name in study.REPORT_FILES:
         assert (root / name).is_file() and (root / name).stat().st_size > 0, name
     report = (root / "report.md").read_text()
-    for png in (n for n in study.REPORT_FILES if n.endswith(".png")):
-        assert f"]({png})" in report
-    assert "seeds ended within 5% of the best final risk" in out
-    assert "Spread of the final risks" in out
-    assert f"tensorboard --logdir {root}" in out
-    assert all(line in out for line in lines)
+    assert all(f"]({png})" in report for png in study.FIGURES)
+    assert "Lightning" not in out and "Epoch" not in out  # --quiet: the answer only
 
-    cfg = study.study_config(study.parse_args(["--tiny"]))
-    dm = ShallowReLUDataModule(
-        target=cfg.target,
-        batch_size=cfg.batch_size,
-        steps_per_epoch=cfg.steps_per_epoch,
-        val_size=cfg.val_size,
-    )
-    summary = json.loads((root / "summary.json").read_text())
-    assert [r["seed"] for r in summary["runs"]] == list(range(cfg.seeds))
-    final_risks = []
-    for run in summary["runs"]:
-        assert run["status"] == "finished"
-        scalars = study.read_scalars(root / run["log_dir"])  # summary.json paths are relative to root
-        # All three callbacks wrote their tags.
-        assert {
-            _tags.GRAD_NORM_TOTAL,
-            _tags.hessian_eig_tag(1),
-            _tags.HESSIAN_EIG_MIN,
-            _tags.RISK_TRAIN,
-        } <= set(scalars)
-        ckpt = root / run["last_model_path"]
-        model = ShallowReLU.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
-        # The final val_loss in TensorBoard is the population risk (independent quadrature, 200k points).
-        final = scalars["val_loss"][-1][1]
-        final_risks.append(final)
-        assert final == pytest.approx(population_risk(model.net, dm.target, num_points=200_000), rel=1e-3)
-        # The monitor's last eigenvalues match the dense float64 Hessian at the same weights.
-        eigs = _dense_hessian_eigs(ckpt, dm)
+    traj = study.read_trajectories(root)
+    steps, seeds = traj["steps"], traj["seeds"].tolist()
+    assert seeds == list(range(cfg.seeds))
+    assert steps[0] == 0 and steps[-1] == cfg.steps and np.all(np.diff(steps) > 0)
+    for name in ("risk", "grad_norm", "distance"):
+        assert traj[name].shape == (cfg.seeds, len(steps)), name
+    assert np.all(traj["distance"][:, -1] == 0)
+
+    target = target_function(cfg.target)
+    seeds_back, nets, _ = study.load_members(root, cfg)
+    assert seeds_back == seeds
+    x, y = study.midpoint_grid(cfg.grid_size, target, torch.float64)
+    ends = {int(r["seed"]): r for r in _read_csv(root / study.ENDPOINTS)}
+    for k, (seed, net) in enumerate(zip(seeds, nets, strict=True)):
+        # Distance panel: the initial point rebuilt independently, as a single run with this seed builds it.
+        pl.seed_everything(seed, verbose=False)
+        start = study.member_net(cfg.hidden, cfg.bias_init)
+        theta0 = torch.cat([p.detach().double().reshape(-1) for p in start.parameters()])
+        theta_t = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        assert traj["distance"][k, 0] == pytest.approx(float((theta0 - theta_t).norm()), rel=1e-5)
+        # Risk panel (float32 on the grid) and the end point (float64) against a 200k-point quadrature.
+        exact = population_risk(net, target, num_points=200_000)
+        assert traj["risk"][k, -1] == pytest.approx(exact, rel=1e-3)
+        row = ends[seed]
+        assert float(row["final_risk"]) == pytest.approx(exact, rel=1e-3)
+        # Gradient panel: the full gradient of the grid risk at the last iterate.
+        loss = nn.functional.mse_loss(net(x), y)
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, list(net.parameters()))]).norm()
+        assert traj["grad_norm"][k, -1] == pytest.approx(float(g), rel=1e-3)
+        assert float(row["grad_norm"]) == pytest.approx(float(g), rel=1e-9)
+        # Hessian panel: Lanczos' extreme eigenvalues against the dense float64 Hessian.
+        eigs = torch.linalg.eigvalsh(_dense_hessian(net, x, y))
         top, low = float(eigs[-1]), float(eigs[0])
-        assert scalars[_tags.hessian_eig_tag(1)][-1][1] == pytest.approx(top, rel=1e-2)
-        assert scalars[_tags.HESSIAN_EIG_MIN][-1][1] == pytest.approx(low, abs=1e-2 * abs(top))
-    best = min(final_risks)
-    good = sum(r <= best * 1.05 for r in final_risks)
-    assert f"{good}/{cfg.seeds} seeds ended within 5% of the best final risk {best:.4g}" in out
+        assert float(row["eig_max"]) == pytest.approx(top, rel=1e-2)
+        assert float(row["eig_min"]) == pytest.approx(low, abs=1e-2 * abs(top))
+        assert row["kind"] == classify_point(float(row["grad_norm"]), low, top, grad_tol=1e-3, eig_rtol=1e-3)
 
-    # A rerun resumes: no seed trains again, the report is rewritten.
-    stamps = {p: p.stat().st_mtime_ns for p in root.glob("seed_*/checkpoints/last.ckpt")}
+    curves = _read_csv(root / study.CURVES)
+    assert [int(r["step"]) for r in curves] == steps.tolist()
+    rms_g = np.sqrt(np.mean(traj["grad_norm"] ** 2, axis=0))
+    assert [float(r["rms_grad_norm"]) for r in curves] == pytest.approx(rms_g.tolist(), rel=1e-12)
+
+    # Best of k against brute force over all k-subsets of the final risks.
+    risks = [float(ends[s]["final_risk"]) for s in seeds]
+    bok = {int(r["k"]): float(r["expected_best_risk"]) for r in _read_csv(root / study.BEST_OF_K_CSV)}
+    assert sorted(bok) == list(range(1, cfg.seeds + 1))
+    for k in (1, 2, 3):
+        brute = [min(sub) for sub in itertools.combinations(risks, k)]
+        assert bok[k] == pytest.approx(sum(brute) / len(brute), rel=1e-12)
+    # Plane panel: its centre is the best end point; barrier panel: one segment recomputed point by point.
+    from lightning_landscape.landscape import PlaneResult
+
+    plane = PlaneResult.load(root / study.PLANE)
+    best_seed = min(ends, key=lambda s: float(ends[s]["final_risk"]))
+    assert plane.meta["seed"] == best_seed
+    assert plane.center_loss == pytest.approx(float(ends[best_seed]["final_risk"]), rel=1e-9)
+    rows = _read_csv(root / study.BARRIERS)
+    assert len(rows) == len(risks) * (len(risks) - 1) // 2  # all pairs of the (here: all) lowest seeds
+    row = rows[0]
+    a, b = (nets[seeds.index(int(row[key]))] for key in ("seed_a", "seed_b"))
+    pa, pb = (torch.cat([p.detach().reshape(-1) for p in n.parameters()]) for n in (a, b))
+    probe = study.member_net(cfg.hidden, cfg.bias_init).double()
+    gaps = []
+    for t in torch.linspace(0, 1, 25, dtype=torch.float64).tolist():
+        torch.nn.utils.vector_to_parameters((1 - t) * pa + t * pb, probe.parameters())
+        with torch.no_grad():
+            risk_t = float(nn.functional.mse_loss(probe(x), y))
+        gaps.append(
+            risk_t
+            - (
+                (1 - t) * float(ends[int(row["seed_a"])]["final_risk"])
+                + t * float(ends[int(row["seed_b"])]["final_risk"])
+            )
+        )
+    assert float(row["barrier"]) == pytest.approx(max(gaps), rel=1e-6, abs=1e-12)
+
+    # The printed median is the statistical one (an even count: the mean of the middle two).
+    assert f"median {statistics.median(risks):.4g}" in out
+    assert "Best of k random initializations" in out and "k=1:" in out and f"k={cfg.seeds}:" in out
+    assert "near-critical (||grad R|| <= 0.001)" in out
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_from_the_files_without_training(tiny_run):
+    root, out = tiny_run
+    stamp = (root / study.FINAL_MEMBERS).stat().st_mtime_ns
     (root / "report.md").unlink()
-    again = study.main(["--tiny", "--root_dir", str(root)])
-    assert again == lines
+    again = study.main(["--paper", "--tiny", "--quiet", "--root_dir", str(root)])
     assert (root / "report.md").is_file()
-    assert {p: p.stat().st_mtime_ns for p in root.glob("seed_*/checkpoints/last.ckpt")} == stamps
+    assert (root / study.FINAL_MEMBERS).stat().st_mtime_ns == stamp
+    printed = [line for line in out.strip().splitlines() if not line.startswith("Wall time")]
+    assert [line for line in again if not line.startswith("Wall time")] == printed
+
+
+def test_the_authors_schedule_halves_on_their_steps_in_a_real_trainer(tmp_path):
+    halve = study.AuthorsHalving(500)
+    assert [halve(i) for i in (0, 498, 499, 998, 999)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    lrs = []
+    for steps in (1, 2):
+        ens = study.PaperEnsemble(
+            lr_halve_every=3, model=study.member_net, model_kwargs={"hidden": [3], "bias_init": "zero"},
+            seeds=2, optimizer="adam", lr=0.01,
+        )  # fmt: skip
+        trainer = pl.Trainer(
+            max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+        )  # fmt: skip
+        x = torch.rand(8 * steps, 1)
+        trainer.fit(ens, train_dataloaders=DataLoader(TensorDataset(x, x**2), batch_size=8))
+        lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        assert isinstance(trainer.optimizers[0], torch.optim.Adam)
+        assert trainer.optimizers[0].defaults["betas"] == (0.9, 0.999)
+        assert trainer.optimizers[0].defaults["eps"] == 1e-8
+    # The lr for step index 1 is 0.01, for step index 2 (= (2 + 1) // 3 halvings) 0.005.
+    assert lrs == pytest.approx([0.01, 0.005])
+
+
+def test_paper_members_have_zero_biases_and_he_normal_weights():
+    pl.seed_everything(0, verbose=False)
+    net = study.member_net([2000], "zero")
+    assert all(float(m.bias.detach().abs().max()) == 0.0 for m in net if isinstance(m, nn.Linear))
+    assert float(net[0].weight.std()) == pytest.approx(2**0.5, rel=0.1)  # He: sqrt(2 / fan_in), fan_in 1
+    assert float(net[2].weight.std()) == pytest.approx((2 / 2000) ** 0.5, rel=0.1)
+
+
+def test_sizes_and_their_folders():
+    paper = study.study_config(study.parse_args(["--paper"]))
+    assert (paper.seeds, paper.steps, paper.hidden, paper.lr_halve_every, paper.batch_size) == (
+        300, 10_000, [50, 50], 500, 1024,
+    )  # fmt: skip
+    demo = study.study_config(study.parse_args([]))
+    assert demo.seeds >= 64 and demo.hidden == [50, 50] and demo.lr_halve_every * 20 == demo.steps
+    assert study.default_root(study.parse_args(["--tiny"])) != study.default_root(study.parse_args([]))
+    assert study.default_root(study.parse_args(["--paper", "--tiny"])) != study.default_root(
+        study.parse_args(["--paper"])
+    )
+
+
+def test_help_says_the_paper_run_takes_tens_of_minutes_on_a_cpu(capsys):
+    with pytest.raises(SystemExit):
+        study.parse_args(["--help"])
+    assert "tens of minutes on a CPU" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path):
@@ -118,8 +237,30 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
         study.main(["--tiny", "--root_dir", str(root)])
 
 
+def test_teacher_target_reports_the_gap_to_the_optimal_risk_zero(tmp_path):
+    lines = study.main(
+        [
+            "--tiny",
+            "--quiet",
+            "--target",
+            "teacher",
+            "--seeds",
+            "2",
+            "--steps",
+            "8",
+            "--root_dir",
+            str(tmp_path),
+        ]
+    )
+    gap = [line for line in lines if "optimal risk is 0" in line]
+    assert len(gap) == 1
+    risks = [float(r["final_risk"]) for r in _read_csv(tmp_path / study.ENDPOINTS)]
+    assert f"{min(risks):.3g} above it" in gap[0]
+
+
 @pytest.mark.parametrize(
-    "args", [["--seeds", "0"], ["--steps", "-1"], ["--risk_rtol", "-0.1"], ["--target", "cubic"]]
+    "args",
+    [["--seeds", "0"], ["--steps", "-1"], ["--risk_rtol", "-0.1"], ["--target", "cubic"], ["--hidden", "0"]],
 )
 def test_bad_study_arguments_exit_2_naming_the_option(args, capsys):
     with pytest.raises(SystemExit) as info:

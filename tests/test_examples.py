@@ -250,3 +250,11 @@ def test_examples_run_from_plain_python(tmp_path, script, args, expect):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert expect in proc.stdout
     assert list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_bias_init_zero_starts_every_bias_at_zero_and_a_bad_value_is_named():
+    pl.seed_everything(0, verbose=False)
+    model = ShallowReLU(hidden=[5, 5], bias_init="zero")
+    assert all(float(m.bias.detach().abs().max()) == 0.0 for m in model.net if isinstance(m, nn.Linear))
+    with pytest.raises(ValueError, match="`bias_init` must be 'normal' or 'zero', got 'ones'"):
+        ShallowReLU(bias_init="ones")  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from typing import Any
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 SEEDS_PNG = "seeds.png"
+BEST_OF_K_PNG = "best_of_k.png"
 BEST_CHECKPOINT = "best.ckpt"
 LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"

@@ -77,7 +77,12 @@ def finite_or_none(value: Any) -> str | None:
 
 
 #: Checks of the optional SeedRun fields: ``{field: check(value) -> problem or None}``.
-FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {}
+FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "test_score": finite_or_none,
+    "still_improving": lambda v: (
+        None if v is None or isinstance(v, bool) else f"must be a bool or null, got {v!r}"
+    ),
+}
 
 
 def _is_number(value: Any) -> bool:

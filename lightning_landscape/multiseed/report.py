@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_landscape.multiseed.paths import SEEDS_PNG, SUMMARY_CSV, atomic_write, relative
+from lightning_landscape.multiseed.paths import BEST_OF_K_PNG, SEEDS_PNG, SUMMARY_CSV, atomic_write, relative
 from lightning_landscape.multiseed.result import SeedRun
+from lightning_landscape.multiseed.selection import BestOfK
 
 SCORE_TAG = "multiseed/score"
 
@@ -26,6 +27,8 @@ _CSV_FIELDS = (
     "last_model_path",
     "log_dir",
     "error",
+    "test_score",
+    "still_improving",
 )
 _CSV_PATHS = ("best_model_path", "last_model_path", "log_dir")
 
@@ -113,3 +116,29 @@ def write_hparams(log_dir: str | Path, run: SeedRun, monitor: str, mode: str) ->
         writer.add_scalar(SCORE_TAG, metrics[SCORE_TAG], 0)
     finally:
         writer.close()
+
+
+def plot_best_of_k(root_dir: str | Path, curve: BestOfK, monitor: str) -> Path:
+    """``best_of_k.png``: the expected best ``monitor`` of k seeds drawn at random, with its quantile band,
+    and the expected test score of the validation-selected seed when known."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    low, high = curve.quantiles
+    ax.fill_between(curve.ks, curve.q_low, curve.q_high, color="tab:blue", alpha=0.2,
+                    label=f"{low:.0%}-{high:.0%} of the best of k")  # fmt: skip
+    ax.plot(curve.ks, curve.expected, marker=".", color="tab:blue", label=f"expected best {monitor}")
+    if curve.expected_test is not None:
+        ax.plot(curve.ks, curve.expected_test, marker=".", color="tab:red", label="its expected test score")
+    ax.set_xlabel("k seeds drawn at random")
+    ax.set_ylabel(monitor)
+    ax.set_title("what each extra retrain buys")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(root_dir) / BEST_OF_K_PNG
+    atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    return path

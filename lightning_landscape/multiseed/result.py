@@ -11,6 +11,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from lightning_landscape.multiseed.selection import BestOfK, best_of_k
+
 SeedStatus = Literal["finished", "failed", "pending", "running"]
 
 
@@ -28,6 +30,10 @@ class SeedRun:
         wall_time: seconds spent on this seed (summed over resumed attempts).
         error: the error text of a failed seed.
         log_dir: the seed's TensorBoard log folder.
+        test_score: the ``test_monitor`` of the seed's best checkpoint on the test set (``None``: not
+            tested).
+        still_improving: the best score came in the last 10% of training (its rank reflects the
+            budget, not the landscape); ``None`` if unknown.
         extra: plain values beyond the fields above (the ensemble member index, where a resume
             started, ...). A new per-seed fact that the record should validate becomes a field with a
             default instead.
@@ -44,6 +50,8 @@ class SeedRun:
     wall_time: float = 0.0
     error: str = ""
     log_dir: str = ""
+    test_score: float | None = None
+    still_improving: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     _carried: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -75,6 +83,9 @@ class MultiSeedResult:
         best_score: its monitored value.
         best_model_path: the copy ``root_dir/best.ckpt`` of the winner's best checkpoint.
         root_dir: the folder holding ``seed_<k>/``, ``summary.json``, ``summary.csv``, ``seeds.png``.
+        best_test_score: the winner's score on the held-out test set, ``None`` if not tested.
+        selection: the optimism of the selection (see
+            :class:`~lightning_landscape.multiseed.selection.SelectionOptimism`), ``None`` if not tested.
     """
 
     runs: list[SeedRun]
@@ -84,6 +95,23 @@ class MultiSeedResult:
     best_score: float
     best_model_path: str
     root_dir: str
+    best_test_score: float | None = None
+    selection: dict[str, Any] | None = None
+
+    def best_of_k(self, quantiles: tuple[float, float] = (0.1, 0.9)) -> BestOfK | None:
+        """The exact expected best ``monitor`` of k seeds drawn from the finished ones, k = 1..K, with its
+        range, and the expected test score of the validation-selected seed when every finished seed has
+        one (``test="all"``); ``None`` without a finished seed. See :mod:`~.selection`."""
+        finished = [r for r in self.finished if r.score is not None]
+        if not finished:
+            return None
+        tests = [r.test_score for r in finished]
+        return best_of_k(
+            [float(r.score) for r in finished],  # type: ignore[arg-type]
+            mode=self.mode,
+            test_scores=None if any(t is None for t in tests) else [float(t) for t in tests],  # type: ignore[arg-type]
+            quantiles=quantiles,
+        )
 
     @property
     def scores(self) -> list[float]:
@@ -132,5 +160,7 @@ class MultiSeedResult:
             "best_model_path": self.best_model_path,
             "root_dir": self.root_dir,
             "stats": self.summary_stats(),
+            "best_test_score": self.best_test_score,
+            "selection": self.selection,
             "runs": [r.to_dict() for r in self.runs],
         }

@@ -42,6 +42,13 @@ from lightning_landscape.multiseed.executors import (
     SeedTask,
     SequentialExecutor,
 )
+from lightning_landscape.multiseed.heldout import (
+    TEST_CHOICES,
+    TestWhich,
+    after_selection,
+    derive_test_monitor,
+    names_test_set,
+)
 from lightning_landscape.multiseed.paths import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -49,6 +56,7 @@ from lightning_landscape.multiseed.paths import (
     last_checkpoint,
     seed_dir,
 )
+from lightning_landscape.multiseed.progress import RunDisplay
 from lightning_landscape.multiseed.record import (
     Record,
     RunLock,
@@ -59,8 +67,15 @@ from lightning_landscape.multiseed.record import (
     remove_stale_temporaries,
     write_record,
 )
-from lightning_landscape.multiseed.report import plot_seeds, select_best, write_hparams, write_summary_csv
+from lightning_landscape.multiseed.report import (
+    plot_best_of_k,
+    plot_seeds,
+    select_best,
+    write_hparams,
+    write_summary_csv,
+)
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
+from lightning_landscape.multiseed.selection import STILL_IMPROVING_FRACTION
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +172,18 @@ class MultiSeedTrainer:
         max_retries: how often Ray re-runs a seed whose worker process died.
         allow_config_change: rank seeds trained with another configuration together with the new ones
             (the record then holds the new configuration).
+        test: after the selection, run ``Trainer.test`` on the best checkpoint of the winner
+            (``"best"``), of every finished seed (``"all"``: also gives best-of-k's expected test score)
+            or of none; only when there is a test split (``test_dataloaders=`` or the datamodule's).
+        test_monitor: the test metric recorded as ``test_score``; default: ``monitor`` with ``val``
+            replaced by ``test`` (``val_loss`` -> ``test_loss``).
+        select_on_test: allow a ``monitor`` that names a test metric. Selecting on the test set makes
+            the winner's test score optimistic, so it is refused unless asked for.
+        still_improving_fraction: a seed whose best checkpoint lies in this final share of training
+            is flagged ``still_improving``.
+        quiet: no progress bar over the seeds and no Lightning notices below a warning (for scripts).
+            Either way each of Lightning's banners and notices (and the model summary) appears once
+            per run, not once per seed.
         barriers: after the selection, the loss barrier between the best seed's best checkpoint and each
             other finished seed's (``True`` or ``"best"``), or between every pair (``"all"``), on the
             first 4 train batches: the ``barriers`` block of ``summary.json``, ``barriers.png`` (heatmap),
@@ -195,11 +222,39 @@ class MultiSeedTrainer:
         max_concurrent: int | None = None,
         max_retries: int = 3,
         allow_config_change: bool = False,
+        test: TestWhich = "best",
+        test_monitor: str | None = None,
+        select_on_test: bool = False,
+        still_improving_fraction: float = STILL_IMPROVING_FRACTION,
+        quiet: bool = False,
         barriers: bool | Literal["best", "all"] = False,
         barrier_tol: float = 0.01,
         **trainer_kwargs: Any,
     ) -> None:
         self.seeds = self._check_seeds(seeds)
+        if test not in TEST_CHOICES:
+            raise ValueError(f"`test` must be one of {TEST_CHOICES}, got {test!r}")
+        if test_monitor is not None and (not isinstance(test_monitor, str) or not test_monitor):
+            raise ValueError(f"`test_monitor` must be None or a logged metric's name, got {test_monitor!r}")
+        if isinstance(monitor, str) and names_test_set(monitor) and select_on_test is not True:
+            raise ValueError(
+                f"`monitor={monitor!r}` selects the seed on the test set, which makes the test score of the"
+                " winner optimistic; monitor a validation metric, or pass select_on_test=True if you mean it"
+            )
+        if isinstance(still_improving_fraction, bool) or not (
+            isinstance(still_improving_fraction, (int, float)) and 0 <= still_improving_fraction <= 1
+        ):
+            raise ValueError(
+                f"`still_improving_fraction` must be a number in [0, 1], got {still_improving_fraction!r}"
+            )
+        if not isinstance(quiet, bool):
+            raise TypeError(f"`quiet` must be True or False, got {quiet!r}")
+        self.quiet = quiet
+        self.test: TestWhich = test
+        self.test_monitor = test_monitor or (derive_test_monitor(monitor) if isinstance(monitor, str) else "")
+        self.still_improving_fraction = float(still_improving_fraction)
+        self._job: SeedJob | None = None
+        self._test_dataloaders: Any = None
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"`monitor` must be the non-empty name of a logged metric, got {monitor!r}")
         if mode not in _MODES:
@@ -388,6 +443,7 @@ class MultiSeedTrainer:
         | None = None,
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
+        test_dataloaders: Any = None,
     ) -> MultiSeedResult:
         """Trains every seed not yet finished in ``root_dir``, then selects and reports the best.
 
@@ -399,6 +455,8 @@ class MultiSeedTrainer:
                 hyperparameters, else deep-copied per seed), or ``None``.
             train_dataloaders: as in ``Trainer.fit``; shared by all seeds.
             val_dataloaders: as in ``Trainer.fit``; shared by all seeds.
+            test_dataloaders: the held-out test set for ``Trainer.test`` of the selected seed (``test``);
+                without it the datamodule's ``test_dataloader`` is used when it has one.
 
         Returns:
             The :class:`MultiSeedResult` of the seeds asked for, as recorded in ``root_dir/summary.json``.
@@ -428,6 +486,7 @@ class MultiSeedTrainer:
             train_dataloaders=train_dataloaders,
             val_dataloaders=val_dataloaders,
         )
+        self._job, self._test_dataloaders = job, test_dataloaders
         executor = self._make_executor()
         self._check_root_dir()
         if not is_rank_zero():  # a DDP rank > 0 re-running the script: rank zero owns the folder
@@ -454,15 +513,16 @@ class MultiSeedTrainer:
         record = read_record(self.root_dir)
         record = self._adopt(record, self._fingerprint(job))
         tasks = self._plan(record)
-        if tasks:
-            executor.check(job)
-            if self.executor != "ray":
-                # Ray seeds may need resources this driver lacks; a worker reports a missing monitor instead.
-                self._preflight(job)
-        self._write(record)
-        if tasks:
-            self._execute(job, executor, tasks, record)
-        return self._finish(record)
+        with RunDisplay(len(self.seeds), len(self.seeds) - len(tasks), self.monitor, self.quiet) as display:
+            if tasks:
+                executor.check(job)
+                if self.executor != "ray":
+                    # Ray seeds may need resources this driver lacks; a worker reports a missing monitor.
+                    self._preflight(job)
+            self._write(record)
+            if tasks:
+                self._execute(job, executor, tasks, record, display)
+            return self._finish(record)
 
     def _fingerprint(self, job: SeedJob) -> dict[str, str]:
         """What the finished seeds' scores depend on, key by key, as stable text."""
@@ -573,7 +633,9 @@ class MultiSeedTrainer:
             f"MultiSeedTrainer: {why}; {folder} was set aside as {target.name} and the seed starts afresh"
         )
 
-    def _execute(self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record) -> None:
+    def _execute(
+        self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record, display: RunDisplay
+    ) -> None:
         runs = record.runs
         done = len(self.seeds) - len(tasks)
         # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
@@ -603,6 +665,7 @@ class MultiSeedTrainer:
                     self._remove_strays(run)
             self._write(record)
             self._progress(run, done, total, record)
+            display.update(run.seed, select_best([runs[s] for s in self.seeds], self.mode))
 
         try:
             executor.run(job, tasks, on_start, on_result)
@@ -687,10 +750,21 @@ class MultiSeedTrainer:
         """Steps that run once the best seed is known and ``best.ckpt`` is written, under the run's lock.
 
         A step may add per-seed fields to ``result.runs`` (the same objects as ``record.runs``) and
-        top-level blocks to ``record.extra``; the record is written right after. With ``barriers``: the
-        loss barriers between the best seed's best checkpoint and the others' (``record.extra["barriers"]``,
-        ``barriers.png``, ``interpolation.png``; see :mod:`~lightning_landscape.multiseed.barriers`).
+        top-level blocks to ``record.extra``; the record is written right after. Here: the held-out test
+        of the winner (or of every seed), ``still_improving``, the best-of-k curve and the optimism; with
+        ``barriers``: the loss barriers between the best seed's best checkpoint and the others'
+        (``record.extra["barriers"]``, ``barriers.png``, ``interpolation.png``; see
+        :mod:`~lightning_landscape.multiseed.barriers`).
         """
+        if self._job is not None and is_rank_zero():
+            after_selection(
+                result, record.extra, self._job, test=self.test, test_monitor=self.test_monitor,
+                test_dataloaders=self._test_dataloaders, trainer_kwargs=self.trainer_kwargs,
+                still_improving_fraction=self.still_improving_fraction,
+            )  # fmt: skip
+            curve = result.best_of_k()
+            if curve is not None:
+                plot_best_of_k(self.root_dir, curve, self.monitor)
         if self.barriers is not None and is_rank_zero():
             from lightning_landscape.multiseed.barriers import barriers_after_selection
 

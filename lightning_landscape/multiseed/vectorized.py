@@ -261,6 +261,7 @@ def run_vectorized(job: SeedJob, seeds: Sequence[int]) -> list[SeedRun]:
                 "member": k,
                 "ensemble_size": len(seeds),
                 "ensemble_wall_time": wall,
+                "last_step": int(trainer.global_step),
                 "hparams": plain_hparams(template),
             }
         )

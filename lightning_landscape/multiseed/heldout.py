@@ -1,0 +1,162 @@
+"""After the selection: an honest score for the winner, the best-of-k curve, and the seeds not done yet.
+
+:class:`~lightning_landscape.multiseed.MultiSeedTrainer` calls :func:`after_selection` once the best seed
+is known (see its ``_after_selection`` hook). The seed was chosen on validation, so its validation score
+is the minimum of K noisy numbers and flatters it; a held-out test set does not know about the choice.
+The mathematics lives in :mod:`lightning_landscape.multiseed.selection`; this module only decides which
+checkpoints are tested, runs ``Trainer.test`` on them, and stores the numbers in the record.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from lightning_landscape.multiseed.record import load_checkpoint
+from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
+from lightning_landscape.multiseed.selection import best_of_k, selection_optimism, still_improving
+
+TestWhich = Literal["best", "all", "none"]
+TEST_CHOICES = ("best", "all", "none")
+_VAL = re.compile(r"(^|[_/.])val(idation)?(?=$|[_/.])")
+_TEST = re.compile(r"(^|[_/.])test(?=$|[_/.])")
+
+
+def derive_test_monitor(monitor: str) -> str:
+    """The test metric that matches a validation ``monitor``: ``val_loss`` -> ``test_loss``,
+    ``val/acc`` -> ``test/acc``; a name without a ``val`` part is used as it is.
+
+    Example:
+        >>> derive_test_monitor("val_loss"), derive_test_monitor("val/acc"), derive_test_monitor("loss")
+        ('test_loss', 'test/acc', 'loss')
+    """
+    return _VAL.sub(lambda m: f"{m.group(1)}test", monitor, count=1)
+
+
+def names_test_set(monitor: str) -> bool:
+    """Whether ``monitor`` names a test-set metric (``test_loss``, ``test/acc``, ...)."""
+    return bool(_TEST.search(monitor))
+
+
+def _step_of(path: str) -> int | None:
+    if not path:
+        return None
+    try:
+        step = load_checkpoint(path).get("global_step")
+    except ValueError:
+        return None
+    return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def mark_still_improving(runs: Sequence[SeedRun], fraction: float) -> None:
+    """Set ``run.still_improving`` for each finished run from its best and last checkpoints' steps."""
+    for run in runs:
+        if run.status != "finished":
+            continue
+        best = run.extra.get("best_step")
+        if not isinstance(best, int):
+            best = _step_of(run.best_model_path)
+        last = run.extra.get("last_step")
+        if not isinstance(last, int):
+            last = _step_of(run.last_model_path)
+        if best is None or last is None or best > last:
+            run.still_improving = None
+        else:
+            run.still_improving = still_improving(best, last, fraction)
+
+
+def _test_data(job: Any, test_dataloaders: Any) -> tuple[LightningDataModule | None, Any] | None:
+    """``(datamodule, dataloaders)`` for ``Trainer.test``, or ``None`` when there is no test split."""
+    if test_dataloaders is not None:
+        return None, test_dataloaders
+    datamodule, _ = job.build_data()
+    if datamodule is not None and is_overridden("test_dataloader", datamodule, LightningDataModule):
+        return datamodule, None
+    return None
+
+
+def score_on_test(
+    job: Any, run: SeedRun, test_monitor: str, data: tuple[Any, Any], trainer_kwargs: dict[str, Any]
+) -> float | None:
+    """The ``test_monitor`` that ``Trainer.test`` logs for ``run``'s best checkpoint (``weights_only`` load).
+
+    ``None`` (with a warning) when the model has no ``test_step`` or its test loop does not log
+    ``test_monitor``: the seeds are trained by then, and their record stands without a test score.
+    """
+    from lightning_landscape.multiseed.ensemble import build_seeded
+
+    # Built as the seed built it, with the global RNG left as it was; the weights come from the file.
+    (model,) = build_seeded(job.build_model, [run.seed])
+    if not is_overridden("test_step", model, LightningModule):
+        rank_zero_warn(f"MultiSeedTrainer: {type(model).__name__} has no test_step; the winner is not tested")
+        return None
+    model.load_state_dict(load_checkpoint(run.best_model_path)["state_dict"])
+    trainer = Trainer(
+        accelerator=trainer_kwargs.get("accelerator", "auto"),
+        devices=1,
+        precision=trainer_kwargs.get("precision"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=job.root_dir,
+    )
+    datamodule, loaders = data
+    results = trainer.test(model, dataloaders=loaders, datamodule=datamodule, verbose=False)
+    for entry in results:
+        if test_monitor in entry:
+            return float(entry[test_monitor])
+    logged = sorted({k for entry in results for k in entry})
+    rank_zero_warn(
+        f"MultiSeedTrainer: `test_monitor={test_monitor!r}` is not logged by the test loop (it logs"
+        f" {logged}); log it in test_step or pass test_monitor=<one of those>. No test score recorded."
+    )
+    return None
+
+
+def after_selection(
+    result: MultiSeedResult,
+    extra: dict[str, Any],
+    job: Any,
+    *,
+    test: TestWhich,
+    test_monitor: str,
+    test_dataloaders: Any,
+    trainer_kwargs: dict[str, Any],
+    still_improving_fraction: float,
+) -> None:
+    """Test the winner (or every seed), flag seeds still improving, and store best-of-k and optimism.
+
+    Writes ``run.test_score`` and ``run.still_improving`` per seed, ``result.best_test_score`` and
+    ``result.selection``, and the blocks ``extra["best_of_k"]`` and ``extra["selection"]`` of the record.
+    """
+    finished = result.finished
+    mark_still_improving(finished, still_improving_fraction)
+    data = _test_data(job, test_dataloaders) if test != "none" else None
+    if data is not None:
+        best = next(r for r in finished if r.seed == result.best_seed)
+        targets = finished if test == "all" else [best]
+        for run in targets:
+            if run.test_score is None:  # a resumed run keeps the scores it has
+                run.test_score = score_on_test(job, run, test_monitor, data, trainer_kwargs)
+                if run.test_score is None:
+                    break
+    result.best_test_score = next((r.test_score for r in finished if r.seed == result.best_seed), None)
+    curve = result.best_of_k()
+    if curve is not None:
+        extra["best_of_k"] = curve.to_dict()
+    tested = [r.test_score for r in finished if r.test_score is not None]
+    if result.best_test_score is not None and math.isfinite(result.best_score):
+        numbers = selection_optimism(result.best_score, result.best_test_score, tested, result.mode)
+        result.selection = {**numbers.to_dict(), "test_monitor": test_monitor, "seeds_tested": len(tested)}
+        extra["selection"] = result.selection
+    extra["still_improving"] = sorted(r.seed for r in finished if r.still_improving)
+
+
+__all__ = ["after_selection", "best_of_k", "derive_test_monitor", "mark_still_improving", "names_test_set"]
