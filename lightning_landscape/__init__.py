@@ -1,10 +1,11 @@
 """lightning-landscape: see the loss landscape you train on.
 
-Drop-in Lightning callbacks (gradient norms, Hessian spectra, risk gaps), a multi-seed trainer,
-and a framework-free curvature core.
+Drop-in Lightning callbacks (gradient norms, Hessian spectra, risk gaps, loss-landscape views), a multi-seed
+trainer, and framework-free curvature and landscape cores.
 
-The names below are imported on first use (PEP 562), so ``import lightning_landscape.curvature`` does not
-import Lightning; ``from lightning_landscape import HessianEigenMonitor`` works as usual.
+The names below are imported on first use (PEP 562), so ``import lightning_landscape.curvature`` (or
+``.landscape``) does not import Lightning; ``from lightning_landscape import HessianEigenMonitor`` works as
+usual.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     # --- callbacks ---
-    from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
+    from lightning_landscape.callbacks import (
+        GradientNormMonitor,
+        HessianEigenMonitor,
+        LossLandscapeMonitor,
+        RiskGapMonitor,
+    )
 
     # --- curvature ---
     from lightning_landscape.curvature import (
@@ -30,6 +36,19 @@ if TYPE_CHECKING:
         spectral_density,
     )
 
+    # --- landscape ---
+    from lightning_landscape.landscape import (
+        BarrierResult,
+        LineResult,
+        PlaneResult,
+        hessian_directions,
+        linear_barrier,
+        loss_line,
+        loss_plane,
+        random_directions,
+        trajectory_plane,
+    )
+
     # --- multi-seed ---
     from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer, SeedRun
     from lightning_landscape.multiseed.ensemble import SeedEnsemble
@@ -39,6 +58,7 @@ _LAZY = {
     # callbacks
     "GradientNormMonitor": "lightning_landscape.callbacks",
     "HessianEigenMonitor": "lightning_landscape.callbacks",
+    "LossLandscapeMonitor": "lightning_landscape.callbacks",
     "RiskGapMonitor": "lightning_landscape.callbacks",
     # multi-seed
     "MultiSeedResult": "lightning_landscape.multiseed",
@@ -54,6 +74,16 @@ _LAZY = {
     "hessian_eigenvalues": "lightning_landscape.curvature",
     "hessian_trace": "lightning_landscape.curvature",
     "spectral_density": "lightning_landscape.curvature",
+    # landscape
+    "BarrierResult": "lightning_landscape.landscape",
+    "LineResult": "lightning_landscape.landscape",
+    "PlaneResult": "lightning_landscape.landscape",
+    "hessian_directions": "lightning_landscape.landscape",
+    "linear_barrier": "lightning_landscape.landscape",
+    "loss_line": "lightning_landscape.landscape",
+    "loss_plane": "lightning_landscape.landscape",
+    "random_directions": "lightning_landscape.landscape",
+    "trajectory_plane": "lightning_landscape.landscape",
 }
 
 __all__ = [
@@ -61,6 +91,7 @@ __all__ = [
     # callbacks
     "GradientNormMonitor",
     "HessianEigenMonitor",
+    "LossLandscapeMonitor",
     "RiskGapMonitor",
     # multi-seed
     "MultiSeedResult",
@@ -76,6 +107,16 @@ __all__ = [
     "hessian_eigenvalues",
     "hessian_trace",
     "spectral_density",
+    # landscape
+    "BarrierResult",
+    "LineResult",
+    "PlaneResult",
+    "hessian_directions",
+    "linear_barrier",
+    "loss_line",
+    "loss_plane",
+    "random_directions",
+    "trajectory_plane",
 ]
 
 

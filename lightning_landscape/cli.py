@@ -35,7 +35,12 @@ if TYPE_CHECKING:
     from lightning_landscape.multiseed import MultiSeedResult
 
 #: Our callbacks, documented in ``--help`` (import path relative to ``lightning_landscape``).
-CALLBACKS: tuple[str, ...] = ("GradientNormMonitor", "HessianEigenMonitor", "RiskGapMonitor")
+CALLBACKS: tuple[str, ...] = (
+    "GradientNormMonitor",
+    "HessianEigenMonitor",
+    "LossLandscapeMonitor",
+    "RiskGapMonitor",
+)
 
 _MULTISEED_SKIP = {"model", "datamodule", "train_dataloaders", "val_dataloaders"}
 # `multiseed` exit codes (an interrupted run exits 128 + signal, from MultiSeedInterrupted).

@@ -11,6 +11,7 @@ import pytest
 LIGHTNING_FREE = [
     "lightning_landscape",
     "lightning_landscape.curvature",
+    "lightning_landscape.landscape",
 ]
 LIGHTNING_MODULES = ("lightning", "pytorch_lightning", "lightning_fabric")
 

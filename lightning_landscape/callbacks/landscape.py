@@ -23,7 +23,15 @@ from lightning_landscape.callbacks._probe import (
     resolve_loss_fn,
 )
 from lightning_landscape.callbacks._tensorboard import log_scalars, tensorboard_writers
-from lightning_landscape.curvature.eigen import check_int
+from lightning_landscape.callbacks.tags import (
+    LANDSCAPE_CENTER_LOSS,
+    LANDSCAPE_CURVATURE,
+    LANDSCAPE_IMAGE,
+    LANDSCAPE_SECTION,
+    LANDSCAPE_SHARPNESS,
+    LANDSCAPE_TRAJECTORY_IMAGE,
+)
+from lightning_landscape.curvature._checks import check_int
 from lightning_landscape.landscape import (
     LineResult,
     PlaneResult,
@@ -34,14 +42,6 @@ from lightning_landscape.landscape import (
     trajectory_plane,
 )
 from lightning_landscape.landscape.directions import Direction, flatten, named_trainable, unflatten
-
-# Tag names of this family (to join the other families in callbacks/_tags.py).
-LANDSCAPE_SECTION = "landscape"
-LANDSCAPE_SHARPNESS = "landscape/sharpness"
-LANDSCAPE_CENTER_LOSS = "landscape/center_loss"
-LANDSCAPE_CURVATURE = "landscape/curvature"
-LANDSCAPE_IMAGE = "landscape/surface"
-LANDSCAPE_TRAJECTORY_IMAGE = "landscape/trajectory"
 
 
 class LossLandscapeMonitor(Callback):

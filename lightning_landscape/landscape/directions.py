@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.curvature import hessian_eigenvalues
-from lightning_landscape.curvature.eigen import check_int, make_generator
+from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature.krylov import make_generator
 from lightning_landscape.curvature.operator import LossFn
 
 Direction = dict[str, Tensor]

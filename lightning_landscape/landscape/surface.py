@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.curvature.eigen import check_int
+from lightning_landscape.curvature._checks import check_int
 from lightning_landscape.curvature.operator import LossFn, batch_size, rng_devices
 from lightning_landscape.landscape._evaluate import (
     GridEvaluator,

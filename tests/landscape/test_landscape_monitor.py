@@ -11,12 +11,12 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_landscape.callbacks.landscape import (
+from lightning_landscape.callbacks.landscape import LossLandscapeMonitor
+from lightning_landscape.callbacks.tags import (
     LANDSCAPE_CENTER_LOSS,
     LANDSCAPE_IMAGE,
     LANDSCAPE_SHARPNESS,
     LANDSCAPE_TRAJECTORY_IMAGE,
-    LossLandscapeMonitor,
 )
 from lightning_landscape.landscape import LineResult, PlaneResult, loss_line
 from lightning_landscape.landscape.directions import named_trainable, unflatten
