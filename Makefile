@@ -33,8 +33,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
 # at K=64/300, 4 sequential seeds; one table, also written to $(GPU_CHECK_OUT). It creates $(VENV) as `make test`
 # does. torch must be a CUDA build there: on Linux the PyPI wheel of torch==2.13.0 is one, so on the GPU machine
 #   make gpu-check VENV=.venv-gpu TORCH=torch==2.13.0
-# with PyPI (or a mirror holding the CUDA wheel) as pip's index; or add PyTorch's CUDA wheel index:
-#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu128 make gpu-check VENV=.venv-gpu TORCH=torch==2.13.0
+# with an index that holds the CUDA wheel (PyPI's Linux wheel is one).
 # A torch that sees no GPU stops it at once with that hint. Its CPU form runs in `make test`
 # (tests/test_gpu_check.py: --device cpu --tiny).
 .PHONY: gpu-check
