@@ -21,28 +21,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from examples import study
 from examples.shallow_relu import population_risk, target_function
 from lightning_landscape.multiseed.selection import classify_point
+from tests.oracle import dense_eigenvalues
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _dense_hessian(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The float64 Hessian of the mean squared error by plain autograd double backward, row by row."""
-    params = list(net.parameters())
-    loss = nn.functional.mse_loss(net(x), y)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    rows = []
-    for i in range(flat.numel()):
-        row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
-        rows.append(
-            torch.cat(
-                [
-                    (r if r is not None else torch.zeros_like(p)).reshape(-1)
-                    for r, p in zip(row, params, strict=True)
-                ]
-            )
-        )
-    return torch.stack(rows)
+def _mse(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.mse_loss(net(batch[0]), batch[1])
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -115,7 +100,7 @@ def test_every_panel_has_its_data_file_with_numbers_that_check_out(tiny_run):
         assert traj["grad_norm"][k, -1] == pytest.approx(float(g), rel=1e-3)
         assert float(row["grad_norm"]) == pytest.approx(float(g), rel=1e-9)
         # Hessian panel: Lanczos' extreme eigenvalues against the dense float64 Hessian.
-        eigs = torch.linalg.eigvalsh(_dense_hessian(net, x, y))
+        eigs = dense_eigenvalues(net, _mse, [(x, y)])
         top, low = float(eigs[-1]), float(eigs[0])
         assert float(row["eig_max"]) == pytest.approx(top, rel=1e-2)
         assert float(row["eig_min"]) == pytest.approx(low, abs=1e-2 * abs(top))

@@ -718,11 +718,13 @@ class SeedEnsemble(_StackedEnsemble):
     # ---- the fast step ---------------------------------------------------------------------------
     @property
     def automatic_optimization(self) -> bool:
-        """``False`` (our own step) unless the Trainer clips gradients or accumulates batches."""
+        """``False`` (our own step) unless the Trainer clips gradients, accumulates batches or holds a
+        ``ReduceLROnPlateau`` scheduler (which needs Lightning's monitored value)."""
         trainer = self._trainer
         if trainer is None:
             return True
-        return bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches > 1
+        plateau = any(config.reduce_on_plateau for config in trainer.lr_scheduler_configs)
+        return bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches > 1 or plateau
 
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
@@ -777,8 +779,7 @@ class SeedEnsemble(_StackedEnsemble):
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
-        if self._scheduler_interval() == "step":
-            self._step_scheduler()
+        self._step_schedulers("step", batch_idx)
         return None
 
     @override
@@ -789,22 +790,18 @@ class SeedEnsemble(_StackedEnsemble):
             self.compile_seconds = time.perf_counter() - self._compile_started
             rank_zero_info(f"SeedEnsemble: torch.compile took {self.compile_seconds:.1f} s (second step).")
         trainer = self.trainer
-        if (
-            not self.automatic_optimization
-            and self._scheduler_interval() == "epoch"
-            and (trainer.is_last_batch or batch_idx + 1 == trainer.num_training_batches)
+        if not self.automatic_optimization and (
+            trainer.is_last_batch or batch_idx + 1 == trainer.num_training_batches
         ):
             # Where Lightning's automatic loop steps an epoch-interval scheduler: after the last batch.
-            self._step_scheduler()
+            self._step_schedulers("epoch", trainer.current_epoch)
 
-    def _scheduler_interval(self) -> str | None:
-        hp: Any = self.hparams
-        return None if hp.lr_scheduler == "none" else str(hp.scheduler_interval)
-
-    def _step_scheduler(self) -> None:
-        sched = self.lr_schedulers()
-        assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
-        sched.step()
+    def _step_schedulers(self, interval: str, index: int) -> None:
+        # Every scheduler configure_optimizers returned (a subclass's own too), on the interval and
+        # frequency it was configured with, as Lightning's automatic loop steps them.
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval and (index + 1) % config.frequency == 0:
+                config.scheduler.step()  # type: ignore[call-arg]
 
     @override
     def configure_optimizers(self) -> Any:

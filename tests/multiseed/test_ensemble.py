@@ -22,6 +22,7 @@ from lightning_landscape.multiseed.ensemble import (
     VectorizationError,
     compile_unavailable,
 )
+from tests.oracle import dense_eigenvalues
 
 SEEDS = [0, 5, 9]
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
@@ -271,18 +272,7 @@ def test_member_top_hessian_eigenvalue_matches_dense_hessian(tmp_path: Path) -> 
     eig = ensemble.member_top_eigenvalues((x, y), tol=1e-8)
     for k in range(2):
         net = ensemble.member_module(k)
-        names = [n for n, _ in net.named_parameters()]
-        flat = torch.cat([p.detach().flatten() for p in net.parameters()])
-        shapes = [p.shape for p in net.parameters()]
-
-        def loss(
-            theta: torch.Tensor, net: nn.Module = net, names: list[str] = names, shapes: list[Any] = shapes
-        ) -> torch.Tensor:
-            chunks = torch.split(theta, [s.numel() for s in shapes])
-            params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
-            return F.mse_loss(torch.func.functional_call(net, params, (x,)), y)
-
-        dense = torch.linalg.eigvalsh(torch.func.hessian(loss)(flat))
+        dense = dense_eigenvalues(net, lambda m, b: F.mse_loss(m(b[0]), b[1]), [(x, y)])
         assert float(eig[k]) == pytest.approx(float(dense[-1]), rel=1e-6)
     # And the schedule logs it per member.
     logger = TensorBoardLogger(tmp_path, name="h", version="")
