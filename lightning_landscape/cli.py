@@ -70,9 +70,10 @@ def callbacks_help() -> str:
 
     This is the epilog of each subcommand's ``--help``.
 
-    Example::
-
-        print(callbacks_help())
+    Example:
+        >>> text = callbacks_help()
+        >>> all(name in text for name in CALLBACKS)
+        True
     """
     from docstring_parser import parse
 
@@ -113,9 +114,15 @@ class LandscapeCLI(LightningCLI):
         run: whether to run the chosen subcommand (``False`` only parses and instantiates).
         **kwargs: forwarded to :class:`~lightning.pytorch.cli.LightningCLI`.
 
-    Example::
+    Example:
+        >>> from pathlib import Path
+        >>> config = Path(__file__).parents[1] / "configs" / "shallow_relu.yaml"  # in the repository
+        >>> cli = LandscapeCLI(args=["--config", str(config), "--trainer.max_steps=10"], run=False)
+        >>> type(cli.model).__name__, cli.trainer.max_steps
+        ('ShallowReLU', 10)
 
-        LandscapeCLI(args=["fit", "--config", "configs/shallow_relu.yaml", "--trainer.max_steps=10"])
+        With ``run=True`` (the default) the first argument is the subcommand:
+        ``LandscapeCLI(args=["fit", "--config", ...])``.
     """
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
@@ -397,9 +404,12 @@ def format_result(result: MultiSeedResult) -> str:
     Args:
         result: what :meth:`MultiSeedTrainer.fit` returned.
 
-    Example::
-
-        print(format_result(MultiSeedTrainer(seeds=3, max_steps=10).fit(MyModel)))
+    Example:
+        >>> from lightning_landscape.multiseed import MultiSeedResult, SeedRun
+        >>> runs = [SeedRun(0, "finished", 0.25, wall_time=1.0), SeedRun(1, "failed", error="nan")]
+        >>> result = MultiSeedResult(runs, "val_loss", "min", 0, 0.25, "runs/x/best.ckpt", "runs/x")
+        >>> "best seed 0" in format_result(result)
+        True
     """
     tested = any(r.test_score is not None for r in result.runs)
     test_head = f"  {'test score':>12}" if tested else ""
@@ -447,9 +457,11 @@ def main(args: ArgsType = None) -> None:
     Args:
         args: arguments instead of ``sys.argv[1:]``.
 
-    Example::
-
-        main(["fit", "--config", "configs/digits.yaml", "--trainer.max_epochs=1"])
+    Example:
+        >>> from pathlib import Path
+        >>> config = Path(__file__).parents[1] / "configs" / "digits.yaml"  # in the repository
+        >>> main(["fit", "--config", str(config), "--trainer.fast_dev_run=true",
+        ...       "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
     """
     # Console scripts do not put the working directory on sys.path; configs name example classes by
     # import path relative to it (examples.shallow_relu.ShallowReLU), as `python -m` would find them.

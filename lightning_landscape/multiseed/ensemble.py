@@ -178,12 +178,17 @@ class PerSeedLoader:
     Args:
         loaders: one iterable of batches per member, in member order.
 
-    Example::
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = TensorDataset(torch.rand(64, 1), torch.rand(64, 1))
+        >>> gens = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
+        >>> loaders = [DataLoader(ds, 32, shuffle=True, generator=g) for g in gens]
+        >>> x, y = next(iter(PerSeedLoader(loaders)))  # member k's batch is x[k], y[k]
+        >>> tuple(x.shape)
+        (3, 32, 1)
 
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        loaders = [DataLoader(ds, 32, shuffle=True, generator=g) for g in gens]
-        ensemble = SeedEnsemble(..., seeds=seeds, per_seed_data=True)
-        trainer.fit(ensemble, train_dataloaders=PerSeedLoader(loaders))
+        Train with ``SeedEnsemble(..., seeds=[0, 1, 2], per_seed_data=True)`` and
+        ``trainer.fit(ensemble, train_dataloaders=PerSeedLoader(loaders))``.
     """
 
     def __init__(self, loaders: Sequence[Iterable[Any]]) -> None:
@@ -628,13 +633,19 @@ class SeedEnsemble(_StackedEnsemble):
             norm), fails under ``vmap`` (data-dependent control flow, dropout), or the Trainer clips
             gradients by norm.
 
-    Example::
-
-        ensemble = SeedEnsemble(
-            "mypkg.MLP", {"widths": [1, 50, 50, 1]}, loss="mse", seeds=300, optimizer="adam", lr=0.01
-        )
-        Trainer(max_steps=10_000).fit(ensemble, train_dataloaders=loader)
-        net_7 = ensemble.member_module(7)  # a plain nn.Module with seed 7's weights
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> def mlp() -> nn.Module:
+        ...     return nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> ensemble = SeedEnsemble(mlp, loss="mse", seeds=[0, 7], optimizer="adam", lr=0.01, compile=False)
+        >>> x = torch.rand(64, 1)
+        >>> loader = DataLoader(TensorDataset(x, x**2), batch_size=16)
+        >>> Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...         enable_model_summary=False).fit(ensemble, loader)
+        >>> net_7 = ensemble.member_module(1)  # a plain nn.Module with seed 7's weights
+        >>> type(net_7).__name__
+        'Sequential'
     """
 
     def __init__(

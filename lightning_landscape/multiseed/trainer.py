@@ -198,14 +198,17 @@ class MultiSeedTrainer:
         TypeError: an argument of the wrong type, or an unknown Trainer argument.
         ImportError: ``executor="ray"`` without Ray installed.
 
-    Example::
-
-        from lightning_landscape import MultiSeedTrainer
-
-        trainer = MultiSeedTrainer(seeds=5, monitor="val_loss", root_dir="runs/mlp", max_epochs=20)
-        result = trainer.fit(MyModule, datamodule=MyDataModule)
-        print(result.best_seed, result.best_score, result.mean, result.std)
-        best = MyModule.load_from_checkpoint(result.best_model_path, weights_only=True)
+    Example:
+        >>> import tempfile
+        >>> from examples.shallow_relu import ShallowReLU, ShallowReLUDataModule  # in the repository
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = MultiSeedTrainer(seeds=2, monitor="val_loss", root_dir=root, max_steps=20, quiet=True,
+        ...                            enable_progress_bar=False, enable_model_summary=False)
+        >>> data = ShallowReLUDataModule(batch_size=64, steps_per_epoch=10, val_size=256)
+        >>> result = trainer.fit(ShallowReLU, datamodule=data)
+        >>> result.best_seed in (0, 1), [run.status for run in result.runs]
+        (True, ['finished', 'finished'])
+        >>> best = ShallowReLU.load_from_checkpoint(result.best_model_path, weights_only=True)
     """
 
     def __init__(

@@ -221,11 +221,8 @@ def run_vectorized(job: SeedJob, seeds: Sequence[int]) -> list[SeedRun]:
         VectorizationError: (a ``ValueError``) before training, see :func:`check_job`; the message
             suggests ``executor="sequential"``.
 
-    Example::
-
-        job = SeedJob(root_dir="runs/vec", monitor="val_loss", mode="min", trainer_kwargs={"max_epochs": 5},
-                      model=model_builder(MyModule, None), train_dataloaders=train, val_dataloaders=val)
-        runs = run_vectorized(job, [0, 1, 2])
+    Users reach it through ``MultiSeedTrainer(executor="vectorized")`` (see its example), which builds the
+    :class:`SeedJob` and writes the record.
     """
     if not seeds:
         raise ValueError("`seeds` is empty.")
