@@ -177,18 +177,6 @@ class ProbeLoss:
         return out.reshape(())
 
 
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode inside the block, every submodule's own train/eval flag restored afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _generators(dataloader: DataLoader) -> list[torch.Generator]:
     found: list[torch.Generator] = []
     owners = [dataloader, dataloader.sampler, getattr(dataloader.batch_sampler, "sampler", None)]

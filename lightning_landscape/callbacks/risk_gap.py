@@ -22,13 +22,13 @@ from lightning_landscape.callbacks._probe import (
     ProbeLoss,
     batch_size_of,
     epoch_end_logging_step,
-    eval_mode,
     fixed_data_rng,
     iterate_fresh,
     probe_dataloader,
     resolve_loss_fn,
 )
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
+from lightning_landscape.curvature.operator import kept_modes
 
 
 class RiskGapMonitor(Callback):
@@ -256,7 +256,7 @@ class RiskGapMonitor(Callback):
         dataloader = probe_dataloader(trainer, "train")
         total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
         count = torch.zeros((), dtype=torch.float64, device=pl_module.device)
-        with eval_mode(pl_module), fixed_data_rng(dataloader, self.seed):
+        with kept_modes(pl_module), fixed_data_rng(dataloader, self.seed):
             for batch in iterate_fresh(dataloader):
                 batch = trainer.strategy.batch_to_device(batch)
                 size = batch_size_of(batch)

@@ -155,6 +155,32 @@ class ModelState:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def kept_modes(model: nn.Module, train_mode: bool = False) -> Iterator[None]:
+    """``model`` in eval mode inside the block (its own flags with ``train_mode``), every submodule's own
+    train/eval flag restored afterwards: the one train/eval restore of every probe in the package."""
+    modes = [(m, m.training) for m in model.modules()]
+    if not train_mode:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def probe_context(model: nn.Module, train_mode: bool = False, grad: bool = True) -> Iterator[None]:
+    """Evaluate ``model`` with nothing left behind: the global RNG forked, buffers swapped for copies, eval
+    mode unless ``train_mode`` (flags restored), gradients on or off as ``grad`` says."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=rng_devices(model)))
+        stack.enter_context(swapped_buffers(model))
+        stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        stack.enter_context(kept_modes(model, train_mode))
+        yield
+
+
 def rng_devices(model: nn.Module) -> list[int]:
     """CUDA device indices of the model's parameters, for :func:`torch.random.fork_rng`."""
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
@@ -342,20 +368,9 @@ class HessianOperator:
 
     @contextlib.contextmanager
     def _probe(self, index: int) -> Iterator[None]:
-        modes = [(m, m.training) for m in self.model.modules()]
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.random.fork_rng(devices=rng_devices(self.model)))
+        with probe_context(self.model, self.train_mode, grad=True), _math_attention():
             torch.manual_seed(self.seed * 1_000_003 + index)
-            stack.enter_context(swapped_buffers(self.model))
-            stack.enter_context(_math_attention())
-            stack.enter_context(torch.enable_grad())
-            if not self.train_mode:
-                self.model.eval()
-            try:
-                yield
-            finally:
-                for module, training in modes:
-                    module.training = training
+            yield
 
     def _loss(self, index: int) -> Tensor:
         loss = self.loss_fn(self.model, self._batches[index])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,8 +42,7 @@ from lightning_landscape.curvature.operator import (
     _available_bytes,
     _SavedBytes,
     batch_size,
-    rng_devices,
-    swapped_buffers,
+    probe_context,
     validate_inputs,
 )
 
@@ -179,24 +178,6 @@ class _AffineLayers(TorchFunctionMode):
             bias = self._real(bias)
             out = out + (bias if func is F.linear else bias.reshape(-1, *([1] * _CONVS[func])))
         return out
-
-
-@contextlib.contextmanager
-def probe_context(model: nn.Module, train_mode: bool, grad: bool) -> Iterator[None]:
-    """Evaluate ``model`` with nothing left behind: the global RNG forked, buffers swapped for copies, eval
-    mode unless ``train_mode`` (flags restored), gradients on or off as ``grad`` says."""
-    modes = [(m, m.training) for m in model.modules()]
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=rng_devices(model)))
-        stack.enter_context(swapped_buffers(model))
-        stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
-        if not train_mode:
-            model.eval()
-        try:
-            yield
-        finally:
-            for module, training in modes:
-                module.training = training
 
 
 def _warn_once(message: str) -> None:
