@@ -20,13 +20,11 @@ import copy
 import ctypes
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.seed import seed_everything
@@ -39,6 +37,7 @@ from typing_extensions import override
 
 from lightning_landscape._imports import import_object
 from lightning_landscape.callbacks import tags
+from lightning_landscape.multiseed._rng import rng_state, set_rng_state
 
 #: Optimizers whose update of each tensor entry depends only on that entry's history (and the shared
 #: step count), so one optimizer over stacked parameters acts on each member as on a lone model.
@@ -91,18 +90,11 @@ class _GlobalRngGuard:
     ``seed_everything`` K times, which must not leak into the user's own seeding."""
 
     def __enter__(self) -> None:
-        self._torch = torch.get_rng_state()
-        self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        self._numpy = np.random.get_state()
-        self._python = random.getstate()
+        self._state = rng_state()
         self._env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
 
     def __exit__(self, *exc: object) -> None:
-        torch.set_rng_state(self._torch)
-        if self._cuda is not None:
-            torch.cuda.set_rng_state_all(self._cuda)
-        np.random.set_state(self._numpy)
-        random.setstate(self._python)
+        set_rng_state(self._state)
         for key, value in self._env.items():
             if value is None:
                 os.environ.pop(key, None)

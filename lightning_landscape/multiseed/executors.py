@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -29,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -38,6 +35,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
 from lightning_landscape.multiseed._lightning import SafeCheckpointIO, plain_hparams
+from lightning_landscape.multiseed._rng import rng_state, set_rng_state
 from lightning_landscape.multiseed.build import ObjectBuilder
 from lightning_landscape.multiseed.paths import (
     LAST_CHECKPOINT,
@@ -53,34 +51,6 @@ log = logging.getLogger(__name__)
 # Set in SeedRun.extra when the monitored key is missing: a configuration error, not a seed failure.
 CONFIG_ERROR_KEY = "config_error"
 _MISSING_MONITOR_TEXT = "could not find the monitored key"
-
-
-def _rng_state() -> dict[str, Any]:
-    # Plain tensors, ints and lists only, so the checkpoint still loads with weights_only=True.
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    version, py_state, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [
-            str(name),
-            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            int(pos),
-            int(has_gauss),
-            float(cached),
-        ],
-        "python": [int(version), list(py_state), gauss],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, py_state, gauss = state["python"]
-    random.setstate((version, tuple(py_state), gauss))
 
 
 class _GlobalRNGState(Callback):
@@ -106,22 +76,22 @@ class _GlobalRNGState(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self._loaded if self._loaded is not None else _rng_state()
+        return self._loaded if self._loaded is not None else rng_state()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        _set_rng_state(state_dict)
+        set_rng_state(state_dict)
         self._loaded = state_dict
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._loaded is not None:
-            self._stash = _rng_state()
+            self._stash = rng_state()
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._stash is not None:
-            _set_rng_state(self._stash)
+            set_rng_state(self._stash)
             self._stash = None
 
     @override
