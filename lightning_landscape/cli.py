@@ -207,6 +207,12 @@ class LandscapeCLI(LightningCLI):
         gpus_per_seed: float = 0.0,
         max_concurrent: int | None = None,
         allow_config_change: bool = False,
+        test: Literal["best", "all", "none"] = "best",
+        test_monitor: str | None = None,
+        select_on_test: bool = False,
+        barriers: Literal["none", "best", "all"] = "none",
+        barrier_tol: float = 0.01,
+        quiet: bool = False,
     ) -> MultiSeedResult:
         """Train the model once per seed, keep the best, and print a table of seeds and scores.
 
@@ -231,6 +237,17 @@ class LandscapeCLI(LightningCLI):
             max_concurrent: at most this many seeds at once (Ray).
             allow_config_change: rank seeds of ``root_dir`` trained with another configuration together
                 with the new ones (a rerun with another configuration is refused otherwise).
+            test: after the selection, test the winner's best checkpoint (``best``), every seed's
+                (``all``) or none, when the datamodule has a test split.
+            test_monitor: the test metric recorded as the test score; unset: ``monitor`` with ``val``
+                replaced by ``test``.
+            select_on_test: allow a ``monitor`` that names a test metric (selecting on the test set makes
+                the winner's score optimistic).
+            barriers: loss barriers between the best seed's best checkpoint and each other seed's
+                (``best``), the full K x K matrix (``all``) or none; written to ``summary.json``,
+                ``barriers.png`` and ``interpolation.png``.
+            barrier_tol: the barrier below which a seed shares the best seed's basin.
+            quiet: no progress bar over the seeds and no Lightning notices below a warning.
         """
         from lightning_landscape.multiseed import MultiSeedTrainer
         from lightning_landscape.multiseed.record import RootDirBusyError
@@ -261,6 +278,12 @@ class LandscapeCLI(LightningCLI):
                 gpus_per_seed=gpus_per_seed,
                 max_concurrent=max_concurrent,
                 allow_config_change=allow_config_change,
+                test=test,
+                test_monitor=test_monitor,
+                select_on_test=select_on_test,
+                barriers=False if barriers == "none" else barriers,
+                barrier_tol=barrier_tol,
+                quiet=quiet,
                 **trainer_kwargs,
             )
             result = ms.fit(model_cls, datamodule=datamodule)

@@ -198,6 +198,7 @@ def test_multiseed_from_the_command_line_prints_the_table_and_resumes(tmp_path):
         "--monitor=val_loss",
         "--mode=min",
         f"--root_dir={root}",
+        "--barriers=best",
     ]
     first = _run([*common, "--seeds=2"])
     assert first.returncode == 0, first.stderr[-4000:]
@@ -212,6 +213,9 @@ def test_multiseed_from_the_command_line_prints_the_table_and_resumes(tmp_path):
         assert f"{run['score']:.6g}" in first.stdout
     best = min(runs.values(), key=lambda r: r["score"])
     assert f"best seed {best['seed']}" in first.stdout
+    # --barriers reaches MultiSeedTrainer: the block and both figures are written.
+    assert "barriers" in summary
+    assert (root / "barriers.png").is_file() and (root / "interpolation.png").is_file()
     assert f"best checkpoint: {root / 'best.ckpt'}" in first.stdout and (root / "best.ckpt").is_file()
     # Every seed's Trainer had our callbacks from the YAML.
     assert _tags.GRAD_NORM_TOTAL in _tb_scalars(root / "seed_0")
