@@ -136,6 +136,7 @@ class DigitsMLP(pl.LightningModule):
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
 
     @override
     def forward(self, x: Tensor) -> Tensor:
@@ -166,8 +167,11 @@ class DigitsMLP(pl.LightningModule):
     @override
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.net(x), y)
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.test_acc(logits, y)
         self.log("test_loss", loss)
+        self.log("test_acc", self.test_acc)
         return loss
 
     @override
