@@ -10,7 +10,7 @@ network (1, 50, 50, 1), He-normal weights and zero biases, fitted to :math:`f(x)
 ``seed_everything(s)``)::
 
     python examples/study.py --paper          # 300 x 10,000: tens of minutes on a CPU, ~a minute on a GPU
-    python examples/study.py                  # make demo: 64 x 2,000, the same schedule compressed, ~3 min
+    python examples/study.py                  # make demo: 64 x 1,500, the same schedule compressed, ~3 min
     python examples/study.py --tiny           # seconds: the smoke test (its own folder, runs/demo_tiny)
     python examples/study.py --target teacher # a realizable target: the optimal risk is exactly 0
     tensorboard --logdir runs/demo
@@ -99,12 +99,12 @@ class StudyConfig:
     """Everything that decides the numbers; kept in ``study.json`` so that a rerun resumes the same study."""
 
     seeds: int = 64
-    steps: int = 2000
+    steps: int = 1500
     target: str = "quadratic"
     hidden: list[int] = field(default_factory=lambda: [50, 50])
     bias_init: str = "zero"
     lr: float = 0.01
-    lr_halve_every: int = 100
+    lr_halve_every: int = 75
     batch_size: int = 1024
     grid_size: int = 4096
     num_probes: int = 60
@@ -113,7 +113,7 @@ class StudyConfig:
 
 # The three sizes; an explicit --seeds/--steps/--hidden overrides the preset's value.
 _PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {"seeds": 64, "steps": 2000, "hidden": [50, 50], "lr_halve_every": 100},
+    "demo": {"seeds": 64, "steps": 1500, "hidden": [50, 50], "lr_halve_every": 75},
     "paper": {"seeds": 300, "steps": 10_000, "hidden": [50, 50], "lr_halve_every": 500},
     "tiny": dict(
         seeds=6, steps=60, hidden=[8, 8], lr_halve_every=20, batch_size=128, grid_size=256, num_probes=12
@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "The shallow ReLU study of arXiv 2212.13111 as one vectorized ensemble (make demo). "
             "--paper runs the authors' full set-up (300 initializations x 10,000 steps): it takes tens of "
             "minutes on a CPU (about an hour on a busy 2-core machine) and about a minute on a GPU; the "
-            "default is a 64 x 2,000 scaled-down run of it (~3 min on 2 CPU cores); --tiny is a seconds-long "
+            "default is a 64 x 1,500 scaled-down run of it (~3 min on 2 CPU cores); --tiny is a seconds-long "
             "smoke test."
         )
     )
