@@ -76,7 +76,22 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 # ---- models -----------------------------------------------------------------------------------------
-class CNN(LightningModule):
+class _Probed(LightningModule):
+    """Shared steps of the check's classifiers: ``loss(batch)`` logged for training and validation."""
+
+    def loss(self, batch: Any) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.loss(batch))
+
+
+class CNN(_Probed):
     """Two conv + BatchNorm blocks and a linear head on synthetic 10-class images."""
 
     def __init__(self, channels: int = 32) -> None:
@@ -92,19 +107,11 @@ class CNN(LightningModule):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_loss", self.loss(batch))
-
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
-class TinyTransformer(LightningModule):
+class TinyTransformer(_Probed):
     """Lightning's demo encoder-decoder Transformer predicting the next token of synthetic sequences."""
 
     def __init__(self, vocab: int = 2000, width: int = 128, layers: int = 2) -> None:
@@ -117,14 +124,6 @@ class TinyTransformer(LightningModule):
         x, y = batch
         out = self.net(x, y)
         return F.nll_loss(out.reshape(-1, out.size(-1)), y.reshape(-1))
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_loss", self.loss(batch))
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=1e-3)

@@ -9,7 +9,8 @@ does) builds one :class:`HessianOperator` itself and calls the algorithms (:func
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -32,6 +33,26 @@ from lightning_landscape.curvature.trace import TraceResult, hutchinson, hutchpp
 
 TraceMethod = Literal["hutchinson", "hutchpp", "xtrace"]
 TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace")
+
+
+@contextlib.contextmanager
+def _operator(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    memory: MemoryMode,
+    train_mode: bool,
+    seed: int,
+    params: ParamSelection,
+) -> Iterator[HessianOperator]:
+    """The one operator of a model-level call, its saved graph released on the way out."""
+    op = HessianOperator(
+        model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed, params=params
+    )
+    try:
+        yield op
+    finally:
+        op.close()
 
 
 def hessian_eigenvalues(
@@ -132,11 +153,8 @@ def hessian_eigenvalues(
         return pyhessian_eigenvalues(
             model, loss_fn, batches, k, which, tol, max_iter, return_eigenvectors, train_mode, seed
         )
-    op = HessianOperator(
-        model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed, params=params
-    )
     solver = lanczos if backend == "lanczos" else power_iteration
-    try:
+    with _operator(model, loss_fn, batches, memory, train_mode, seed, params) as op:
         return solver(
             op,
             k=k,
@@ -147,8 +165,6 @@ def hessian_eigenvalues(
             return_eigenvectors=return_eigenvectors,
             v0=v0,
         )
-    finally:
-        op.close()
 
 
 def trace_of(
@@ -215,13 +231,8 @@ def hessian_trace(
     batches = validate_inputs(model, loss_fn, batches)
     check_choice("method", method, TRACE_METHODS)
     check_int("num_samples", num_samples, minimum={"hutchinson": 1, "hutchpp": 3, "xtrace": 4}[method])
-    op = HessianOperator(
-        model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed, params=params
-    )
-    try:
+    with _operator(model, loss_fn, batches, memory, train_mode, seed, params) as op:
         return trace_of(op, method=method, num_samples=num_samples, seed=seed)
-    finally:
-        op.close()
 
 
 def spectral_density(
@@ -272,13 +283,8 @@ def spectral_density(
     batches = validate_inputs(model, loss_fn, batches)
     check_int("num_iter", num_iter)
     check_int("num_runs", num_runs)
-    op = HessianOperator(
-        model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed, params=params
-    )
-    try:
+    with _operator(model, loss_fn, batches, memory, train_mode, seed, params) as op:
         return slq(op, num_iter=num_iter, num_runs=num_runs, seed=seed)
-    finally:
-        op.close()
 
 
 __all__ = [

@@ -154,7 +154,7 @@ def hutchpp(
     low_rank = float((Q * _blocks(op, Q, block_size)).sum())
     G = _rademacher(op, gen, N)
     PG = G - Q @ (Q.T @ G)
-    rest = (PG * _blocks(op, PG, block_size)).sum(0)
+    rest = _diag_prod(PG, _blocks(op, PG, block_size))
     return _result(low_rank + rest, 3 * N, "hutchpp")
 
 
