@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_landscape._imports import import_object
+from lightning_landscape._rng import kept_rng
+from lightning_landscape._torch import fresh_iterator, shutdown_workers
 from lightning_landscape.callbacks._lightning import batches_that_stepped, load_val_dataloaders
 
 if TYPE_CHECKING:
@@ -201,18 +203,16 @@ def fixed_data_rng(dataloader: DataLoader, seed: int) -> Iterator[None]:
     """Iterate ``dataloader`` under ``seed`` and put every random state it touches back afterwards.
 
     Seeding (rather than only saving and restoring) makes the probe batches the same whenever they are drawn,
-    so a resumed run probes the very batches of the original run. The torch generator is snapshot and restored
-    by :func:`torch.random.fork_rng` (the one RNG snapshot of the package), Python's and NumPy's here.
+    so a resumed run probes the very batches of the original run. The global generators are snapshot and
+    restored by :func:`~lightning_landscape._rng.kept_rng` (the one RNG snapshot of the package); CUDA
+    generators are left alone: samplers and worker seeds draw from the CPU generator.
     """
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
     generators = _generators(dataloader)
     generator_states = [g.get_state() for g in generators]
     samplers = _epoch_samplers(dataloader)
     epochs = [s.epoch for s in samplers]
     try:
-        # CUDA generators are left alone: samplers and worker seeds draw from the CPU generator.
-        with torch.random.fork_rng(devices=[]):
+        with kept_rng(cuda=False):
             torch.default_generator.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
@@ -222,8 +222,6 @@ def fixed_data_rng(dataloader: DataLoader, seed: int) -> Iterator[None]:
                 s.epoch = 0
             yield
     finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
         for g, state in zip(generators, generator_states, strict=True):
             g.set_state(state)
         for s, epoch in zip(samplers, epochs, strict=True):
@@ -236,14 +234,11 @@ def iterate_fresh(dataloader: DataLoader) -> Iterator[Any]:
     ``iter(dataloader)`` would hand out (and later reset) the cached iterator of a loader with
     ``persistent_workers=True``; the private ``_get_iterator`` always builds a fresh one.
     """
-    get_iterator = getattr(dataloader, "_get_iterator", None)
-    it = get_iterator() if callable(get_iterator) else iter(dataloader)
+    it = fresh_iterator(dataloader)
     try:
         yield from it
     finally:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if callable(shutdown):
-            shutdown()
+        shutdown_workers(it)
 
 
 def probe_dataloader(trainer: pl.Trainer, which: Literal["train", "val"]) -> DataLoader:

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_landscape._torch import COMPILED_PREFIX, foreach_norm
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._probe import logging_step
@@ -110,7 +111,7 @@ class GradientNormMonitor(Callback):
         self._names = {}
         for name, param in pl_module.named_parameters():
             # A submodule compiled with ``self.net = torch.compile(net)`` keeps its parameters in `_orig_mod`.
-            name = name.replace("_orig_mod.", "")
+            name = name.replace(COMPILED_PREFIX, "")
             if self.granularity == "module":
                 name = name.rpartition(".")[0] or "root"
             self._names[id(param)] = name
@@ -173,7 +174,7 @@ class GradientNormMonitor(Callback):
 
     def _norms(self, grads: list[Tensor], names: list[str]) -> tuple[Tensor, list[str], list[Tensor]]:
         """The total norm and the per-group norms, all still on the device."""
-        per_param = torch._foreach_norm(grads, self.norm_type)
+        per_param = foreach_norm(grads, self.norm_type)
         # Parameters may live on several devices or dtypes; combine in float32 on the first one's device.
         device = per_param[0].device
         stacked = torch.stack([n.to(device, torch.float32) for n in per_param])

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_landscape._torch import BatchNormBase, DropoutBase, is_compiled_wrapper
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int, check_positive
 from lightning_landscape.callbacks._probe import (
@@ -38,13 +39,14 @@ from lightning_landscape.curvature import (
     select_parameters,
     slq,
 )
+from lightning_landscape.curvature._checks import DEFAULT_TOL
 
 
 def _mode_dependent(module: nn.Module) -> bool:
     """Whether ``module`` computes something else in train mode (so the eval-mode Hessian differs)."""
-    if isinstance(module, nn.modules.dropout._DropoutNd):
+    if isinstance(module, DropoutBase):
         return module.p > 0
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if isinstance(module, BatchNormBase):
         return module.track_running_stats
     return False
 
@@ -186,7 +188,7 @@ class HessianEigenMonitor(Callback):
         num_batches: int = 1,
         dataloader: Literal["train", "val"] = "train",
         loss_fn: str | None = None,
-        tol: float = 1e-3,
+        tol: float = DEFAULT_TOL,
         backend: Literal["lanczos", "power", "pyhessian"] = "lanczos",
         max_iter: int | None = None,
         train_mode: bool | None = None,
@@ -322,7 +324,7 @@ class HessianEigenMonitor(Callback):
                 "(`loss_fn='self.d_loss'`, e.g. a GAN's discriminator loss) or an import path "
                 "`loss_fn='pkg.module:function'` of loss_fn(model, batch)."
             )
-        compiled = any(hasattr(m, "_orig_mod") for m in pl_module.modules())
+        compiled = any(is_compiled_wrapper(m) for m in pl_module.modules())
         if compiled and not hasattr(torch.compiler, "set_stance"):
             raise MisconfigurationException(  # pragma: no cover - torch < 2.6
                 "HessianEigenMonitor: this torch cannot run compiled modules eagerly (no "

@@ -28,7 +28,7 @@ from lightning_landscape.callbacks._probe import (
     resolve_loss_fn,
 )
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
-from lightning_landscape.curvature.operator import kept_modes
+from lightning_landscape.curvature._model_state import kept_modes
 
 
 class RiskGapMonitor(Callback):

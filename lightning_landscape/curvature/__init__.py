@@ -10,11 +10,12 @@ Pure PyTorch (no Lightning import): usable on any ``nn.Module`` and ``loss_fn(mo
   :func:`hessian_trace`, :func:`spectral_density` (:mod:`~.api`, the only module that knows pyhessian).
 """
 
+from lightning_landscape.curvature._inputs import LossFn, batch_size
 from lightning_landscape.curvature._params import ParamSelection, select_parameters
 from lightning_landscape.curvature.api import hessian_eigenvalues, hessian_trace, spectral_density, trace_of
 from lightning_landscape.curvature.eigen import EigenResult, lanczos, power_iteration
 from lightning_landscape.curvature.krylov import DenseOperator, LinearOperator, lanczos_tridiagonal
-from lightning_landscape.curvature.operator import HessianOperator, LossFn, NonFiniteError, batch_size
+from lightning_landscape.curvature.operator import HessianOperator, NonFiniteError
 from lightning_landscape.curvature.spectrum import SpectralDensity, slq
 from lightning_landscape.curvature.trace import TraceResult, hutchinson, hutchpp, xtrace
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: The default relative tolerance of every eigenvalue solver and monitor (Ritz values converge to it).
+DEFAULT_TOL = 1e-3
+
 
 def check_int(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
     """A ``ValueError`` naming ``name`` unless ``value`` is an int >= ``minimum`` (or None if optional).

@@ -22,17 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.curvature.eigen import EigenResult
-from lightning_landscape.curvature.operator import (
-    HessianOperator,
-    LossFn,
+from lightning_landscape.curvature._inputs import LossFn, batch_size
+from lightning_landscape.curvature._model_state import (
     ModelState,
-    NonFiniteError,
-    _math_attention,
-    batch_size,
+    math_attention,
     rng_devices,
     swapped_buffers,
 )
+from lightning_landscape.curvature.eigen import EigenResult
+from lightning_landscape.curvature.operator import HessianOperator, NonFiniteError
 
 
 class _LossModule(nn.Module):
@@ -48,7 +46,7 @@ class _LossModule(nn.Module):
         # pyhessian calls eval() on us: impose the mode the caller asked for, per evaluation.
         for module, training in self.modes:
             module.training = training if self.train_mode else False
-        with swapped_buffers(self.model), _math_attention():
+        with swapped_buffers(self.model), math_attention():
             loss = self.loss_fn(self.model, self.batches[int(index.reshape(-1)[0])])
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError(

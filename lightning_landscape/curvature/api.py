@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lightning_landscape.curvature._checks import check_choice, check_int, check_k_tol
+from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_int, check_k_tol
+from lightning_landscape.curvature._inputs import LossFn, validate_inputs
 from lightning_landscape.curvature._params import ParamSelection, select_parameters
 from lightning_landscape.curvature.eigen import (
     BACKENDS,
@@ -27,7 +28,7 @@ from lightning_landscape.curvature.eigen import (
     lanczos,
     power_iteration,
 )
-from lightning_landscape.curvature.operator import HessianOperator, LossFn, MemoryMode, validate_inputs
+from lightning_landscape.curvature.operator import HessianOperator, MemoryMode
 from lightning_landscape.curvature.spectrum import SpectralDensity, slq
 from lightning_landscape.curvature.trace import TraceResult, hutchinson, hutchpp, xtrace
 
@@ -61,7 +62,7 @@ def hessian_eigenvalues(
     batches: Sequence[Any],
     k: int = 1,
     which: Which = "largest",
-    tol: float = 1e-3,
+    tol: float = DEFAULT_TOL,
     max_iter: int | None = None,
     backend: Backend = "lanczos",
     return_eigenvectors: bool = False,

@@ -18,12 +18,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_landscape.curvature._checks import check_choice, check_k_tol
+from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_k_tol
+from lightning_landscape.curvature._inputs import make_generator
 from lightning_landscape.curvature.krylov import (
     LinearOperator,
     _floor,
     _Lanczos,
-    make_generator,
     random_vector,
 )
 
@@ -171,7 +171,7 @@ def lanczos(
     *,
     k: int = 1,
     which: Which = "largest",
-    tol: float = 1e-3,
+    tol: float = DEFAULT_TOL,
     max_iter: int | None = None,
     seed: int = 0,
     return_eigenvectors: bool = False,
@@ -362,7 +362,7 @@ def power_iteration(
     *,
     k: int = 1,
     which: Which = "largest",
-    tol: float = 1e-3,
+    tol: float = DEFAULT_TOL,
     max_iter: int | None = None,
     seed: int = 0,
     return_eigenvectors: bool = False,

@@ -37,13 +37,6 @@ def apply_block(op: LinearOperator, V: Tensor) -> Tensor:
     return torch.stack([op.matvec(V[:, i]) for i in range(V.shape[1])], dim=1)
 
 
-def make_generator(seed: int) -> torch.Generator:
-    """A private CPU generator: random vectors are drawn on the CPU (identical on every device)."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed))
-    return gen
-
-
 def random_vector(op: LinearOperator, gen: torch.Generator, rademacher: bool = False) -> Tensor:
     """A Gaussian (or Rademacher) vector from ``gen``, in the operator's dtype and on its device."""
     if rademacher:

@@ -15,228 +15,30 @@ and :meth:`HessianOperator.matvec` returns :math:`Hv` without ever forming :math
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.curvature._inputs import LossFn, batch_size, validate_inputs
+from lightning_landscape.curvature._memory import SavedBytes, available_bytes
+from lightning_landscape.curvature._model_state import (
+    math_attention,
+    probe_context,
+)
 from lightning_landscape.curvature._params import ParamSelection, select_parameters
-
-LossFn = Callable[[nn.Module, Any], Tensor]
-"""``loss_fn(model, batch) -> scalar tensor``: the loss of ``model`` on one batch."""
 
 MemoryMode = Literal["auto", "reuse", "recompute"]
 _MEMORY_MODES = ("auto", "reuse", "recompute")
 
 # Fraction of the free memory that "auto" lets the kept double-backward graph use.
 _AUTO_MEMORY_FRACTION = 0.25
-_FALLBACK_FREE_BYTES = 4 * 1024**3
 
 
 class NonFiniteError(ValueError):
     """Raised when the loss or a Hessian-vector product is not finite (NaN or infinite)."""
-
-
-def _first_tensor(batch: Any) -> Tensor | None:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, Mapping):
-        items: Any = batch.values()
-    elif isinstance(batch, (list, tuple)):
-        items = batch
-    else:
-        return None
-    for item in items:
-        found = _first_tensor(item)
-        if found is not None:
-            return found
-    return None
-
-
-def batch_size(batch: Any) -> int:
-    """The size of a batch: the leading dimension of the first tensor found in it (depth first).
-
-    Args:
-        batch: a tensor, or a (nested) tuple, list or dict containing tensors.
-
-    Raises:
-        TypeError: if the batch holds no tensor.
-
-    Example::
-
-        >>> batch_size({"x": torch.zeros(8, 3), "y": torch.zeros(8)})
-        8
-    """
-    tensor = _first_tensor(batch)
-    if tensor is None:
-        raise TypeError(
-            "Each batch must be a tensor or a tuple/list/dict holding at least one tensor, "
-            f"got {type(batch).__name__}."
-        )
-    return int(tensor.shape[0]) if tensor.dim() > 0 else 1
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of ``model`` with ``requires_grad=True``, each once, in ``model.parameters()`` order."""
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def validate_inputs(model: Any, loss_fn: Any, batches: Any) -> list[Any]:
-    """Check the common arguments of the curvature functions; return the batches as a list.
-
-    Raises:
-        TypeError: if ``model`` is not an ``nn.Module``, ``loss_fn`` is not callable or ``batches`` is not
-            a list/tuple of batches.
-        ValueError: if ``batches`` is empty or the model has no trainable parameters.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}.")
-    if isinstance(batches, (Tensor, Mapping)) or not isinstance(batches, Sequence):
-        raise TypeError(
-            "`batches` must be a list or tuple of batches (tensors, tuples or dicts), "
-            f"got {type(batches).__name__}."
-        )
-    if len(batches) == 0:
-        raise ValueError("`batches` is empty: pass at least one batch.")
-    if not trainable_parameters(model):
-        raise ValueError("`model` has no trainable parameters (none with requires_grad=True).")
-    return list(batches)
-
-
-@contextlib.contextmanager
-def _math_attention() -> Iterator[None]:
-    # Fused SDPA kernels (flash / memory-efficient, CPU and CUDA) have no double backward; the math
-    # kernel is plain differentiable ops, so Hessian-vector products always run under it.
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - torch < 2.3
-        yield
-        return
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
-
-
-class ModelState:
-    """A snapshot of everything a probe could change on a model, restorable exactly.
-
-    Covers train/eval flags of every submodule, ``requires_grad`` flags, parameter values, ``.grad``
-    fields (the tensor objects themselves, including ``None``, and their values) and the global torch
-    RNG states (CPU and every CUDA device the parameters live on).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.modes = [(m, m.training) for m in model.modules()]
-        params = list(model.parameters())
-        self.requires_grad = [(p, p.requires_grad) for p in params]
-        self.grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
-        self.values = [(p, p.detach().clone()) for p in params]
-
-    def restore_modes(self) -> None:
-        for module, training in self.modes:
-            module.training = training
-
-    def restore(self) -> None:
-        self.restore_modes()
-        with torch.no_grad():
-            for p, value in self.values:
-                if not torch.equal(p, value):
-                    p.copy_(value)
-            for p, grad, grad_value in self.grads:
-                p.grad = grad
-                if grad is not None and grad_value is not None and not torch.equal(grad, grad_value):
-                    grad.copy_(grad_value)
-        for p, flag in self.requires_grad:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def kept_modes(model: nn.Module, train_mode: bool = False) -> Iterator[None]:
-    """``model`` in eval mode inside the block (its own flags with ``train_mode``), every submodule's own
-    train/eval flag restored afterwards: the one train/eval restore of every probe in the package."""
-    modes = [(m, m.training) for m in model.modules()]
-    if not train_mode:
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextlib.contextmanager
-def probe_context(model: nn.Module, train_mode: bool = False, grad: bool = True) -> Iterator[None]:
-    """Evaluate ``model`` with nothing left behind: the global RNG forked, buffers swapped for copies, eval
-    mode unless ``train_mode`` (flags restored), gradients on or off as ``grad`` says."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=rng_devices(model)))
-        stack.enter_context(swapped_buffers(model))
-        stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
-        stack.enter_context(kept_modes(model, train_mode))
-        yield
-
-
-def rng_devices(model: nn.Module) -> list[int]:
-    """CUDA device indices of the model's parameters, for :func:`torch.random.fork_rng`."""
-    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-
-
-@contextlib.contextmanager
-def swapped_buffers(model: nn.Module) -> Iterator[None]:
-    """Run with every buffer replaced by a copy, then put the originals back.
-
-    A forward in train mode updates BatchNorm running statistics in place; the copies absorb that while
-    the originals stay untouched (and copies referenced by a kept autograd graph are never modified).
-    """
-    saved: list[tuple[nn.Module, str, Tensor]] = []
-    for module in model.modules():
-        for name, buf in list(module._buffers.items()):
-            if buf is not None:
-                saved.append((module, name, buf))
-                module._buffers[name] = buf.clone()
-    try:
-        yield
-    finally:
-        for module, name, buf in saved:
-            module._buffers[name] = buf
-
-
-def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return _FALLBACK_FREE_BYTES
-
-
-class _SavedBytes:
-    """Counts the bytes autograd saves for backward (deduplicated by storage) while active."""
-
-    def __init__(self) -> None:
-        self.nbytes = 0
-        self._seen: set[int] = set()
-
-    def pack(self, tensor: Tensor) -> Tensor:
-        try:
-            storage = tensor.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen:
-                self._seen.add(key)
-                self.nbytes += storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # pragma: no cover - exotic tensor subclasses
-            self.nbytes += tensor.numel() * tensor.element_size()
-        return tensor
-
-    @staticmethod
-    def unpack(tensor: Tensor) -> Tensor:
-        return tensor
 
 
 class HessianOperator:
@@ -368,7 +170,7 @@ class HessianOperator:
 
     @contextlib.contextmanager
     def _probe(self, index: int) -> Iterator[None]:
-        with probe_context(self.model, self.train_mode, grad=True), _math_attention():
+        with probe_context(self.model, self.train_mode, grad=True), math_attention():
             torch.manual_seed(self.seed * 1_000_003 + index)
             yield
 
@@ -389,7 +191,7 @@ class HessianOperator:
 
     def _build_graph(self, auto: bool) -> None:
         total: Tensor | None = None
-        counter = _SavedBytes()
+        counter = SavedBytes()
         for i in range(len(self._batches)):
             hooks = torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack)
             with self._probe(i), hooks if (auto and i == 0) else contextlib.nullcontext():
@@ -403,7 +205,7 @@ class HessianOperator:
                     # The double-backward graph is what a kept graph costs: measure it on batch 0.
                     first = self._grad(loss * (self._weights[0] / self.total_weight))
                     estimate = counter.nbytes * len(self._batches)
-                    if estimate > _AUTO_MEMORY_FRACTION * _available_bytes(self.device):
+                    if estimate > _AUTO_MEMORY_FRACTION * available_bytes(self.device):
                         self.memory = "recompute"
                         return
                     if len(self._batches) == 1:
@@ -413,7 +215,7 @@ class HessianOperator:
             term = loss * (self._weights[i] / self.total_weight)
             total = term if total is None else total + term
         assert total is not None
-        with torch.enable_grad(), _math_attention():
+        with torch.enable_grad(), math_attention():
             self._grads = self._grad(total)
 
     # -- products -----------------------------------------------------------------------------------
@@ -575,15 +377,4 @@ class HessianOperator:
         return torch.cat(cols, dim=1)
 
 
-__all__ = [
-    "HessianOperator",
-    "LossFn",
-    "MemoryMode",
-    "ModelState",
-    "NonFiniteError",
-    "ParamSelection",
-    "batch_size",
-    "select_parameters",
-    "trainable_parameters",
-    "validate_inputs",
-]
+__all__ = ["HessianOperator", "MemoryMode", "NonFiniteError"]

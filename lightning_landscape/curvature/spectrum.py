@@ -19,12 +19,8 @@ import torch
 from torch import Tensor
 
 from lightning_landscape.curvature._checks import check_int, check_positive
-from lightning_landscape.curvature.krylov import (
-    LinearOperator,
-    lanczos_tridiagonal,
-    make_generator,
-    random_vector,
-)
+from lightning_landscape.curvature._inputs import make_generator
+from lightning_landscape.curvature.krylov import LinearOperator, lanczos_tridiagonal, random_vector
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from lightning_landscape.curvature._checks import check_int
-from lightning_landscape.curvature.krylov import LinearOperator, apply_block, make_generator, random_vector
+from lightning_landscape.curvature._inputs import make_generator
+from lightning_landscape.curvature.krylov import LinearOperator, apply_block, random_vector
 
 DEFAULT_BLOCK = 32
 """Vectors per :meth:`~.HessianOperator.matmat` call in the trace estimators."""

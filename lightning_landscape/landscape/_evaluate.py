@@ -36,15 +36,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from lightning_landscape.curvature.operator import (
-    LossFn,
-    NonFiniteError,
-    _available_bytes,
-    _SavedBytes,
-    batch_size,
-    probe_context,
-    validate_inputs,
-)
+from lightning_landscape._torch import is_batched_tensor
+from lightning_landscape.curvature._inputs import LossFn, batch_size, validate_inputs
+from lightning_landscape.curvature._memory import SavedBytes, available_bytes
+from lightning_landscape.curvature._model_state import probe_context
+from lightning_landscape.curvature.operator import NonFiniteError
 
 _BUDGET_FRACTION = 0.25
 # Beyond a few hundred points per forward the batched products are as efficient as they get; larger chunks
@@ -74,7 +70,7 @@ class _LossOf(nn.Module):
         return loss.reshape(())
 
 
-_is_batched: Any = getattr(torch._C._functorch, "is_batchedtensor", None)
+_is_batched: Any = is_batched_tensor
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 
 
@@ -280,7 +276,7 @@ class GridEvaluator:
 
     def _measure(self, loss_at: Any, coeffs: Tensor) -> int:
         """Bytes of one point's forward (weights + activations), measured on the largest batch."""
-        counter = _SavedBytes()
+        counter = SavedBytes()
         index = max(range(len(self.batches)), key=lambda i: self.weights[i])
         self._seed(index)
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
@@ -295,7 +291,7 @@ class GridEvaluator:
             return min(self.chunk_size, coeffs.shape[0])
         budget = self.memory_budget
         if budget is None:
-            budget = int(_BUDGET_FRACTION * _available_bytes(device))
+            budget = int(_BUDGET_FRACTION * available_bytes(device))
         per_point = self._measure(loss_at, coeffs)
         cap = _MAX_CHUNK_CPU if device.type == "cpu" else _MAX_CHUNK
         return max(1, min(coeffs.shape[0], cap, budget // per_point))

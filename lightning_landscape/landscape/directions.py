@@ -25,10 +25,10 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape._torch import NormBase
 from lightning_landscape.curvature import hessian_eigenvalues
-from lightning_landscape.curvature._checks import check_int
-from lightning_landscape.curvature.krylov import make_generator
-from lightning_landscape.curvature.operator import LossFn
+from lightning_landscape.curvature._checks import DEFAULT_TOL, check_int
+from lightning_landscape.curvature._inputs import LossFn, make_generator
 
 Direction = dict[str, Tensor]
 """A direction in weight space: one tensor per trainable parameter, keyed like ``named_parameters()``."""
@@ -36,7 +36,7 @@ Direction = dict[str, Tensor]
 Normalization = Literal["filter", "layer", "model"]
 _NORMALIZATIONS = ("filter", "layer", "model", None)
 _IGNORES = ("biasbn", None)
-_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NORM_LAYERS = (NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 def named_trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -204,7 +204,7 @@ def hessian_directions(
     batches: Sequence[Any],
     k: int = 2,
     which: Literal["largest", "smallest"] = "largest",
-    tol: float = 1e-3,
+    tol: float = DEFAULT_TOL,
     seed: int = 0,
     **kwargs: Any,
 ) -> HessianDirections:

@@ -16,8 +16,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape._torch import BatchNormBase
 from lightning_landscape.curvature._checks import check_int
-from lightning_landscape.curvature.operator import LossFn, batch_size, rng_devices
+from lightning_landscape.curvature._inputs import LossFn, batch_size
+from lightning_landscape.curvature._model_state import rng_devices
 from lightning_landscape.landscape._evaluate import (
     GridEvaluator,
     _LossOf,
@@ -319,7 +321,7 @@ def _difference(model_a: nn.Module, model_b: nn.Module) -> tuple[Direction, dict
 def _reestimated(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any], seed: int) -> nn.Module:
     """A copy of ``model`` whose BatchNorm statistics are the plain average over ``batches`` in train mode."""
     clone = copy.deepcopy(model)
-    norms = [m for m in clone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in clone.modules() if isinstance(m, BatchNormBase)]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches

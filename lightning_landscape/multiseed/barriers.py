@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.curvature.operator import LossFn
+from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import BarrierResult, linear_barrier
 from lightning_landscape.multiseed._lightning import safe_torch_load
 

@@ -36,8 +36,19 @@ from torch.func import functional_call, stack_module_state, vmap
 from typing_extensions import override
 
 from lightning_landscape._imports import import_object
+from lightning_landscape._rng import rng_state, set_rng_state
+from lightning_landscape._torch import (
+    NormBase,
+    dynamo_supported,
+    functorch_config,
+    has_triton,
+    set_buffer,
+    set_parameter,
+    tree_leaves,
+    tree_map,
+)
 from lightning_landscape.callbacks import tags
-from lightning_landscape.multiseed._rng import rng_state, set_rng_state
+from lightning_landscape.curvature._checks import DEFAULT_TOL
 
 #: Optimizers whose update of each tensor entry depends only on that entry's history (and the shared
 #: step count), so one optimizer over stacked parameters acts on each member as on a lone model.
@@ -120,7 +131,7 @@ def buffer_updating_modules(net: nn.Module) -> list[str]:
     """Names of submodules that update buffers in train mode (batch-norm running statistics)."""
     found = []
     for name, module in net.named_modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+        if isinstance(module, NormBase) and module.track_running_stats:
             found.append(f"{name or '<root>'} ({type(module).__name__})")
     return found
 
@@ -129,9 +140,9 @@ def _assign(module: nn.Module, name: str, tensor: Tensor, is_param: bool) -> Non
     owner_name, _, leaf = name.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
     if is_param:
-        owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=tensor.requires_grad)
+        set_parameter(owner, leaf, nn.Parameter(tensor, requires_grad=tensor.requires_grad))
     else:
-        owner._buffers[leaf] = tensor
+        set_buffer(owner, leaf, tensor)
 
 
 def _summary(values: Tensor) -> dict[str, Tensor]:
@@ -152,7 +163,7 @@ def _summary(values: Tensor) -> dict[str, Tensor]:
 
 
 def _batch_size(batch: Any, per_seed: bool) -> int:
-    leaves = [t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, Tensor)]
+    leaves = [t for t in tree_leaves(batch) if isinstance(t, Tensor)]
     if not leaves:
         return 1
     return int(leaves[0].shape[1 if per_seed else 0]) if leaves[0].dim() > int(per_seed) else 1
@@ -203,7 +214,7 @@ class PerSeedLoader:
                         for _ in other:
                             pass
                     return
-            yield torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *batches)
+            yield tree_map(lambda *xs: torch.stack(xs), *batches)
 
 
 _ALLOCATOR_TUNED = False
@@ -397,9 +408,7 @@ class _StackedEnsemble(LightningModule):
         self._train_sum = detached if self._train_sum is None else self._train_sum + detached
         self._train_count += size
         if self._probe_batch is None and self.hessian_every_n_steps > 0:
-            self._probe_batch = torch.utils._pytree.tree_map(
-                lambda t: t.detach().clone() if isinstance(t, Tensor) else t, batch
-            )
+            self._probe_batch = tree_map(lambda t: t.detach().clone() if isinstance(t, Tensor) else t, batch)
         # Per-member scalars cost K log calls: only pay them on steps the logger will write.
         self._log_step = (self.global_step + 1) % max(
             1, int(getattr(self.trainer, "log_every_n_steps", 50))
@@ -432,7 +441,7 @@ class _StackedEnsemble(LightningModule):
                 "hessian_eig_1", self.member_top_eigenvalues(self._probe_batch), 1, on_step=True
             )
 
-    def member_top_eigenvalues(self, batch: Any, tol: float = 1e-3) -> Tensor:
+    def member_top_eigenvalues(self, batch: Any, tol: float = DEFAULT_TOL) -> Tensor:
         """Top Hessian eigenvalue of each member's loss on ``batch`` (its slice when ``per_seed_data``).
 
         Computed with :func:`lightning_landscape.curvature.hessian_eigenvalues` on an unstacked copy of each
@@ -444,9 +453,7 @@ class _StackedEnsemble(LightningModule):
         for k in range(self.num_members):
             data = batch
             if self.per_seed_data:
-                data = torch.utils._pytree.tree_map(
-                    lambda t, k=k: t[k] if isinstance(t, Tensor) else t, batch
-                )
+                data = tree_map(lambda t, k=k: t[k] if isinstance(t, Tensor) else t, batch)
             net = self.member_module(k)
             result = hessian_eigenvalues(
                 net, lambda m, b: self._member_loss(m, b), [data], k=1, which="largest", tol=tol
@@ -516,7 +523,7 @@ def compile_unavailable(device: torch.device) -> str | None:
     """
     import shutil
 
-    if not torch._dynamo.is_dynamo_supported():
+    if not dynamo_supported():
         version = sys.version.split()[0]
         return f"TorchDynamo does not support this interpreter (Python {version}, {sys.platform})"
     if device.type == "cpu":
@@ -525,8 +532,6 @@ def compile_unavailable(device: torch.device) -> str | None:
             return f"inductor needs a C++ compiler on a CPU; none found (CXX={compiler!r}, g++, clang++)"
         return None
     if device.type == "cuda":
-        from torch.utils._triton import has_triton
-
         return None if has_triton() else "inductor needs the `triton` package on a CUDA device"
     return f"torch.compile is not attempted on device type {device.type!r} (only cpu and cuda)"
 
@@ -539,9 +544,7 @@ def _recompute_masks() -> Any:
     (1,50,50,1) net: compiled step 2-3x slower than eager). Recomputing the mask from the saved activation
     instead made the compiled step faster than eager. Applied to every compile (and recompile) of the loss.
     """
-    import torch._functorch.config as functorch_config
-
-    return functorch_config.patch(aggressive_recomputation=True)
+    return functorch_config().patch(aggressive_recomputation=True)
 
 
 def _fused_optimizer(cls: type[torch.optim.Optimizer], params: Sequence[Tensor], **kwargs: Any) -> Any:

@@ -34,8 +34,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
+from lightning_landscape._rng import rng_state, set_rng_state
 from lightning_landscape.multiseed._lightning import SafeCheckpointIO, plain_hparams
-from lightning_landscape.multiseed._rng import rng_state, set_rng_state
 from lightning_landscape.multiseed.build import ObjectBuilder
 from lightning_landscape.multiseed.paths import (
     LAST_CHECKPOINT,

@@ -104,13 +104,15 @@ def write_hparams(log_dir: str | Path, run: SeedRun, monitor: str, mode: str) ->
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
+    from lightning_landscape._torch import tensorboard_file_writer
+
     params: dict[str, Any] = dict(run.extra.get("hparams") or {})
     params.update({"seed": run.seed, "monitor": monitor, "mode": mode})
     metrics = {SCORE_TAG: float(run.score) if run.score is not None else math.nan}
     exp, ssi, sei = hparams(params, metrics)
     writer = SummaryWriter(log_dir=str(log_dir), filename_suffix=".hparams")
     try:
-        file_writer = writer._get_file_writer()
+        file_writer = tensorboard_file_writer(writer)
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
         writer.add_scalar(SCORE_TAG, metrics[SCORE_TAG], 0)

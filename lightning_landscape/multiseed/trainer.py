@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_landscape.multiseed._lightning import SIGTERMException, is_rank_zero
+from lightning_landscape.multiseed.barriers import DEFAULT_TOL as BARRIER_TOL
 from lightning_landscape.multiseed.build import datamodule_builder, model_builder
 from lightning_landscape.multiseed.executors import (
     CONFIG_ERROR_KEY,
@@ -231,7 +232,7 @@ class MultiSeedTrainer:
         still_improving_fraction: float = STILL_IMPROVING_FRACTION,
         quiet: bool = False,
         barriers: bool | Literal["best", "all"] = False,
-        barrier_tol: float = 0.01,
+        barrier_tol: float = BARRIER_TOL,
         **trainer_kwargs: Any,
     ) -> None:
         self.seeds = self._check_seeds(seeds)
