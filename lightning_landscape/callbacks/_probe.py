@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -181,7 +181,11 @@ class ProbeLoss:
 
 def _generators(dataloader: DataLoader) -> list[torch.Generator]:
     found: list[torch.Generator] = []
-    owners = [dataloader, dataloader.sampler, getattr(dataloader.batch_sampler, "sampler", None)]
+    owners = [
+        dataloader,
+        getattr(dataloader, "sampler", None),
+        getattr(getattr(dataloader, "batch_sampler", None), "sampler", None),
+    ]
     for owner in owners:
         gen = getattr(owner, "generator", None)
         if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
@@ -190,7 +194,10 @@ def _generators(dataloader: DataLoader) -> list[torch.Generator]:
 
 
 def _epoch_samplers(dataloader: DataLoader) -> list[Any]:
-    owners = [dataloader.sampler, getattr(dataloader.batch_sampler, "sampler", None)]
+    owners = [
+        getattr(dataloader, "sampler", None),
+        getattr(getattr(dataloader, "batch_sampler", None), "sampler", None),
+    ]
     found: list[Any] = []
     for owner in owners:
         if owner is not None and isinstance(getattr(owner, "epoch", None), int) and owner not in found:
@@ -262,20 +269,32 @@ def probe_dataloader(trainer: pl.Trainer, which: Literal["train", "val"]) -> Dat
 
 
 def draw_batches(
-    trainer: pl.Trainer, dataloader: DataLoader, num_batches: int | None, seed: int
+    dataloader: Iterable[Any],
+    num_batches: int | None,
+    seed: int,
+    to_device: Callable[[Any], Any] | None = None,
 ) -> list[Any]:
-    """The first ``num_batches`` batches (all if ``None``) of a fresh pass over ``dataloader`` under ``seed``,
-    moved to the module's device as the training loop moves them.
+    """The first ``num_batches`` batches (all if ``None``) of a fresh pass over ``dataloader`` under ``seed``:
+    the one way the package draws probe batches (monitors, seed barriers, ``lightning-landscape landscape``).
+
+    The global generators, the loader's own generators and its samplers' epochs are seeded for the draw and
+    put back afterwards (:func:`fixed_data_rng`), so the same batches come back whenever they are drawn.
+
+    Args:
+        dataloader: a ``DataLoader`` (or any iterable of batches).
+        num_batches: how many batches; ``None`` for a whole pass.
+        seed: seeds the draw.
+        to_device: moves each batch (a monitor passes ``trainer.strategy.batch_to_device``).
 
     Raises:
         ValueError: If the dataloader yields no batch.
     """
     batches: list[Any] = []
-    with fixed_data_rng(dataloader, seed):
-        it = iterate_fresh(dataloader)
+    with fixed_data_rng(dataloader, seed):  # type: ignore[arg-type]
+        it = iterate_fresh(dataloader)  # type: ignore[arg-type]
         try:
             for batch in it:
-                batches.append(trainer.strategy.batch_to_device(batch))
+                batches.append(to_device(batch) if to_device is not None else batch)
                 if num_batches is not None and len(batches) >= num_batches:
                     break
         finally:

@@ -350,7 +350,9 @@ class HessianEigenMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = probe_dataloader(trainer, self.dataloader)
-        self._batches = draw_batches(trainer, loader, self.num_batches, self.seed)
+        self._batches = draw_batches(
+            loader, self.num_batches, self.seed, to_device=trainer.strategy.batch_to_device
+        )
 
     @override
     def on_train_batch_end(

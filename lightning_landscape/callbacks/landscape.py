@@ -168,7 +168,9 @@ class LossLandscapeMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = probe_dataloader(trainer, self.dataloader)
-        self._batches = draw_batches(trainer, loader, self.num_batches, self.seed)
+        self._batches = draw_batches(
+            loader, self.num_batches, self.seed, to_device=trainer.strategy.batch_to_device
+        )
         like = named_trainable(pl_module)
         n = sum(p.numel() for p in like.values())
         if self._directions is not None and all(d.numel() == n for d in self._directions):
