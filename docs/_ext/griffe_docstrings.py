@@ -4,8 +4,8 @@ The package writes Google docstrings the Lightning way (checked by doctest, read
 griffe's Google parser differs in a few places. This rewrites the docstring text before griffe parses it
 (nothing in the package changes):
 
-* ``Example:`` / ``Example::`` become ``Examples:``, the heading griffe reads as a doctest section (it reads
-  ``Example:`` as an admonition, and its ``>>>`` lines as Markdown quotes);
+* ``Example:`` / ``Example::`` become ``Examples:`` with no blank line after it, the heading griffe reads
+  as a doctest section (it reads ``Example:`` as an admonition, and its ``>>>`` lines as Markdown quotes);
 * an ``Args:`` or ``Raises:`` entry naming several items (``a, b, c: as in loss_line``) becomes one entry per
   item, so each parameter is still checked against the signature (a misspelt one stays a build error);
 * the Sphinx roles ``:func:`x``` (``:class:``, ``:meth:``, ...) become code, ``:math:`x``` and ``.. math::``
@@ -90,11 +90,17 @@ def _math_blocks(lines: list[str]) -> list[str]:
 
 def rewrite(text: str) -> str:
     """The docstring ``text`` in the form griffe's Google parser and Markdown read as intended."""
-    lines = [_EXAMPLE.sub(r"\1Examples:", line) for line in text.split("\n")]
+    lines: list[str] = []
+    for line in text.split("\n"):
+        if lines and _EXAMPLE.match(lines[-1]) and not line.strip():
+            continue  # RST's `Example::` has a blank line before its block; a Google section may not
+        lines.append(_EXAMPLE.sub(r"\1Examples:", line))
     lines = _math_blocks(_split_entries(lines))
     text = "\n".join(lines)
     text = _MATH_ROLE.sub(lambda m: f"${m.group(1)}$", text)
-    return _ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1] if m.group(0).count('~') else m.group(1)}`", text)
+    return _ROLE.sub(
+        lambda m: f"`{m.group(1).rsplit('.', 1)[-1] if m.group(0).count('~') else m.group(1)}`", text
+    )
 
 
 class GoogleAsWritten(Extension):
