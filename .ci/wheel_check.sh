@@ -14,7 +14,7 @@ rm -rf "$DIST"
 "$PY" -m build --outdir "$DIST" .
 "$PY" -m twine check --strict "$DIST"/*
 
-# Contents: the typing marker ships, tests/benchmarks/examples/docs and caches do not.
+# Contents: every module and the typing marker ship, tests/benchmarks/examples/docs and caches do not.
 "$PY" - "$DIST" <<'PY'
 import pathlib, sys, tarfile, zipfile
 
@@ -23,6 +23,7 @@ dist = pathlib.Path(sys.argv[1])
 (sdist,) = dist.glob("*.tar.gz")
 in_wheel = zipfile.ZipFile(wheel).namelist()
 in_sdist = [name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name]
+source = [p.as_posix() for p in pathlib.Path("lightning_landscape").rglob("*.py") if "__pycache__" not in p.parts]
 junk = ("tests/", "benchmarks/", "examples/", "docs/", "configs/", "runs/", ".ci/", "site/")
 for label, names in (("wheel", in_wheel), ("sdist", in_sdist)):
     if "lightning_landscape/py.typed" not in names:
@@ -30,7 +31,11 @@ for label, names in (("wheel", in_wheel), ("sdist", in_sdist)):
     bad = [n for n in names if n.startswith(junk) or "__pycache__" in n or n.endswith((".pyc", ".ckpt", ".png"))]
     if bad:
         sys.exit(f"{label}: files that do not belong in a release: {bad[:10]}")
-    print(f"{label}: {len(names)} files, py.typed present, no tests/benchmarks/examples/caches")
+    # Every module of the source tree ships (a new subpackage the package finder missed would not).
+    missing = sorted(set(source) - set(names))
+    if missing:
+        sys.exit(f"{label}: modules of the source tree missing: {missing[:10]}")
+    print(f"{label}: {len(names)} files, every module, py.typed, no tests/benchmarks/examples/caches")
 PY
 
 TMP=$(mktemp -d)
