@@ -11,7 +11,7 @@ VENV_MIN ?= .venv-min
 LIGHTNING_MIN := $(shell sed -n 's/^ *"lightning>=\([0-9.]*\)",$$/\1/p' pyproject.toml)
 TORCHMETRICS_MIN := $(shell sed -n 's/^ *"torchmetrics>=\([0-9.]*\)",$$/\1/p' pyproject.toml)
 
-.PHONY: demo test test-min lint typecheck pytest bench clean
+.PHONY: demo test test-min lint typecheck pytest bench docs wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,8 +70,24 @@ test-min: $(VENV_MIN)/.installed
 		'torchmetrics', torchmetrics.__version__)"
 	$(VENV_MIN)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS) -m "not slow" tests/multiseed tests/callbacks
 
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+# The documentation site (mkdocs.yml, docs/): warnings are errors, broken internal links and anchors too,
+# and README.md's links into docs/ must exist. Output in site/.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	@# README.md is outside the site: its relative links (into docs/) are checked here.
+	$(PY) -c "import pathlib, re, sys; bad = [l for l in re.findall(r'\]\(([^)#:]+)', pathlib.Path('README.md').read_text()) if not pathlib.Path(l).exists()]; sys.exit(f'README.md links to missing files: {bad}' if bad else 0)"
+
+# The release artifacts: sdist + wheel built, `twine check`ed, the wheel installed into a fresh venv (torch
+# $(TORCH) first) where the command runs and every public name imports (.ci/wheel_check.sh). Output in dist/.
+wheel: $(VENV)/.installed-test
+	PY=$(PY) PYTHON=$(PYTHON) TORCH="$(TORCH)" .ci/wheel_check.sh
+
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/curvature.py
 
 clean:
-	rm -rf $(VENV) $(VENV_MIN) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_MIN) runs site dist build .pytest_cache .mypy_cache .ruff_cache
