@@ -148,7 +148,7 @@ def _resolve_mode(kind: Any, mode: Any) -> Mode:
     _check_mode(mode)
     if kind == "correct" and mode != "max":
         raise ValueError("`mode` must be 'max' for kind='correct' (a correct answer is better)")
-    return mode  # type: ignore[no-any-return]
+    return mode
 
 
 def noise_floor(
