@@ -126,7 +126,7 @@ class BestOfK:
         test_high: its ``quantiles[1]`` quantile (``None`` without test scores).
         confidence: the nominal coverage of the band on ``expected`` (``None``: no band).
         expected_low: the band's lower end per k (:func:`~.statistics.best_of_k_band`; ``None`` without a
-            band; an entry is ``None`` where no finite bound exists, always at ``k = K``).
+            band; the better end's entry is ``None`` where no finite bound exists, always at ``k = K``).
         expected_high: the band's upper end per k.
     """
 
