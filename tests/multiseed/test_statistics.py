@@ -222,3 +222,18 @@ def test_summary_of_one_seed_and_bad_input():
         summary_intervals([0.1, 0.2], confidence=90)
     with pytest.raises(ValueError, match="`n`"):
         median_order_statistics(0, 0.9)
+
+
+def test_global_random_states_are_left_as_found():
+    import random
+
+    from lightning_landscape.multiseed.halving_simulation import halving_simulation
+    from lightning_landscape.multiseed.noise_floor import noise_floor
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    best_of_k_band([0.3, 0.1, 0.2, 0.25], n_boot=50)
+    noise_floor([1, 0, 1, 1], [0, 0, 1, 1], kind="correct", n_boot=50)
+    halving_simulation([[3.0, 1.0], [2.0, 2.0], [1.0, 3.0]], rungs=[0], keep=0.5, mode="min", num_seeds=2)
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    assert random.getstate() == py_state
