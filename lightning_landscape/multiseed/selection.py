@@ -61,6 +61,12 @@ def _check_fraction(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
 
 
+def _check_confidence(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"`{name}` must be a number in (0, 1), e.g. 0.9, got {value!r}")
+    return float(value)
+
+
 def _check_scores(name: str, values: Any) -> list[float]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"`{name}` must be a sequence of numbers, got {type(values).__name__}")
@@ -118,6 +124,10 @@ class BestOfK:
             without test scores).
         test_low: its ``quantiles[0]`` quantile (``None`` without test scores).
         test_high: its ``quantiles[1]`` quantile (``None`` without test scores).
+        confidence: the nominal coverage of the band on ``expected`` (``None``: no band).
+        expected_low: the band's lower end per k (:func:`~.statistics.best_of_k_band`; ``None`` without a
+            band; the better end's entry is ``None`` where no finite bound exists, always at ``k = K``).
+        expected_high: the band's upper end per k.
     """
 
     mode: Mode
@@ -129,6 +139,9 @@ class BestOfK:
     expected_test: list[float] | None = None
     test_low: list[float] | None = None
     test_high: list[float] | None = None
+    confidence: float | None = None
+    expected_low: list[float | None] | None = None
+    expected_high: list[float | None] | None = None
 
     @property
     def q10(self) -> list[float]:
@@ -141,7 +154,7 @@ class BestOfK:
         return self.q_high
 
     def at(self, k: int) -> dict[str, float | None]:
-        """The row of ``k``: expected best, its range and (if known) the expected test score."""
+        """The row of ``k``: expected best, its range, its band and (if known) the expected test score."""
         if not 1 <= k <= len(self.ks):
             raise ValueError(f"`k` must be in [1, {len(self.ks)}], got {k!r}")
         i = k - 1
@@ -151,6 +164,8 @@ class BestOfK:
             "q_low": self.q_low[i],
             "q_high": self.q_high[i],
             "expected_test": None if self.expected_test is None else self.expected_test[i],
+            "expected_low": None if self.expected_low is None else self.expected_low[i],
+            "expected_high": None if self.expected_high is None else self.expected_high[i],
         }
 
     def table_ks(self) -> list[int]:
@@ -187,6 +202,7 @@ def best_of_k(
     mode: Mode = "min",
     test_scores: Sequence[float] | None = None,
     quantiles: tuple[float, float] = (0.1, 0.9),
+    confidence: float | None = None,
 ) -> BestOfK:
     """The exact best-of-k curve of K finished seeds (see the module docstring for the formula).
 
@@ -196,18 +212,24 @@ def best_of_k(
         test_scores: the same seeds' test scores, in the same order, to get the expected test score of
             the validation-selected seed among k; ``None`` to skip.
         quantiles: the two probabilities of the reported range, ``0 <= low <= high <= 1``.
+        confidence: the coverage of a band on the expected best of k, in ``(0, 1)`` (a studentized
+            bootstrap over seeds, :func:`~.statistics.best_of_k_band`, with its defaults); ``None`` for no
+            band.
 
     Returns:
         A :class:`BestOfK` for ``k = 1..K``.
 
     Raises:
         ValueError: for an empty or non-finite ``scores``, a ``test_scores`` of another length, an unknown
-            ``mode`` or bad ``quantiles``.
+            ``mode``, bad ``quantiles`` or a ``confidence`` outside ``(0, 1)``.
 
     Example:
         >>> curve = best_of_k([1.0, 3.0], test_scores=[2.0, 2.5])
         >>> curve.expected, curve.expected_test
         ([2.0, 1.0], [2.25, 2.0])
+        >>> banded = best_of_k([0.3, 0.1, 0.2, 0.25], confidence=0.9)
+        >>> banded.expected_low[0] < banded.expected[0] < banded.expected_high[0]
+        True
     """
     _check_mode(mode)
     vals = _check_scores("scores", scores)
@@ -223,6 +245,7 @@ def best_of_k(
     lo_q, hi_q = float(quantiles[0]), float(quantiles[1])
     if lo_q > hi_q:
         raise ValueError(f"`quantiles` must be ordered (low <= high), got {quantiles!r}")
+    conf = None if confidence is None else _check_confidence("confidence", confidence)
 
     order = rank_by_validation(vals, mode)
     ranked = [vals[i] for i in order]
@@ -243,6 +266,13 @@ def best_of_k(
             t_low.append(_weighted_quantile(ranked_test, w, lo_q))
             t_high.append(_weighted_quantile(ranked_test, w, hi_q))
     has_test = ranked_test is not None
+    band_low: list[float | None] | None = None
+    band_high: list[float | None] | None = None
+    if conf is not None:
+        # Imported here: statistics builds on this module (its weights, its checks).
+        from lightning_landscape.multiseed.statistics import best_of_k_band
+
+        band_low, band_high = best_of_k_band(vals, mode, conf)
     return BestOfK(
         mode=mode,
         ks=ks,
@@ -253,6 +283,9 @@ def best_of_k(
         expected_test=e_test if has_test else None,
         test_low=t_low if has_test else None,
         test_high=t_high if has_test else None,
+        confidence=conf,
+        expected_low=band_low,
+        expected_high=band_high,
     )
 
 
