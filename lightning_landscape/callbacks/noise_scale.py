@@ -53,15 +53,16 @@ class GradientNoiseScaleMonitor(Callback):
     * **One device, no accumulation**: the step's batch is cut into ``num_chunks`` equal chunks and the
       chunk gradients of the module's own ``training_step`` loss (logging silenced) are taken at once with
       ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``): :math:`B_s` = the chunk size,
-      :math:`B_b` = the samples used. This costs about one extra forward and backward of the batch per probe,
-      and memory for ``num_chunks`` gradients; ``num_chunks`` = the batch size gives per-sample gradients
-      (BatchNorm needs at least 2 samples per chunk).
+      :math:`B_b` = the samples used. This costs about one extra forward and backward of the batch per
+      estimate (hence the default of one estimate every 50 steps: an estimate every 10 steps would cost about
+      10 % of the compute of a fit), and memory for ``num_chunks`` gradients; ``num_chunks`` = the batch
+      size gives per-sample gradients (BatchNorm needs at least 2 samples per chunk).
 
     Norms are taken in float32 or wider (as GPT-NeoX's ``gradient_noise_scale.py``, since squared
     half-precision norms overflow). Every ``every_n_steps`` optimizer steps one estimate of each is made; the
     logged values are exponential moving averages over the estimates with decay ``ema_decay``, bias-corrected
     as in Adam (the :math:`t`-th logged value is :math:`\sum_i \beta^{t-i} x_i / \sum_i \beta^{t-i}`; with the
-    defaults, 0.9 every 10 steps, an estimate's weight halves after about 66 steps).
+    defaults, 0.9 every 50 steps, an estimate's weight halves after 6.6 estimates, about 330 steps).
     ``noise_scale/b_simple`` is the ratio of the two averages (GPT-NeoX's and the paper's choice: the ratio of
     single noisy estimates is biased), logged only while both are > 0. With ``log_raw`` the single-step
     estimates go to ``noise_scale/raw/...`` too.
@@ -92,7 +93,7 @@ class GradientNoiseScaleMonitor(Callback):
 
     def __init__(
         self,
-        every_n_steps: int = 10,
+        every_n_steps: int = 50,
         ema_decay: float = 0.9,
         num_chunks: int = 8,
         log_raw: bool = False,
