@@ -47,7 +47,8 @@ class GradientNoiseScaleMonitor(Callback):
       a hook on each parameter's gradient (``Tensor.register_hook``, which fires before the gradient is
       accumulated and bucketed for the all-reduce) adds its squared norm; :math:`|G_{B_s}|^2` is the mean over
       micro-batches and ranks (one all-reduce of four numbers), :math:`|G_{B_b}|^2` the norm of the
-      all-reduced ``.grad`` in ``on_before_optimizer_step``. Lightning's division of the loss by
+      all-reduced ``.grad`` in ``on_before_optimizer_step`` (after AMP unscaling, before gradient clipping).
+      Lightning's division of the loss by
       ``accumulate_grad_batches`` and the AMP loss scale are undone. Steps whose micro-batches differ in size
       (a short last batch) are skipped.
     * **One device, no accumulation**: the step's batch is cut into ``num_chunks`` equal chunks and the
