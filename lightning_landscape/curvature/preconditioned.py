@@ -212,8 +212,9 @@ def stability_threshold(optimizer: Optimizer, group: int = 0) -> tuple[float, st
       dampening :math:`\tau`): :math:`(2 + 2\beta) / ((1 - \tau)\eta)`;
     * SGD, ``nesterov=True`` (torch's form ``theta -= eta (g + beta buf)``): :math:`(2 + 2\beta) / ((1 +
       2\beta)\eta)`, the root :math:`z = -1` of its characteristic polynomial
-      :math:`z^2 - (1 + \beta)(1 - \eta\lambda) z + \beta(1 - \eta\lambda)` (the same value as Cohen et al.
-      2021, App. "Nesterov momentum");
+      :math:`z^2 - (1 + \beta)(1 - \eta\lambda) z + \beta(1 - \eta\lambda)` of the update on a quadratic
+      (derived here from torch's update rule, not taken from a paper; the tests check it against torch's own
+      SGD, which stays bounded 2 % below it and diverges 2 % above);
     * Adam, AdamW: :math:`(2 + 2\beta_1) / ((1 - \beta_1)\eta)` on :math:`P^{-1} H` with :math:`P` of
       :func:`adam_preconditioner` (38/eta at :math:`\beta_1 = 0.9`): Adam is heavy-ball momentum on the
       exponential average :math:`m_t`, i.e. learning rate :math:`(1 - \beta_1)\eta`;
