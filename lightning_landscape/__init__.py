@@ -18,6 +18,7 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     # --- callbacks ---
     from lightning_landscape.callbacks import (
+        GradientNoiseScaleMonitor,
         GradientNormMonitor,
         HessianEigenMonitor,
         LossLandscapeMonitor,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 # Where each public name lives: imported by __getattr__ on first access, then cached in the module.
 _LAZY = {
     # callbacks
+    "GradientNoiseScaleMonitor": "lightning_landscape.callbacks",
     "GradientNormMonitor": "lightning_landscape.callbacks",
     "HessianEigenMonitor": "lightning_landscape.callbacks",
     "LossLandscapeMonitor": "lightning_landscape.callbacks",
@@ -89,6 +91,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     # callbacks
+    "GradientNoiseScaleMonitor",
     "GradientNormMonitor",
     "HessianEigenMonitor",
     "LossLandscapeMonitor",

@@ -1,4 +1,4 @@
-"""The loss landscape: directions, lines, planes, barriers between models and trajectory planes.
+"""The loss landscape: directions, lines, planes, barriers between models, trajectory planes, sharpness.
 
 Pure PyTorch (no Lightning import), on top of the curvature core: usable on any ``nn.Module`` with
 ``loss_fn(model, batch)`` and fixed batches. Grid points are evaluated many per forward
@@ -13,6 +13,7 @@ from lightning_landscape.landscape.directions import (
     random_directions,
 )
 from lightning_landscape.landscape.results import BarrierResult, LineResult, PlaneResult
+from lightning_landscape.landscape.sharpness import SharpnessResult, adaptive_sharpness
 from lightning_landscape.landscape.surface import linear_barrier, loss_line, loss_plane, trajectory_plane
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "HessianDirections",
     "LineResult",
     "PlaneResult",
+    "SharpnessResult",
+    "adaptive_sharpness",
     "hessian_directions",
     "linear_barrier",
     "loss_line",
