@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
@@ -126,3 +126,13 @@ def _rebase(state: dict[str, Any], dirpath: str) -> None:
             state[key] = moved(state[key])
     if isinstance(state.get("best_k_models"), dict):
         state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+
+
+def attached_trainer(module: LightningModule) -> Trainer | None:
+    """The Trainer ``module`` is attached to, or ``None``: ``module.trainer`` raises when there is none.
+
+    Example:
+        >>> attached_trainer(LightningModule()) is None
+        True
+    """
+    return module._trainer
