@@ -5,6 +5,7 @@ Pure PyTorch (no Lightning import), on top of the curvature core: usable on any 
 (``torch.func.functional_call`` under ``vmap``); the model is left exactly as found.
 """
 
+from lightning_landscape.landscape.align import AlignResult, FunctionalDistance, align, functional_distance
 from lightning_landscape.landscape.directions import (
     Direction,
     HessianDirections,
@@ -16,11 +17,15 @@ from lightning_landscape.landscape.results import BarrierResult, LineResult, Pla
 from lightning_landscape.landscape.surface import linear_barrier, loss_line, loss_plane, trajectory_plane
 
 __all__ = [
+    "AlignResult",
     "BarrierResult",
     "Direction",
+    "FunctionalDistance",
     "HessianDirections",
     "LineResult",
     "PlaneResult",
+    "align",
+    "functional_distance",
     "hessian_directions",
     "linear_barrier",
     "loss_line",
