@@ -105,18 +105,42 @@ def weight_matching(
 ) -> tuple[dict[str, Tensor], int]:
     """Permutations of ``b``'s units that maximize its inner product with ``a``, and the sweeps taken.
 
-    Coordinate descent over ``groups`` (default: all), in a seeded random order per sweep, each group's
+    First one pass in graph order, each group assigned on the entries whose other axes are already matched;
+    then coordinate descent over ``groups`` (default: all), in a seeded random order per sweep, each group's
     permutation one linear assignment with the others held; stops after a sweep with no gain or ``max_iter``
     sweeps. Groups not optimized keep ``init`` (identity by default).
     """
     perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
     perms.update(init or {})
-    order = list(spec.sizes if groups is None else groups)
+    wanted = set(spec.sizes if groups is None else groups)
+    order = [g for g in spec.sizes if g in wanted]
     by_group: dict[str, list[AxisEntry]] = {g: [] for g in spec.sizes}
     by_name: dict[str, list[AxisEntry]] = {}
     for e in spec.entries:
         by_group[e.group].append(e)
         by_name.setdefault(e.name, []).append(e)
+
+    def cost_of(g: str, known: set[str] | None = None) -> Tensor:
+        """The assignment matrix of ``g`` with the other groups held (only those in ``known``, if given)."""
+        n = spec.sizes[g]
+        cost = torch.zeros(n, n, dtype=torch.float64)
+        for e in by_group[g]:
+            others = [o for o in by_name[e.name] if o.axis != e.axis]
+            if known is not None and any(o.group not in known for o in others):
+                continue
+            wb = b[e.name]
+            for o in others:
+                wb = wb.index_select(o.axis, _index(o, wb.shape[o.axis], perms[o.group]).to(wb.device))
+            cost += (_units(a[e.name], e, n) @ _units(wb, e, n).T).cpu()
+        return cost
+
+    # Start layer by layer in graph order, each group matched on what only involves groups already matched
+    # (the input side first): exact for a permuted copy, and no coordinate descent from the identity into
+    # the local optima that coupled groups (residual streams) otherwise fall into.
+    known = set(spec.sizes) - set(order)
+    for g in order:
+        perms[g] = _assign(cost_of(g, known))
+        known.add(g)
     rng = np.random.default_rng(seed)
     sweeps = 0
     while sweeps < max_iter and order:
@@ -125,14 +149,7 @@ def weight_matching(
         for i in rng.permutation(len(order)):
             g = order[i]
             n = spec.sizes[g]
-            cost = torch.zeros(n, n, dtype=torch.float64)
-            for e in by_group[g]:
-                wb = b[e.name]
-                for other in by_name[e.name]:
-                    if other.axis != e.axis:
-                        idx = _index(other, wb.shape[other.axis], perms[other.group]).to(wb.device)
-                        wb = wb.index_select(other.axis, idx)
-                cost += (_units(a[e.name], e, n) @ _units(wb, e, n).T).cpu()
+            cost = cost_of(g)
             new = _assign(cost)
             rows = torch.arange(n)
             old_value, new_value = cost[rows, perms[g]].sum(), cost[rows, new].sum()

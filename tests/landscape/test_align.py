@@ -22,11 +22,13 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
+def _one_thread_seeded() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny problems on a shared machine; restored below
     try:
-        yield
+        with torch.random.fork_rng():  # the networks' initializations do not depend on the test order
+            torch.manual_seed(0)
+            yield
     finally:
         torch.set_num_threads(threads)
 
