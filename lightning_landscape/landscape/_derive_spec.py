@@ -63,6 +63,7 @@ _ELEMENTWISE_METHODS = {"tanh", "sigmoid"}
 _ADD_FNS: set[Callable[..., Any]] = {operator.add, operator.iadd, torch.add, operator.sub, torch.sub}
 _MUL_FNS: set[Callable[..., Any]] = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
 _SHAPE_FNS: set[Callable[..., Any]] = {getattr, len}
+_ATTENTION_OPS = ("transpose", "matmul", "bmm", "permute", "scaled_dot_product_attention", "einsum")
 _SHAPE = "shape"  # the label of sizes and numbers computed from them
 _SCALAR_MODULES = ("_operator", "math", "builtins")
 
@@ -354,7 +355,9 @@ class _Deriver:
                 reason = (
                     label.why if isinstance(label, _Opaque) else "is not known to commute with permutations"
                 )
-                raise refuse(_describe(node, self.modules), reason)
+                name = str(getattr(node.target, "__name__", node.target))
+                hint = "nn.MultiheadAttention for attention" if name in _ATTENTION_OPS else None
+                raise refuse(_describe(node, self.modules), reason, *([hint] if hint else []))
         return None
 
     def spec(self) -> PermutationSpec:

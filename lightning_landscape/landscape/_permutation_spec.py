@@ -86,11 +86,12 @@ class Groups:
         self.homogeneous[self.find(g)] = False
 
 
-def refuse(where: str, why: str) -> ValueError:
+def refuse(where: str, why: str, hint: str = "e.g. nn.Flatten instead of .view") -> ValueError:
+    """The error for a step whose effect on permuted axes is unknown: where, why, and what to do."""
     return ValueError(
         f"align cannot derive the permutation structure: {where} {why}, so permuting hidden units through it "
         f"could change the function. Supported on permuted axes: {_SUPPORTED}. Rewrite that step with a "
-        "supported module (e.g. nn.Flatten instead of .view), or compare the models without alignment."
+        f"supported module ({hint}), or compare the models without alignment."
     )
 
 

@@ -266,6 +266,79 @@ def test_alignment_of_unrelated_networks_keeps_the_function(method: str) -> None
             torch.testing.assert_close(result.model(x), other(x), atol=1e-10, rtol=0)
 
 
+class Tokens(nn.Module):
+    """Embedding plus a positional parameter, a shared LeakyReLU, a scaled residual, cross-attention with
+    other key/value widths to an unpermuted memory, a subtraction and a functional ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.pos = nn.Parameter(torch.randn(5, 8))
+        self.act = nn.LeakyReLU(0.1)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(8, 12), nn.Linear(12, 12), nn.Linear(12, 8)
+        self.cross = nn.MultiheadAttention(8, 2, kdim=6, vdim=6, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens: Tensor, memory: Tensor) -> Tensor:
+        x = self.emb(tokens) + self.pos
+        h = self.act(self.fc2(self.act(self.fc1(x))))
+        x = x + 0.5 * self.fc3(h)
+        a, _ = self.cross(x, memory, memory, need_weights=False)
+        return self.head(torch.nn.functional.relu(x - a))
+
+
+def signal() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv1d(3, 6, 3), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(6, 4, 3), nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.1), nn.Linear(5, 2),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["weights", "activations"])
+def test_more_structures_keep_the_function(method: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    inputs = {
+        "tokens": (
+            torch.randint(0, 10, (4, 5), generator=gen),
+            torch.randn(4, 3, 6, dtype=DT, generator=gen),
+        ),
+        "signal": (torch.randn(8, 3, 16, dtype=DT, generator=gen),),
+    }
+    groups = {
+        "tokens": ({"emb": 8, "fc1": 12, "fc2": 12, "cross.heads": 2}, ["fc1", "fc2"]),
+        "signal": ({"0": 6, "3": 4, "6": 5}, ["0", "3"]),
+    }
+    for name, build in (("tokens", Tokens), ("signal", signal)):
+        ref, other = build().to(DT).eval(), build().to(DT).eval()
+        for m in (ref, other):
+            for p in m.parameters():
+                p.data.normal_(generator=gen)
+            for b in m.buffers():
+                if b.is_floating_point():
+                    b.uniform_(0.5, 2.0, generator=gen)
+        result = align(ref, other, method, [inputs[name]], lambda m, b: m(*b))
+        sizes, rescaled = groups[name]
+        assert {g: len(p) for g, p in result.permutations.items()} == sizes
+        assert sorted(result.scales) == rescaled
+        assert any(not torch.equal(p, torch.arange(len(p))) for p in result.permutations.values())
+        with torch.no_grad():
+            torch.testing.assert_close(result.model(*inputs[name]), other(*inputs[name]), atol=1e-10, rtol=0)
+        itself = align(ref, ref, method, [inputs[name]], lambda m, b: m(*b))
+        assert all(torch.equal(p, torch.arange(len(p))) for p in itself.permutations.values())
+        assert all(torch.allclose(c, torch.ones_like(c)) for c in itself.scales.values())
+
+
+class PlainAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v = (nn.Linear(4, 4) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.inp(x)
+        weights = torch.softmax(self.q(x) @ self.k(x).transpose(-2, -1), dim=-1)
+        return weights @ self.v(x)
+
+
 class Reshaping(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -291,6 +364,11 @@ def test_refuses_what_it_cannot_derive() -> None:
         align(Reshaping(), Reshaping())
     with pytest.raises(ValueError, match=r"torch\.fx symbolic tracing.*Branching"):
         align(Branching(), Branching())
+    with pytest.raises(
+        ValueError,
+        match=r"node `transpose` \(method `\.transpose\(\)`\).*nn\.MultiheadAttention for attention",
+    ):
+        align(PlainAttention(), PlainAttention())  # a hand-written attention: use nn.MultiheadAttention
     grouped = nn.Sequential(nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 1))
     with pytest.raises(ValueError, match=r"module `1` \(Conv2d\) is a grouped convolution"):
         align(grouped, copy.deepcopy(grouped))
