@@ -104,7 +104,7 @@ def _activation_perms(
             for i, (name, _) in enumerate(probes):
 
                 def hook(_m: nn.Module, _i: Any, out: Any, key: Any = (group, i), side: int = side) -> None:
-                    seen[side][key] = out
+                    seen[side][key] = out.detach().clone()  # later in-place ops must not change it
 
                 handles.append(modules[name].register_forward_hook(hook))
     correlations = Correlations(spec.sizes)
@@ -204,7 +204,8 @@ def align(
     if not rescale:
         spec = PermutationSpec(spec.sizes, spec.entries, (), spec.probes)
     state_a, norms_a = normalize(_state(reference, spec), spec)
-    state_b, norms_b = normalize(_state(other, spec), spec)
+    state_b = {k: v.to(state_a[k].device) for k, v in _state(other, spec).items()}
+    state_b, norms_b = normalize(state_b, spec)
     perms, sweeps = {}, 0
     if method == "activations":
         perms = _activation_perms(spec, (reference, other), data, loss_fn)  # type: ignore[arg-type]
@@ -275,8 +276,8 @@ def functional_distance(
     Outputs come from ``forward(model, batch)``, by default ``model(batch)`` for a tensor batch,
     ``model(batch[0])`` for a tuple or list (inputs first, targets ignored) and ``model(**batch)`` for a dict.
     Both models run in eval mode without gradients; modes, weights and the global RNG are left as found.
-    ``kind="auto"`` takes ``"disagreement"`` when the outputs' last dimension is larger than 1 (class
-    scores), else ``"rms"`` (regression). The argmax is over the last dimension, every other position counts
+    ``kind="auto"`` takes ``"disagreement"`` when the outputs have at least two dimensions and the last is
+    larger than 1 (class scores), else ``"rms"`` (regression, including outputs of shape ``[N]``). The argmax is over the last dimension, every other position counts
     as one prediction.
 
     Args:
@@ -326,7 +327,7 @@ def functional_distance(
                         f"the outputs differ in shape: {tuple(out_a.shape)} vs {tuple(out_b.shape)}."
                     )
                 if chosen == "auto":
-                    chosen = "disagreement" if out_a.dim() > 0 and out_a.shape[-1] > 1 else "rms"
+                    chosen = "disagreement" if out_a.dim() > 1 and out_a.shape[-1] > 1 else "rms"
                 if chosen == "disagreement":
                     differ = out_a.argmax(-1) != out_b.argmax(-1)
                     total, count = total + float(differ.sum()), count + differ.numel()

@@ -452,6 +452,8 @@ def test_functional_distance_against_hand_counts() -> None:
         s.bias += 0.25
     rms = functional_distance(r, s, [{"input": x}])
     assert rms.kind == "rms" and rms.value == pytest.approx(0.25, abs=1e-6)
+    flat = functional_distance(r, s, [x], forward=lambda m, t: m(t).squeeze(-1))  # shape [N]: regression
+    assert flat.kind == "rms" and flat.value == pytest.approx(0.25, abs=1e-6)
     forced = functional_distance(a, b, [x], forward=lambda m, t: m(t), kind="rms")
     assert forced.kind == "rms" and forced.value == pytest.approx(5 / 3**0.5, abs=1e-5)
 
