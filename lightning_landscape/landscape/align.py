@@ -277,8 +277,8 @@ def functional_distance(
     ``model(batch[0])`` for a tuple or list (inputs first, targets ignored) and ``model(**batch)`` for a dict.
     Both models run in eval mode without gradients; modes, weights and the global RNG are left as found.
     ``kind="auto"`` takes ``"disagreement"`` when the outputs have at least two dimensions and the last is
-    larger than 1 (class scores), else ``"rms"`` (regression, including outputs of shape ``[N]``). The argmax is over the last dimension, every other position counts
-    as one prediction.
+    larger than 1 (class scores), else ``"rms"`` (regression, including outputs of shape ``[N]``). The
+    argmax is over the last dimension, every other position counts as one prediction.
 
     Args:
         model_a, model_b: the two networks.
