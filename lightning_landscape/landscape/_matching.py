@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from lightning_landscape.landscape._permutation_spec import AxisEntry, PermutationSpec
@@ -89,6 +88,8 @@ def normalize(state: Mapping[str, Tensor], spec: PermutationSpec) -> tuple[State
 
 def _assign(cost: Tensor) -> Tensor:
     """The permutation maximizing ``sum_i cost[i, perm[i]]`` (one linear assignment)."""
+    from scipy.optimize import linear_sum_assignment  # about a second to import: only when aligning
+
     _, cols = linear_sum_assignment(cost.cpu().numpy(), maximize=True)
     return torch.as_tensor(cols, dtype=torch.long)
 
