@@ -136,7 +136,8 @@ class _Deriver:
             self.labels[node] = self.visit(node)
         for key, (g, _, _) in self.entries.items():
             if key[0] in self.loose and not self.groups.fixed[self.groups.find(g)]:
-                raise refuse(self.loose[key[0]], f"uses the permuted tensor `{key[0]}` outside a known layer")
+                where, why = self.loose[key[0]], f"uses the permuted tensor `{key[0]}` outside a known layer"
+                raise refuse(where, why, "read the tensor only through its layer")
         return self.spec()
 
     def visit(self, node: fx.Node) -> Any:
@@ -192,6 +193,9 @@ class _Deriver:
             if m.groups != 1:
                 raise refuse(where, f"is a grouped convolution (groups={m.groups})")
             if label is not None:
+                units = self.groups.size[self.groups.find(label.group)]
+                if units != m.in_channels:
+                    raise refuse(where, f"takes {m.in_channels} channels from an axis of {units} units")
                 self.entry(name, "weight", 1, label.group, "in")
             g = self.new(m.out_channels, name)
             self.entry(name, "weight", 0, g, "out")
@@ -314,6 +318,8 @@ class _Deriver:
         la, lb = self.label(a), self.label(b)
         if isinstance(lb, _Axis) and not isinstance(la, _Axis):
             a, b, la, lb = b, a, lb, la
+            if product and node.target in (operator.truediv, torch.div, "div"):
+                self.groups.inhomogeneous(la.group)  # c / x is not positively homogeneous
         if not isinstance(la, _Axis):
             return self.unknown(node)
         if isinstance(lb, _Axis):
@@ -324,12 +330,15 @@ class _Deriver:
                 self.groups.inhomogeneous(la.group)
         elif isinstance(lb, _Param):
             t = self.tensors.get(lb.name)
-            if t is None or la.dim != -1 or t.dim() == 0:
+            axis = t.dim() - 1 if la.dim == -1 and t is not None else 1  # channels: t shaped like the tensor
+            if t is None or t.dim() == 0 or (la.dim == 1 and t.dim() != la.ndim):
                 raise refuse(where, f"combines a permuted tensor with `{lb.name}`")
             self.groups.inhomogeneous(la.group)
-            if t.shape[-1] != 1:
+            if t.shape[axis] != 1:
+                if t.shape[axis] != self.groups.size[self.groups.find(la.group)]:
+                    raise refuse(where, f"broadcasts `{lb.name}` against the permuted axis")
                 module, _, attr = lb.name.rpartition(".")
-                self.entry(module, attr, t.dim() - 1, la.group, "other")
+                self.entry(module, attr, axis, la.group, "other")
         elif lb is None and isinstance(b, fx.Node):  # an unpermuted tensor: only an unpermuted axis is safe
             self.groups.fix(la.group)
         elif lb is None or lb == _SHAPE:  # a number; a shift by one breaks positive homogeneity

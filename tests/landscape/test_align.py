@@ -294,6 +294,20 @@ def signal() -> nn.Module:
     )  # fmt: skip
 
 
+class Gated(nn.Module):
+    """A per-channel parameter on a permuted conv axis, global pooling, flatten of a 1x1 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 5, 3), nn.Conv2d(5, 3, 1)
+        self.gain = nn.Parameter(torch.randn(1, 5, 1, 1))
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.sigmoid(self.conv1(x)) * self.gain
+        return self.fc(self.pool(self.conv2(h)).flatten(1))
+
+
 @pytest.mark.parametrize("method", ["weights", "activations"])
 def test_more_structures_keep_the_function(method: str) -> None:
     gen = torch.Generator().manual_seed(1)
@@ -303,12 +317,14 @@ def test_more_structures_keep_the_function(method: str) -> None:
             torch.randn(4, 3, 6, dtype=DT, generator=gen),
         ),
         "signal": (torch.randn(8, 3, 16, dtype=DT, generator=gen),),
+        "gated": (torch.randn(8, 2, 5, 5, dtype=DT, generator=gen),),
     }
     groups = {
         "tokens": ({"emb": 8, "fc1": 12, "fc2": 12, "cross.heads": 2}, ["fc1", "fc2"]),
         "signal": ({"0": 6, "3": 4, "6": 5}, ["0", "3"]),
+        "gated": ({"conv1": 5, "conv2": 3}, ["conv2"]),
     }
-    for name, build in (("tokens", Tokens), ("signal", signal)):
+    for name, build in (("tokens", Tokens), ("signal", signal), ("gated", Gated)):
         ref, other = build().to(DT).eval(), build().to(DT).eval()
         for m in (ref, other):
             for p in m.parameters():
@@ -339,6 +355,15 @@ class PlainAttention(nn.Module):
         return weights @ self.v(x)
 
 
+class Penalized(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.fc1(x))) + self.fc1.weight.sum()
+
+
 class Reshaping(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -362,6 +387,10 @@ class Branching(nn.Module):
 def test_refuses_what_it_cannot_derive() -> None:
     with pytest.raises(ValueError, match=r"`view`.*nn\.Flatten"):
         align(Reshaping(), Reshaping())
+    with pytest.raises(
+        ValueError, match=r"node `sum\w*` \(method `\.sum\(\)`\) uses the permuted tensor `fc1\.weight`"
+    ):
+        align(Penalized(), Penalized())
     with pytest.raises(ValueError, match=r"torch\.fx symbolic tracing.*Branching"):
         align(Branching(), Branching())
     with pytest.raises(
