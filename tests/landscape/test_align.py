@@ -220,6 +220,10 @@ def test_permuted_copy_aligns_back_exactly(case: str, method: str) -> None:
     with torch.no_grad():
         batch = (x, ref(x) + torch.randn(ref(x).shape, dtype=DT, generator=gen))
     other.train()  # modes are kept as found
+    first = next(other.parameters())
+    first.requires_grad_(False)
+    for p in other.parameters():
+        p.grad = torch.ones_like(p) if p.requires_grad else None
     before_ref, before_other, rng = _snapshot(ref), _snapshot(other), torch.get_rng_state()
 
     result = align(ref, other, method, [batch, batch], _loss_fn)
@@ -228,6 +232,10 @@ def test_permuted_copy_aligns_back_exactly(case: str, method: str) -> None:
     assert _same(before_ref, _snapshot(ref)) and _same(before_other, _snapshot(other))
     assert torch.equal(rng, torch.get_rng_state())
     assert result.model is not other and result.model.training
+    assert [p.requires_grad for p in result.model.parameters()] == [
+        p.requires_grad for p in other.parameters()
+    ]
+    assert all(p.grad is None for p in result.model.parameters())
     aligned = result.model.state_dict()
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(aligned[k], v, atol=1e-6, rtol=0, msg=f"{case}/{method}: {k}")
