@@ -5,6 +5,7 @@ Pure PyTorch (no Lightning import), on top of the curvature core: usable on any 
 (``torch.func.functional_call`` under ``vmap``); the model is left exactly as found.
 """
 
+from lightning_landscape.landscape.align import AlignResult, FunctionalDistance, align, functional_distance
 from lightning_landscape.landscape.directions import (
     Direction,
     HessianDirections,
@@ -17,13 +18,17 @@ from lightning_landscape.landscape.sharpness import SharpnessResult, adaptive_sh
 from lightning_landscape.landscape.surface import linear_barrier, loss_line, loss_plane, trajectory_plane
 
 __all__ = [
+    "AlignResult",
     "BarrierResult",
     "Direction",
+    "FunctionalDistance",
     "HessianDirections",
     "LineResult",
     "PlaneResult",
     "SharpnessResult",
     "adaptive_sharpness",
+    "align",
+    "functional_distance",
     "hessian_directions",
     "linear_barrier",
     "loss_line",
