@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.utilities import move_data_to_device
+from torch import nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -106,7 +107,7 @@ def _check_arguments(
     rtol: Any,
     root_dir: Any,
 ) -> None:
-    if not isinstance(model, LightningModule) and not callable(model):
+    if not isinstance(model, LightningModule) and (isinstance(model, nn.Module) or not callable(model)):
         raise TypeError(
             f"`model` must be a LightningModule or a factory returning one, got {type(model).__name__}."
         )
