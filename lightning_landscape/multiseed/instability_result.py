@@ -164,7 +164,14 @@ class InstabilityResult:
             fig = Figure(figsize=(5.5, 4.0))
             ax = fig.add_subplot(1, 1, 1)
         fig = ax.figure
-        ax.plot(self.branch_steps, self.barriers, marker="o", color="C0", label="barrier between children")
+        ax.plot(
+            self.branch_steps,
+            self.barriers,
+            marker="o",
+            color="C0",
+            clip_on=False,
+            label="barrier between children",
+        )
         ax.plot(self.branch_steps, self.thresholds(), ls="--", lw=0.8, color="grey", label="threshold")
         ax.axhline(0.0, color="black", lw=0.5)
         stable = self.stable_step
@@ -173,6 +180,10 @@ class InstabilityResult:
         positive = [k for k in self.branch_steps if k > 0]
         if positive and max(positive) >= 10 * min(positive):
             ax.set_xscale("symlog", linthresh=min(positive))
+            ax.set_xlim(left=0, right=1.5 * max(positive))  # symlog would show an empty negative half
+        if len(self.branch_steps) <= 12:
+            ax.set_xticks(list(self.branch_steps), [str(k) for k in self.branch_steps])
+            ax.minorticks_off()
         ax.set_xlabel(f"branch step k (children trained to step {self.total_steps})")
         ax.set_ylabel("loss barrier")
         ax.set_title("instability: when is the basin fixed?")
