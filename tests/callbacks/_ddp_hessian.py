@@ -47,6 +47,6 @@ if __name__ == "__main__":
     trainer.fit(model, datamodule=ShardedData())
     print(f"rank {trainer.global_rank} probes {monitor.num_probes}", flush=True)
     # Every rank must start each probe from the same warm vectors (else the Lanczos runs would part ways).
-    warm = monitor._warm_vectors
+    warm = monitor.warm_vectors
     digest = "none" if warm is None else hashlib.sha256(warm.cpu().numpy().tobytes()).hexdigest()
     print(f"rank {trainer.global_rank} warm {digest}", flush=True)
