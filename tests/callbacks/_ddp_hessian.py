@@ -1,4 +1,4 @@
-"""Run by test_callbacks_subprocess.py: HessianEigenMonitor under strategy='ddp' on 2 CPU processes (gloo).
+"""Run by test_hessian.py: HessianEigenMonitor under strategy='ddp' on 2 CPU processes (gloo).
 
 Usage: python _ddp_hessian.py OUT_DIR
 """
