@@ -1,20 +1,16 @@
 r"""The Trainer-free Hessian probe: one operator per probe, handed to every quantity asked for.
 
-:class:`HessianProbe` is the engine every curvature monitor shares (the Lightning adapter
-:class:`~lightning_landscape.callbacks.hessian.HessianEigenMonitor` only decides when, on which batches, and
-where the numbers go). Given a module, a loss closure ``loss_fn(model, batch)`` and fixed batches,
-:meth:`HessianProbe.run` builds one :class:`~lightning_landscape.curvature.HessianOperator` over the selected
-parameters (one gradient graph), runs on it the top-``k`` (and bottom) eigenvalues, the Hutchinson trace and
-the spectral density, then one cold-started operator per diagonal block, and returns plain numbers in a
-:class:`HessianProbeResult`. With ``warm_start`` each run starts Lanczos (or power iteration) from the Ritz
-vectors of the previous successful run (:attr:`HessianProbe.warm_vectors`). Nothing here imports Lightning.
-
-The probed matrix is :math:`H = \nabla^2_\theta L(\theta)` with
-:math:`L = \sum_b \frac{|b|}{\sum_{b'} |b'|} \ell_b` the batch-size-weighted mean loss over the batches (its
-block :math:`H_{SS}` with ``params``); the model is left exactly as found (see
-:class:`~lightning_landscape.curvature.HessianOperator`). Under an initialized ``torch.distributed`` group the
-operator all-reduces its products, so every rank gets the same values; pyhessian's own products are not
-all-reduced, so a caller must not run ``backend="pyhessian"`` on several ranks.
+:class:`HessianProbe` is the engine every curvature monitor shares; the Lightning adapter
+(:class:`~lightning_landscape.callbacks.hessian.HessianEigenMonitor`) only decides when, on which batches and
+where the numbers go. :meth:`HessianProbe.run` takes a module, ``loss_fn(model, batch)`` and fixed batches,
+builds one :class:`~lightning_landscape.curvature.HessianOperator` (one gradient graph) of
+:math:`H = \nabla^2_\theta L` for :math:`L = \sum_b \frac{|b|}{\sum_{b'} |b'|} \ell_b` (the block
+:math:`H_{SS}` of ``params``), runs on it the top-``k`` (and bottom) eigenvalues, the Hutchinson trace and the
+spectral density, then one cold-started operator per diagonal block, and returns plain numbers
+(:class:`HessianProbeResult`), the model left exactly as found. With ``warm_start`` each run starts from the
+previous run's Ritz vectors (:attr:`HessianProbe.warm_vectors`). Under ``torch.distributed`` the operator
+all-reduces its products (every rank gets the same values); pyhessian's are not, so a caller must not run
+``backend="pyhessian"`` on several ranks. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
@@ -57,7 +53,7 @@ class Extremes:
         largest: the top-``k`` eigenvalues, descending.
         largest_converged: per value of ``largest``, whether it converged.
         smallest: the smallest eigenvalue (``None`` unless the probe asked for it).
-        smallest_converged: whether ``smallest`` converged (``None`` with ``smallest``).
+        smallest_converged: whether ``smallest`` converged (``None`` without it).
     """
 
     largest: tuple[float, ...]
