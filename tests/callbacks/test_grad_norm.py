@@ -12,8 +12,8 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_landscape import GradientNormMonitor
 from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks.grad_norm import GradientNormMonitor
 from tests.callbacks._cb_helpers import TinyRegression, make_loader
 from tests.callbacks._events import read_event_tags, read_layout_categories, read_scalars
 

@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.nn import functional as F
 
-from lightning_landscape import RiskGapMonitor
 from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks.risk_gap import RiskGapMonitor
 from tests.callbacks._cb_helpers import TinyRegression, make_data, make_loader
 from tests.callbacks._events import read_layout_categories, read_scalars
 
@@ -151,7 +151,6 @@ def test_state_roundtrip() -> None:
         ({"val_key": 3}, "`val_key`"),
         ({"optimal_risk": float("inf")}, "`optimal_risk` must be None or a finite number, got inf."),
         ({"optimal_risk": "zero"}, "`optimal_risk`"),
-        ({"optimality_of": "test"}, "`optimality_of` must be one of ('train', 'val'), got 'test'."),
         ({"name": "a/b"}, "`name` must be None or a non-empty str"),
         ({"seed": -1}, "`seed` must be an integer >= 0, got -1."),
         ({"loss_fn": "tests.callbacks._cb_helpers:mse_loss_fn"}, "only used with `full_train_risk`=True"),
@@ -161,3 +160,10 @@ def test_state_roundtrip() -> None:
 def test_argument_errors(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=re.escape(match)):
         RiskGapMonitor(**kwargs)
+
+
+def test_the_removed_optimality_of_argument_is_refused() -> None:
+    """``optimality_of`` was deprecated and ignored before any release; now it is no argument at all (both
+    gaps to ``optimal_risk`` have their own tags)."""
+    with pytest.raises(TypeError, match="optimality_of"):
+        RiskGapMonitor(optimality_of="train")  # type: ignore[call-arg]

@@ -3,6 +3,7 @@ disk, training bit-identical with and without it, resume keeps the directions.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +22,33 @@ from lightning_landscape.callbacks.tags import (
 from lightning_landscape.landscape import LineResult, PlaneResult, loss_line
 from lightning_landscape.landscape.directions import named_trainable, unflatten
 from tests.callbacks._cb_helpers import TinyRegression, make_loader, mse_loss_fn
-from tests.callbacks.conftest import read_event_tags, read_scalars
+from tests.callbacks._events import read_event_tags, read_scalars
 
 
-def _trainer(tmp_path: Path, callbacks: list[Any], epochs: int = 3, **kwargs: Any) -> Trainer:
-    return Trainer(
-        default_root_dir=tmp_path,
-        logger=TensorBoardLogger(tmp_path, name="tb"),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        callbacks=callbacks,
-        **kwargs,
-    )
+def _trainer(
+    tmp_path: Path, callbacks: list[Any], trainer_kwargs: dict[str, Any], epochs: int = 3
+) -> Trainer:
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    kwargs = {**trainer_kwargs, "default_root_dir": tmp_path}
+    return Trainer(logger=logger, max_epochs=epochs, callbacks=callbacks, **kwargs)
 
 
-def _fit(tmp_path: Path, callbacks: list[Any], epochs: int = 3) -> tuple[TinyRegression, Trainer]:
+def _fit(
+    tmp_path: Path, callbacks: list[Any], trainer_kwargs: dict[str, Any], epochs: int = 3
+) -> tuple[TinyRegression, Trainer]:
     torch.manual_seed(0)
     model = TinyRegression()
-    trainer = _trainer(tmp_path, callbacks, epochs)
+    trainer = _trainer(tmp_path, callbacks, trainer_kwargs, epochs)
     trainer.fit(model, train_dataloaders=make_loader(n=32, batch_size=8, shuffle=True))
     return model, trainer
 
 
-def test_monitor_logs_scalars_images_and_files_and_changes_nothing(tmp_path: Path) -> None:
+def test_monitor_logs_scalars_images_and_files_and_changes_nothing(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
     monitor = LossLandscapeMonitor(every_n_epochs=1, mode="line", steps=5, span=0.5, num_batches=2)
-    model, trainer = _fit(tmp_path / "with", [monitor])
-    plain, _ = _fit(tmp_path / "without", [])
+    model, trainer = _fit(tmp_path / "with", [monitor], trainer_kwargs)
+    plain, _ = _fit(tmp_path / "without", [], trainer_kwargs)
     for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # training bit-identical with and without the monitor
 
@@ -77,17 +73,41 @@ def test_monitor_logs_scalars_images_and_files_and_changes_nothing(tmp_path: Pat
     assert (log_dir / "landscape" / "epoch_0.png").stat().st_size > 1000
 
 
-def test_monitor_plane_along_hessian_directions_resumes_with_its_directions(tmp_path: Path) -> None:
+def test_monitor_plane_along_hessian_directions_resumes_with_its_directions(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
     monitor = LossLandscapeMonitor(every_n_epochs=1, mode="plane", directions="hessian", steps=3)
-    _fit(tmp_path, [monitor], epochs=1)
+    _fit(tmp_path, [monitor], trainer_kwargs, epochs=1)
     state = monitor.state_dict()
     assert len(state["directions"]) == 2 and len(state["iterates"]) == 1
     restored = LossLandscapeMonitor(every_n_epochs=1, mode="plane", directions="hessian", steps=3)
     restored.load_state_dict(state)
     torch.manual_seed(1)
     model = TinyRegression()  # other weights: fresh directions would differ
-    trainer = _trainer(tmp_path / "resumed", [restored], epochs=1)
+    trainer = _trainer(tmp_path / "resumed", [restored], trainer_kwargs, epochs=1)
     trainer.fit(model, train_dataloaders=make_loader(n=16, batch_size=8))
     for a, b in zip(restored._directions or [], state["directions"], strict=True):
         assert torch.equal(a, b)
     assert len(restored._iterates) == 2  # the restored iterate and this epoch's (fit end adds no step)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_epochs": 0}, "`every_n_epochs` must be an integer >= 1, got 0."),
+        ({"steps": 2}, "`steps` must be an integer >= 3, got 2."),
+        ({"mode": "cube"}, "`mode` must be one of ('line', 'plane'), got 'cube'."),
+        ({"directions": "pca"}, "`directions` must be one of ('random', 'hessian'), got 'pca'."),
+        ({"dataloader": "test"}, "`dataloader` must be one of ('train', 'val'), got 'test'."),
+        ({"span": 0.0}, "`span` must be a finite number > 0, got 0.0."),
+        ({"span": True}, "`span` must be a finite number > 0, got True."),
+        (
+            {"sharpness_radius": float("inf")},
+            "`sharpness_radius` must be None or a finite number > 0, got inf.",
+        ),
+        ({"loss_fn": "nodots"}, "import path"),
+    ],
+)
+def test_argument_errors(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(match)):
+        LossLandscapeMonitor(**kwargs)
