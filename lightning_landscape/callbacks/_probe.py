@@ -303,8 +303,10 @@ def draw_batches(
     return batches
 
 
-def batch_size_of(batch: Any) -> int:
-    """Number of samples in ``batch`` as Lightning counts them (``extract_batch_size``), 1 if it cannot tell.
+def batch_size_of(batch: Any, strict: bool = False) -> int:
+    """Number of samples in ``batch`` as Lightning counts them (``extract_batch_size``), 1 if it cannot tell
+    (``strict``: Lightning's error instead, for callers whose arithmetic needs the true count, such as the
+    gradient noise scale's micro-batch sizes).
 
     The weight :class:`~lightning_landscape.callbacks.risk_gap.RiskGapMonitor` gives a step's loss, so that
     its epoch means are the ones Lightning computes for ``self.log(..., on_epoch=True)`` (any nesting,
@@ -312,6 +314,8 @@ def batch_size_of(batch: Any) -> int:
     :func:`~lightning_landscape.curvature.batch_size` instead (leading dimension of the first tensor, an
     error for a batch without one): the two callers need those two semantics, and there is no third.
     """
+    if strict:
+        return int(extract_batch_size(batch))
     try:
         return int(extract_batch_size(batch))
     except Exception:

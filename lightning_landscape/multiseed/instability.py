@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_landscape._rng import kept_rng
-from lightning_landscape.callbacks._probe import LossFn, ProbeLoss, draw_batches
+from lightning_landscape.callbacks._probe import TrainingStepLoss, draw_batches
 from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import linear_barrier
 from lightning_landscape.landscape.directions import named_trainable
 from lightning_landscape.multiseed.instability_result import InstabilityResult
@@ -314,7 +315,7 @@ def instability(
                         "`trainer_kwargs`."
                     )
                 snapshots = snap.paths
-            probe = ProbeLoss(loss_fn)
+            probe = TrainingStepLoss(loss_fn)
             batches: list[Any] | None = None
             rows = []
             for k in branch_steps:
