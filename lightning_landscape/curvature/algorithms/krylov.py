@@ -138,6 +138,7 @@ class LanczosRun:
         self.Q[m] = u / torch.linalg.vector_norm(u)
         self.block_start = m
         self.residual = 0.0
+        self.broke_down = False
 
     def ritz(self, start: int = 0) -> tuple[Tensor, Tensor]:
         """Ritz values (ascending, float64 CPU) and eigenvectors (columns) of M, or of block ``start:``."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from lightning_landscape.curvature._inputs import LossFn, batch_size, validate_i
 from lightning_landscape.curvature._memory import SavedBytes, available_bytes
 from lightning_landscape.curvature._model_state import math_attention, probe_context
 from lightning_landscape.curvature._params import ParamSelection, select_parameters
+from lightning_landscape.curvature.operators._double_backward import DoubleBackward
 
 MemoryMode = Literal["auto", "reuse", "recompute"]
 MEMORY_MODES = ("auto", "reuse", "recompute")
@@ -232,10 +232,10 @@ class HessianOperator:
         self.seed = int(seed)
         self.param_names: list[str] = list(inputs.names)
         self.params: list[Tensor] = list(inputs.params)
-        self.batched = bool(batched)
         self.num_params: int = inputs.num_params
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
+        self._products = DoubleBackward(self.params, batched)
         self.num_products = 0
         self._weights = [float(batch_size(b)) for b in self._batches]
         self.total_weight = self._total_weight(sum(self._weights))
@@ -303,76 +303,15 @@ class HessianOperator:
         with torch.enable_grad(), math_attention():
             self._grads = self._grad(total)
 
-    # -- products -----------------------------------------------------------------------------------
-    def _hvp(self, grads: Sequence[Tensor | None], rows: Tensor, retain: bool) -> Tensor:
-        """``[j, n]`` products of the rows of ``rows`` through the gradient graph ``grads``."""
-        j = rows.shape[0]
-        pairs = [
-            (g, p) for g, p in zip(grads, self._split(rows), strict=True) if g is not None and g.requires_grad
-        ]
-        if not pairs:
-            return torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
-        outputs = [g for g, _ in pairs]
-        if j > 1 and self.batched:
-            batched = self._hvp_batched(outputs, [v for _, v in pairs])
-            if batched is not None:
-                return batched
-        out = []
-        for r in range(j):
-            hv = torch.autograd.grad(
-                outputs,
-                self.params,
-                grad_outputs=[v[r] for _, v in pairs],
-                retain_graph=retain or r < j - 1,
-                allow_unused=True,
-            )
-            out.append(self._flatten_rows(hv, 1))
-        return torch.cat(out)
+    # -- products ---------------------------------------------------------------------------------
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`matmat` vectorizes its products (turned off for good where vmap cannot)."""
+        return self._products.batched
 
-    def _hvp_batched(self, outputs: list[Tensor], vs: list[Tensor]) -> Tensor | None:
-        j = vs[0].shape[0]
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                # The graph is kept either way: a fallback below must be able to run through it again.
-                hv = torch.autograd.grad(
-                    outputs,
-                    self.params,
-                    grad_outputs=vs,
-                    retain_graph=True,
-                    allow_unused=True,
-                    is_grads_batched=True,
-                )
-        except (RuntimeError, NotImplementedError):
-            # An operation without a batching rule (or without a batched double backward): loop instead.
-            self.batched = False
-            return None
-        for w in caught:
-            if "performance drop" in str(w.message):
-                # vmap fell back to a per-vector loop inside: the plain loop is as fast, use it from now on.
-                self.batched = False
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return self._flatten_rows(hv, j)
-
-    def _flatten_rows(self, tensors: Sequence[Tensor | None], j: int) -> Tensor:
-        return torch.cat(
-            [
-                torch.zeros(j, p.numel(), dtype=self.dtype, device=self.device)
-                if t is None
-                else t.reshape(j, -1).to(self.dtype)
-                for t, p in zip(tensors, self.params, strict=True)
-            ],
-            dim=1,
-        )
-
-    def _split(self, rows: Tensor) -> list[Tensor]:
-        """The ``[j, n]`` rows cut into ``[j, *p.shape]`` pieces, one per parameter."""
-        out, offset = [], 0
-        for p in self.params:
-            out.append(rows[:, offset : offset + p.numel()].reshape(rows.shape[0], *p.shape).to(p.dtype))
-            offset += p.numel()
-        return out
+    @batched.setter
+    def batched(self, value: bool) -> None:
+        self._products.batched = bool(value)
 
     def slices(self) -> dict[str, slice]:
         """Where each selected parameter lies in a flat vector: ``{name: slice}``, in order.
@@ -421,7 +360,7 @@ class HessianOperator:
         loss_bad = self._bad_loss
         if self.memory == "reuse":
             assert self._grads is not None
-            hv = self._hvp(self._grads, rows, retain=True)
+            hv = self._products(self._grads, rows, retain=True)
         else:
             acc = torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
             for i in range(len(self._batches)):
@@ -431,7 +370,7 @@ class HessianOperator:
                         self._loss_not_finite(loss, i)
                         loss_bad = True
                     grads = self._grad(loss)
-                    acc += self._hvp(grads, rows, retain=False) * self._weights[i]
+                    acc += self._products(grads, rows, retain=False) * self._weights[i]
                     del grads
             hv = acc / self.total_weight
         hv = self._reduce(hv, loss_bad)
