@@ -266,6 +266,7 @@ def test_per_member_tags_grad_norm_and_gaps_in_tensorboard(tmp_path: Path) -> No
 
 
 def test_member_top_hessian_eigenvalue_matches_dense_hessian(tmp_path: Path) -> None:
+    pytest.importorskip("lightning_landscape.curvature.eigen")
     x, y = _data(24).tensors
     ensemble = SeedEnsemble(MLP, {"width": 4}, seeds=[1, 2], hessian_every_n_steps=1, compile=False).double()
     eig = ensemble.member_top_eigenvalues((x, y), tol=1e-8)
