@@ -51,7 +51,7 @@ def test_segment_towards_another_model_interpolates_weights_and_buffers() -> Non
         with torch.no_grad():
             for p, pa, pb in zip(ref.parameters(), a.model.parameters(), b.model.parameters(), strict=True):
                 p.copy_((1 - alpha) * pa + alpha * pb)
-        assert loss == pytest.approx(float(mean_loss(ref, a.loss_fn, a.batches)), abs=1e-12)
+        assert loss == pytest.approx(float(mean_loss(ref, a.loss_fn, a.batches).detach()), abs=1e-12)
     with pytest.raises(ValueError, match="either `direction` or `towards`"):
         loss_line(a.model, a.loss_fn, a.batches, towards=b.model, direction=random_directions(a.model, 1)[0])
 
