@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_landscape.curvature import DenseOperator, hessian_eigenvalues, power_iteration
+from lightning_landscape.curvature import DenseOperator, hessian_eigenvalues
+from lightning_landscape.curvature.algorithms.power import power_iteration
 from tests.curvature.cases import case, dense_hessian, moved, rel_err, ritz_block, truth
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
