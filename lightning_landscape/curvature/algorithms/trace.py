@@ -17,48 +17,30 @@ built without :math:`\omega_i` and :math:`\omega_i` itself as the Hutchinson pro
 vectors are Gaussian normalized to length :math:`\sqrt{n}`, with the paper's correction for that.
 
 Each estimator draws its vectors from a private generator seeded by ``seed`` (the global RNG is never
-touched) and applies the operator ``block_size`` vectors at a time (:func:`~.krylov.apply_block`).
+touched) and applies the operator ``block_size`` vectors at a time
+(:func:`~lightning_landscape.curvature.operators.base.apply_block`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature._checks import check_choice, check_int
 from lightning_landscape.curvature._inputs import make_generator
-from lightning_landscape.curvature.krylov import LinearOperator, apply_block, random_vector
+from lightning_landscape.curvature.operators.base import LinearOperator, apply_block, random_vector
+from lightning_landscape.curvature.results import TraceResult
 
 DEFAULT_BLOCK = 32
 """Vectors per :meth:`~.HessianOperator.matmat` call in the trace estimators."""
 
-
-@dataclass(frozen=True)
-class TraceResult:
-    """An estimate of the trace of a Hessian.
-
-    Attributes:
-        trace: the estimate (the mean of ``samples``).
-        std_error: its standard error (sample standard deviation of ``samples`` over the square root of
-            their number; ``nan`` for one sample, ``0`` when the trace is exact).
-        num_samples: the number of ``samples``.
-        num_products: Hessian-vector products spent.
-        samples: the individual estimates (float64, CPU): :math:`z^\\top H z` for Hutchinson, the
-            low-rank trace plus one complement probe for Hutch++, the exchangeable per-vector estimates for
-            XTrace, the diagonal when exact.
-        method: ``"hutchinson"``, ``"hutchpp"``, ``"xtrace"`` or ``"exact"`` (a budget of at least ``n``
-            products: the trace from ``n`` unit vectors).
-    """
-
-    trace: float
-    std_error: float
-    num_samples: int
-    num_products: int
-    samples: Tensor
-    method: str = "hutchinson"
+TraceMethod = Literal["hutchinson", "hutchpp", "xtrace"]
+TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace")
+#: The smallest budget of each method: one probe; a sketch, its product, a probe; two exchangeable estimates.
+MIN_BUDGET = {"hutchinson": 1, "hutchpp": 3, "xtrace": 4}
 
 
 def _result(samples: Tensor, products: int, method: str) -> TraceResult:
@@ -105,7 +87,7 @@ def hutchinson(
         ValueError: for ``num_samples < 1`` or ``block_size < 1``.
 
     Example:
-        >>> from lightning_landscape.curvature.krylov import DenseOperator
+        >>> from lightning_landscape.curvature.operators.base import DenseOperator
         >>> op = DenseOperator(torch.diag(torch.arange(1.0, 5.0, dtype=torch.float64)))
         >>> res = hutchinson(op, num_samples=8)
         >>> res.trace, res.std_error, res.num_products  # Rademacher probes are exact on a diagonal
@@ -136,7 +118,7 @@ def hutchpp(
         ValueError: for ``num_products < 3`` or ``block_size < 1``.
 
     Example:
-        >>> from lightning_landscape.curvature.krylov import DenseOperator
+        >>> from lightning_landscape.curvature.operators.base import DenseOperator
         >>> A = torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         >>> op = DenseOperator(A @ A.T)  # rank 4: the sketch of 10 vectors holds all of it
         >>> res = hutchpp(op, num_products=30)
@@ -183,7 +165,7 @@ def xtrace(
         ValueError: for ``num_products < 4`` or ``block_size < 1``.
 
     Example:
-        >>> from lightning_landscape.curvature.krylov import DenseOperator
+        >>> from lightning_landscape.curvature.operators.base import DenseOperator
         >>> A = torch.randn(60, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         >>> op = DenseOperator(A @ A.T / 60)
         >>> res = xtrace(op, num_products=40)
@@ -223,4 +205,48 @@ def xtrace(
     return _result(ests, 2 * m, "xtrace")
 
 
-__all__ = ["DEFAULT_BLOCK", "TraceResult", "hutchinson", "hutchpp", "xtrace"]
+def check_trace_args(method: object, num_samples: object) -> None:
+    """A ``ValueError`` for an unknown ``method`` or a budget ``num_samples`` below its :data:`MIN_BUDGET`."""
+    check_choice("method", method, TRACE_METHODS)
+    assert isinstance(method, str)
+    check_int("num_samples", num_samples, minimum=MIN_BUDGET[method])
+
+
+def trace_of(
+    op: LinearOperator, *, method: TraceMethod = "hutchinson", num_samples: int = 100, seed: int = 0
+) -> TraceResult:
+    """The trace of ``op`` by ``method`` with a budget of ``num_samples`` products (one entry for all three).
+
+    Args:
+        op: a symmetric operator.
+        method: ``"hutchinson"``, ``"hutchpp"`` or ``"xtrace"``.
+        num_samples: the product budget (at least 1, 3 and 4 respectively).
+        seed: seeds the private generator of the random vectors.
+
+    Raises:
+        ValueError: for an unknown ``method`` or a budget below the method's minimum (1, 3, 4).
+
+    Example:
+        >>> from lightning_landscape.curvature.operators.base import DenseOperator
+        >>> op = DenseOperator(torch.diag(torch.arange(1.0, 5.0, dtype=torch.float64)))
+        >>> trace_of(op, method="xtrace", num_samples=4).trace  # a budget of n products is exact
+        10.0
+    """
+    check_trace_args(method, num_samples)
+    if method == "hutchinson":
+        return hutchinson(op, num_samples=num_samples, seed=seed)
+    estimator = hutchpp if method == "hutchpp" else xtrace
+    return estimator(op, num_products=num_samples, seed=seed)
+
+
+__all__ = [
+    "DEFAULT_BLOCK",
+    "MIN_BUDGET",
+    "TRACE_METHODS",
+    "TraceMethod",
+    "check_trace_args",
+    "hutchinson",
+    "hutchpp",
+    "trace_of",
+    "xtrace",
+]

@@ -15,23 +15,23 @@ and :meth:`HessianOperator.matvec` returns :math:`Hv` without ever forming :math
 from __future__ import annotations
 
 import contextlib
-import warnings
+import inspect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.curvature._checks import check_choice
 from lightning_landscape.curvature._inputs import LossFn, batch_size, validate_inputs
 from lightning_landscape.curvature._memory import SavedBytes, available_bytes
-from lightning_landscape.curvature._model_state import (
-    math_attention,
-    probe_context,
-)
+from lightning_landscape.curvature._model_state import math_attention, probe_context
 from lightning_landscape.curvature._params import ParamSelection, select_parameters
+from lightning_landscape.curvature.operators._double_backward import DoubleBackward
 
 MemoryMode = Literal["auto", "reuse", "recompute"]
-_MEMORY_MODES = ("auto", "reuse", "recompute")
+MEMORY_MODES = ("auto", "reuse", "recompute")
 
 # Fraction of the free memory that "auto" lets the kept double-backward graph use.
 _AUTO_MEMORY_FRACTION = 0.25
@@ -39,6 +39,63 @@ _AUTO_MEMORY_FRACTION = 0.25
 
 class NonFiniteError(ValueError):
     """Raised when the loss or a Hessian-vector product is not finite (NaN or infinite)."""
+
+
+@dataclass(frozen=True)
+class OperatorInputs:
+    """What a :class:`HessianOperator` differentiates, checked once where it enters.
+
+    Build it with :meth:`check`; a model-level function checks its own arguments against
+    :attr:`num_params` before any evaluation and hands it to :meth:`HessianOperator.from_inputs`.
+
+    Example:
+        >>> inputs = OperatorInputs.check(nn.Linear(3, 1), lambda m, b: m(b).sum(), [torch.ones(2, 3)])
+        >>> inputs.names, inputs.num_params
+        (['weight', 'bias'], 4)
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    batches: list[Any]
+    names: list[str]
+    params: list[Tensor]
+    memory: MemoryMode = "auto"
+
+    @classmethod
+    def check(
+        cls,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Any],
+        memory: MemoryMode = "auto",
+        params: ParamSelection = None,
+    ) -> OperatorInputs:
+        """Validate the arguments of :class:`HessianOperator` (see there) and select its parameters.
+
+        Raises:
+            TypeError, ValueError: as :class:`HessianOperator`, before any evaluation.
+        """
+        checked = validate_inputs(model, loss_fn, batches)
+        check_choice("memory", memory, MEMORY_MODES)
+        named = select_parameters(model, params)
+        return cls(model, loss_fn, checked, [n for n, _ in named], [p for _, p in named], memory)
+
+    @property
+    def num_params(self) -> int:
+        """The number of selected parameter entries: the size :math:`n` of the operator."""
+        return sum(p.numel() for p in self.params)
+
+
+def _wants_ddp(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a ``HessianOperator(*args, **kwargs)`` call asks for the all-reducing operator."""
+    try:
+        bound = inspect.signature(HessianOperator.__init__).bind_partial(None, *args, **kwargs)
+    except TypeError:  # __init__ raises it with its own message
+        return False
+    distributed = bound.arguments.get("distributed")
+    if distributed is None:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+    return bool(distributed)
 
 
 class HessianOperator:
@@ -79,9 +136,10 @@ class HessianOperator:
     and then random layers draw from a private RNG seeded by ``seed`` and the batch index, so every product
     sees the same masks. Buffers (e.g. BatchNorm running statistics) are never modified.
 
-    Under an initialized ``torch.distributed`` process group (and ``distributed`` not ``False``) each rank
-    passes its own batches; products are all-reduced as (sum of batch-size-weighted products) / (total
-    batch size over ranks), so every rank gets the product of the global Hessian.
+    Under an initialized ``torch.distributed`` process group (and ``distributed`` not ``False``) the
+    constructor returns a :class:`~.ddp.DDPHessianOperator` (a subclass: the strategy is chosen once, here):
+    each rank passes its own batches and products are all-reduced as (sum of batch-size-weighted products) /
+    (total batch size over ranks), so every rank gets the product of the global Hessian.
 
     The model is left exactly as found: modes, parameter values, ``.grad``, ``requires_grad`` and the
     global RNG states.
@@ -120,6 +178,16 @@ class HessianOperator:
         ['bias']
     """
 
+    #: Whether products are all-reduced across ranks (:class:`~.ddp.DDPHessianOperator`).
+    distributed: bool = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> HessianOperator:
+        if cls is HessianOperator and _wants_ddp(args, kwargs):
+            from lightning_landscape.curvature.operators.ddp import DDPHessianOperator
+
+            return super().__new__(DDPHessianOperator)
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: nn.Module,
@@ -132,42 +200,65 @@ class HessianOperator:
         params: ParamSelection = None,
         batched: bool = True,
     ) -> None:
-        self._batches = validate_inputs(model, loss_fn, batches)
-        if memory not in _MEMORY_MODES:
-            raise ValueError(f"`memory` must be one of {_MEMORY_MODES}, got {memory!r}.")
-        self.model = model
-        self.loss_fn = loss_fn
+        self._start(OperatorInputs.check(model, loss_fn, batches, memory, params), train_mode, seed, batched)
+
+    @classmethod
+    def from_inputs(
+        cls,
+        inputs: OperatorInputs,
+        *,
+        train_mode: bool = False,
+        seed: int = 0,
+        distributed: bool | None = None,
+        batched: bool = True,
+    ) -> HessianOperator:
+        """The operator of inputs checked by :meth:`OperatorInputs.check` (they are not checked again).
+
+        Example:
+            >>> loss_fn = lambda m, b: (m(b) ** 2).mean()
+            >>> inputs = OperatorInputs.check(nn.Linear(2, 1), loss_fn, [torch.ones(4, 2)])
+            >>> HessianOperator.from_inputs(inputs).dense().tolist()
+            [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
+        """
+        op = cls.__new__(cls, distributed=distributed)
+        op._start(inputs, train_mode, seed, batched)
+        return op
+
+    def _start(self, inputs: OperatorInputs, train_mode: bool, seed: int, batched: bool) -> None:
+        self._batches = inputs.batches
+        self.model = inputs.model
+        self.loss_fn = inputs.loss_fn
         self.train_mode = bool(train_mode)
         self.seed = int(seed)
-        named = select_parameters(model, params)
-        self.param_names: list[str] = [name for name, _ in named]
-        self.params: list[Tensor] = [p for _, p in named]
-        self.batched = bool(batched)
-        self.num_params: int = sum(p.numel() for p in self.params)
+        self.param_names: list[str] = list(inputs.names)
+        self.params: list[Tensor] = list(inputs.params)
+        self.num_params: int = inputs.num_params
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
+        self._products = DoubleBackward(self.params, batched)
         self.num_products = 0
         self._weights = [float(batch_size(b)) for b in self._batches]
-
-        if distributed is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.distributed = bool(distributed)
-        total = torch.tensor([sum(self._weights)], dtype=torch.float64, device=self._comm_device())
-        if self.distributed:
-            torch.distributed.all_reduce(total)
-        self.total_weight = float(total.item())
-
+        self.total_weight = self._total_weight(sum(self._weights))
         self._grads: list[Tensor | None] | None = None
         self._bad_loss = False
-        self.memory: Literal["reuse", "recompute"] = "recompute" if memory == "recompute" else "reuse"
-        if memory != "recompute":
-            self._build_graph(auto=memory == "auto")
+        self.memory: Literal["reuse", "recompute"] = "recompute" if inputs.memory == "recompute" else "reuse"
+        if inputs.memory != "recompute":
+            self._build_graph(auto=inputs.memory == "auto")
+
+    # -- what the all-reducing subclass changes ---------------------------------------------------------
+    def _total_weight(self, local: float) -> float:
+        """The total batch size the products are divided by (all ranks' under DDP)."""
+        return local
+
+    def _loss_not_finite(self, loss: Tensor, index: int) -> None:
+        """A non-finite loss on batch ``index``: raise now (the DDP operator defers to the next reduction)."""
+        raise NonFiniteError(f"The loss is not finite ({loss.item()}) on batch {index}.")
+
+    def _reduce(self, hv: Tensor, loss_bad: bool) -> Tensor:
+        """This process's ``[j, n]`` products made the operator's (summed over ranks under DDP)."""
+        return hv
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def _comm_device(self) -> torch.device:
-        # gloo reduces CPU tensors, nccl CUDA ones: follow the parameters.
-        return self.device
-
     @contextlib.contextmanager
     def _probe(self, index: int) -> Iterator[None]:
         with probe_context(self.model, self.train_mode, grad=True), math_attention():
@@ -181,10 +272,6 @@ class HessianOperator:
             raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape} for batch {index}.")
         return loss.reshape(())
 
-    def _check_loss(self, loss: Tensor, index: int) -> None:
-        if not bool(torch.isfinite(loss.detach())):
-            raise NonFiniteError(f"The loss is not finite ({loss.item()}) on batch {index}.")
-
     def _grad(self, loss: Tensor) -> list[Tensor | None]:
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return list(grads)
@@ -197,9 +284,7 @@ class HessianOperator:
             with self._probe(i), hooks if (auto and i == 0) else contextlib.nullcontext():
                 loss = self._loss(i)
                 if not bool(torch.isfinite(loss.detach())):
-                    if not self.distributed:
-                        self._check_loss(loss, i)
-                    # Raised in the first product's all-reduce, so that no rank waits forever.
+                    self._loss_not_finite(loss, i)
                     self._bad_loss = True
                 if auto and i == 0:
                     # The double-backward graph is what a kept graph costs: measure it on batch 0.
@@ -218,76 +303,15 @@ class HessianOperator:
         with torch.enable_grad(), math_attention():
             self._grads = self._grad(total)
 
-    # -- products -----------------------------------------------------------------------------------
-    def _hvp(self, grads: Sequence[Tensor | None], rows: Tensor, retain: bool) -> Tensor:
-        """``[j, n]`` products of the rows of ``rows`` through the gradient graph ``grads``."""
-        j = rows.shape[0]
-        pairs = [
-            (g, p) for g, p in zip(grads, self._split(rows), strict=True) if g is not None and g.requires_grad
-        ]
-        if not pairs:
-            return torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
-        outputs = [g for g, _ in pairs]
-        if j > 1 and self.batched:
-            batched = self._hvp_batched(outputs, [v for _, v in pairs])
-            if batched is not None:
-                return batched
-        out = []
-        for r in range(j):
-            hv = torch.autograd.grad(
-                outputs,
-                self.params,
-                grad_outputs=[v[r] for _, v in pairs],
-                retain_graph=retain or r < j - 1,
-                allow_unused=True,
-            )
-            out.append(self._flatten_rows(hv, 1))
-        return torch.cat(out)
+    # -- products ---------------------------------------------------------------------------------
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`matmat` vectorizes its products (turned off for good where vmap cannot)."""
+        return self._products.batched
 
-    def _hvp_batched(self, outputs: list[Tensor], vs: list[Tensor]) -> Tensor | None:
-        j = vs[0].shape[0]
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                # The graph is kept either way: a fallback below must be able to run through it again.
-                hv = torch.autograd.grad(
-                    outputs,
-                    self.params,
-                    grad_outputs=vs,
-                    retain_graph=True,
-                    allow_unused=True,
-                    is_grads_batched=True,
-                )
-        except (RuntimeError, NotImplementedError):
-            # An operation without a batching rule (or without a batched double backward): loop instead.
-            self.batched = False
-            return None
-        for w in caught:
-            if "performance drop" in str(w.message):
-                # vmap fell back to a per-vector loop inside: the plain loop is as fast, use it from now on.
-                self.batched = False
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return self._flatten_rows(hv, j)
-
-    def _flatten_rows(self, tensors: Sequence[Tensor | None], j: int) -> Tensor:
-        return torch.cat(
-            [
-                torch.zeros(j, p.numel(), dtype=self.dtype, device=self.device)
-                if t is None
-                else t.reshape(j, -1).to(self.dtype)
-                for t, p in zip(tensors, self.params, strict=True)
-            ],
-            dim=1,
-        )
-
-    def _split(self, rows: Tensor) -> list[Tensor]:
-        """The ``[j, n]`` rows cut into ``[j, *p.shape]`` pieces, one per parameter."""
-        out, offset = [], 0
-        for p in self.params:
-            out.append(rows[:, offset : offset + p.numel()].reshape(rows.shape[0], *p.shape).to(p.dtype))
-            offset += p.numel()
-        return out
+    @batched.setter
+    def batched(self, value: bool) -> None:
+        self._products.batched = bool(value)
 
     def slices(self) -> dict[str, slice]:
         """Where each selected parameter lies in a flat vector: ``{name: slice}``, in order.
@@ -336,28 +360,20 @@ class HessianOperator:
         loss_bad = self._bad_loss
         if self.memory == "reuse":
             assert self._grads is not None
-            hv = self._hvp(self._grads, rows, retain=True)
+            hv = self._products(self._grads, rows, retain=True)
         else:
             acc = torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
             for i in range(len(self._batches)):
                 with self._probe(i):
                     loss = self._loss(i)
                     if not bool(torch.isfinite(loss.detach())):
+                        self._loss_not_finite(loss, i)
                         loss_bad = True
-                        if not self.distributed:
-                            self._check_loss(loss, i)
                     grads = self._grad(loss)
-                    acc += self._hvp(grads, rows, retain=False) * self._weights[i]
+                    acc += self._products(grads, rows, retain=False) * self._weights[i]
                     del grads
             hv = acc / self.total_weight
-        if self.distributed:
-            flag = torch.tensor([1.0 if loss_bad else 0.0], dtype=self.dtype, device=self.device)
-            packed = torch.cat([hv.reshape(-1), flag])
-            torch.distributed.all_reduce(packed)
-            hv, bad = packed[:-1].reshape(j, self.num_params), float(packed[-1].item())
-            if bad > 0:
-                where = "on this rank" if loss_bad else "on another rank"
-                raise NonFiniteError(f"The loss is not finite {where} (Hessian-vector product aborted).")
+        hv = self._reduce(hv, loss_bad)
         self.num_products += j
         if not bool(torch.isfinite(hv).all()):
             raise NonFiniteError(
@@ -377,4 +393,4 @@ class HessianOperator:
         return torch.cat(cols, dim=1)
 
 
-__all__ = ["HessianOperator", "MemoryMode", "NonFiniteError"]
+__all__ = ["MEMORY_MODES", "HessianOperator", "MemoryMode", "NonFiniteError", "OperatorInputs"]

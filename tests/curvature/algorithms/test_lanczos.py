@@ -1,4 +1,4 @@
-"""Every eigen solver on every case against dense float64 eigenvalues, and Lanczos on analytic operators."""
+"""Lanczos on every case against dense float64 eigenvalues, on analytic operators, and warm-started."""
 
 from __future__ import annotations
 
@@ -6,17 +6,25 @@ from typing import Any, Literal
 
 import pytest
 import torch
-from cases import CASE_NAMES, Case, case, dense_hessian, truth
 
-from lightning_landscape.curvature import EigenResult, HessianOperator, eigen, hessian_eigenvalues, lanczos
+from lightning_landscape.curvature import EigenResult, HessianOperator, hessian_eigenvalues, lanczos
+from lightning_landscape.curvature.algorithms import _eigen
+from lightning_landscape.curvature.algorithms.lanczos import default_max_iter
+from tests.curvature.cases import (
+    CASE_NAMES,
+    CountingLoss,
+    DiagOperator,
+    case,
+    dense_hessian,
+    moved,
+    rel_err,
+    ritz_block,
+    truth,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
 
 REL = 1e-4  # the accuracy asked for at tight tolerance
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float(((got - want).abs() / want.abs()).max())
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -52,66 +60,6 @@ def test_lanczos_bottom3_ascending(name: str) -> None:
     res = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=3, which="smallest", tol=1e-6)
     assert res.converged and rel_err(res.eigenvalues, ev[:3]) < REL
     assert torch.all(res.eigenvalues[:-1] <= res.eigenvalues[1:])
-
-
-@pytest.mark.parametrize("name", ["relu_init", "cnn_bn", "transformer"])
-def test_power_top3_and_smallest(name: str) -> None:
-    c, ev = case(name), truth(name)
-    top = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=3, tol=1e-4, backend="power", max_iter=3000)
-    assert top.converged and top.backend == "power"
-    assert rel_err(top.eigenvalues, ev.flip(0)[:3]) < REL
-    low = hessian_eigenvalues(
-        c.model, c.loss_fn, c.batches, which="smallest", tol=1e-4, backend="power", max_iter=3000
-    )
-    assert low.converged and rel_err(low.eigenvalues, ev[:1]) < REL
-
-
-def test_power_on_trained_relu_is_honest() -> None:
-    # Top-2 are well separated; the rest is a +-1e-4 cluster under a spectral radius of ~22, where power
-    # iteration cannot resolve signs in any sane budget: it must then say converged=False.
-    c, ev = case("relu_trained"), truth("relu_trained")
-    top = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=2, tol=1e-5, backend="power", max_iter=3000)
-    assert top.converged and rel_err(top.eigenvalues, ev.flip(0)[:2]) < REL
-    low = hessian_eigenvalues(
-        c.model, c.loss_fn, c.batches, which="smallest", tol=1e-5, backend="power", max_iter=200
-    )
-    assert not low.converged
-    # Lanczos gets the same smallest value at tight tolerance.
-    lz = hessian_eigenvalues(c.model, c.loss_fn, c.batches, which="smallest", tol=1e-6)
-    assert lz.converged and rel_err(lz.eigenvalues, ev[:1]) < REL
-
-
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_pyhessian_cross_check(name: str) -> None:
-    c, ev = case(name), truth(name)
-    res = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=1, backend="pyhessian", tol=1e-3)
-    assert res.backend == "pyhessian" and res.num_products > 0
-    # pyhessian stops on a small change of the Rayleigh quotient: a loose cross-check only.
-    assert rel_err(res.eigenvalues, ev[-1:]) < 1e-2
-    # Its own stopping rule is not a residual bound; `converged` reports ours, so it must agree with it.
-    ours = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=1, tol=1e-3)
-    assert ours.converged and rel_err(ours.eigenvalues, ev[-1:]) < 1e-3
-
-
-def test_pyhessian_rejects_smallest() -> None:
-    c = case("relu_init")
-    with pytest.raises(ValueError, match="`which` must be 'largest' with backend='pyhessian'"):
-        hessian_eigenvalues(c.model, c.loss_fn, c.batches, which="smallest", backend="pyhessian")
-
-
-class DiagOperator:
-    """An analytic operator: diag(values), with a product count."""
-
-    def __init__(self, values: torch.Tensor) -> None:
-        self.values = values.to(torch.float64)
-        self.num_params = values.numel()
-        self.dtype = torch.float64
-        self.device = torch.device("cpu")
-        self.num_products = 0
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        self.num_products += 1
-        return self.values * v
 
 
 def test_lanczos_analytic_spectrum_and_max_iter() -> None:
@@ -162,23 +110,6 @@ def test_seed_reproducible_and_private() -> None:
 # --- warm start -------------------------------------------------------------------------------------
 
 
-def moved(c: Case, scale: float = 1e-2, seed: int = 1) -> Case:
-    """``c`` after a small step: each parameter moves by ``scale`` of its RMS value in a random direction."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in c.model.parameters():
-            rms = p.norm() / p.numel() ** 0.5
-            p.add_(scale * rms * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return c
-
-
-def ritz_block(res: EigenResult) -> torch.Tensor:
-    assert res.eigenvectors is not None
-    if res.smallest_eigenvectors is None:
-        return res.eigenvectors
-    return torch.cat([res.eigenvectors, res.smallest_eigenvectors])
-
-
 @pytest.mark.parametrize(
     ("name", "k", "which"),
     [
@@ -209,20 +140,6 @@ def test_warm_start_same_values_fewer_products(name: str, k: int, which: Literal
         assert res.converged and rel_err(res.eigenvalues, ev.flip(0)[:k]) < REL
         if which == "both":
             assert res.smallest is not None and rel_err(res.smallest, ev[:k]) < REL
-    assert warm.num_products < cold.num_products, (warm.num_products, cold.num_products)
-
-
-@pytest.mark.parametrize("name", ["cnn_bn", "transformer"])
-def test_power_warm_start(name: str) -> None:
-    c = case(name)
-    before = hessian_eigenvalues(c.model, c.loss_fn, c.batches, tol=1e-4, return_eigenvectors=True)
-    moved(c)
-    ev = torch.linalg.eigvalsh(dense_hessian(c))
-    kwargs: dict[str, Any] = {"tol": 1e-4, "backend": "power", "max_iter": 3000}
-    cold = hessian_eigenvalues(c.model, c.loss_fn, c.batches, **kwargs)
-    warm = hessian_eigenvalues(c.model, c.loss_fn, c.batches, v0=ritz_block(before), **kwargs)
-    for res in (cold, warm):
-        assert res.converged and rel_err(res.eigenvalues, ev[-1:]) < REL
     assert warm.num_products < cold.num_products, (warm.num_products, cold.num_products)
 
 
@@ -261,7 +178,7 @@ def test_warm_start_breakdown_opens_a_random_block(monkeypatch: pytest.MonkeyPat
     values = torch.cat([torch.tensor([-50.0, 10.0, 9.0, 8.5]), torch.linspace(-1, 1, 496)])
     e9 = torch.zeros(500, dtype=torch.float64)
     e9[2] = 1.0
-    monkeypatch.setattr(eigen, "WARM_MIX", 0.0)
+    monkeypatch.setattr(_eigen, "WARM_MIX", 0.0)
     res = lanczos(DiagOperator(values), k=2, tol=1e-8, v0=e9)
     assert res.converged
     assert torch.allclose(res.eigenvalues, torch.tensor([10.0, 9.0], dtype=torch.float64), rtol=1e-8)
@@ -323,21 +240,6 @@ def test_bad_v0_errors_before_any_product(v0: Any, error: type[Exception], match
     assert op.num_products == 0
 
 
-def test_pyhessian_refuses_v0() -> None:
-    c = case("relu_init")
-    loss = CountingLoss(c.loss_fn)
-    with pytest.raises(ValueError, match=r"`v0` is not supported with backend='pyhessian'"):
-        hessian_eigenvalues(c.model, loss, c.batches, backend="pyhessian", v0=torch.ones(61))
-    assert loss.calls == 0
-
-
-class CountingLoss:
-    """Counts its calls: argument errors must come before any evaluation."""
-
-    def __init__(self, loss_fn: Any) -> None:
-        self.loss_fn = loss_fn
-        self.calls = 0
-
-    def __call__(self, model: Any, batch: Any) -> torch.Tensor:
-        self.calls += 1
-        return self.loss_fn(model, batch)
+def test_default_max_iter() -> None:
+    assert default_max_iter(50, 1) == 50 and default_max_iter(10_000, 1) == 100
+    assert default_max_iter(10_000, 7) == 140

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from cases import case, truth
 
 from lightning_landscape.curvature import (
     DenseOperator,
@@ -16,6 +15,8 @@ from lightning_landscape.curvature import (
     hutchpp,
     xtrace,
 )
+from lightning_landscape.curvature.algorithms.trace import MIN_BUDGET, trace_of
+from tests.curvature.cases import case, truth
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
 
@@ -28,6 +29,28 @@ def decaying(n: int = 60, seed: int = 0) -> torch.Tensor:
     Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DTYPE))
     ev = 10.0 * torch.arange(1, n + 1, dtype=DTYPE) ** -1.5 - 0.05
     return (Q * ev) @ Q.T
+
+
+@pytest.mark.parametrize("name", ["relu_trained", "cnn_bn", "transformer"])
+def test_trace_within_three_standard_errors(name: str) -> None:
+    c, ev = case(name), truth(name)
+    res = hessian_trace(c.model, c.loss_fn, c.batches, num_samples=60, seed=0)
+    assert res.num_samples == 60 and res.num_products == 60 and res.samples.shape == (60,)
+    assert res.std_error > 0
+    assert abs(res.trace - float(ev.sum())) <= 3 * res.std_error
+    # The standard error is that of the mean: the sample spread over sqrt(N).
+    assert math.isclose(res.std_error, float(res.samples.std()) / math.sqrt(60), rel_tol=1e-12)
+
+
+def test_trace_of_diagonal_hessian_is_exact() -> None:
+    # z^T D z = tr D for every Rademacher z: zero variance, an analytic check of the estimator.
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    model = torch.nn.Module()
+    model.w = w
+    res = hessian_trace(
+        model, lambda m, b: (b * m.w**2).sum() / 2, [torch.tensor([1.0, 2.0, 5.0])], num_samples=5
+    )
+    assert res.trace == pytest.approx(8.0, abs=1e-12) and res.std_error == pytest.approx(0.0, abs=1e-12)
 
 
 ESTIMATORS = {
@@ -122,3 +145,16 @@ def test_estimators_batch_their_products() -> None:
         xtrace(op, num_products=3)
     with pytest.raises(ValueError, match="`method` must be one of"):
         hessian_trace(c.model, c.loss_fn, c.batches, method="exact")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", list(MIN_BUDGET))
+def test_trace_of_picks_the_estimator_and_checks_the_budget(method: str) -> None:
+    A = decaying()
+    direct = {"hutchinson": lambda: hutchinson(DenseOperator(A), num_samples=12, seed=4)}
+    direct["hutchpp"] = lambda: hutchpp(DenseOperator(A), num_products=12, seed=4)
+    direct["xtrace"] = lambda: xtrace(DenseOperator(A), num_products=12, seed=4)
+    got = trace_of(DenseOperator(A), method=method, num_samples=12, seed=4)  # type: ignore[arg-type]
+    assert got.method == method and got.trace == direct[method]().trace
+    low = MIN_BUDGET[method] - 1
+    with pytest.raises(ValueError, match=f"`num_samples` must be an integer >= {low + 1}, got {low}"):
+        trace_of(DenseOperator(A), method=method, num_samples=low)  # type: ignore[arg-type]

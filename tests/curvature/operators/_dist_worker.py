@@ -23,11 +23,9 @@ def _import_curvature_alone() -> None:
 
 
 def run(rank: int, port: int, out_dir: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
     _import_curvature_alone()
-    from cases import case
-
     from lightning_landscape.curvature import hessian_eigenvalues, hessian_trace
+    from tests.curvature.cases import case
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)

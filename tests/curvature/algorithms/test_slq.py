@@ -1,4 +1,4 @@
-"""Hutchinson trace and SLQ density against the dense spectrum."""
+"""Stochastic Lanczos quadrature against the dense spectrum: weights, nodes, moments, the smoothed density."""
 
 from __future__ import annotations
 
@@ -6,33 +6,12 @@ import math
 
 import pytest
 import torch
-from cases import case, truth
 
-from lightning_landscape.curvature import hessian_trace, spectral_density
+from lightning_landscape.curvature import DenseOperator, spectral_density
+from lightning_landscape.curvature.algorithms.slq import slq
+from tests.curvature.cases import case, truth
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
-
-
-@pytest.mark.parametrize("name", ["relu_trained", "cnn_bn", "transformer"])
-def test_trace_within_three_standard_errors(name: str) -> None:
-    c, ev = case(name), truth(name)
-    res = hessian_trace(c.model, c.loss_fn, c.batches, num_samples=60, seed=0)
-    assert res.num_samples == 60 and res.num_products == 60 and res.samples.shape == (60,)
-    assert res.std_error > 0
-    assert abs(res.trace - float(ev.sum())) <= 3 * res.std_error
-    # The standard error is that of the mean: the sample spread over sqrt(N).
-    assert math.isclose(res.std_error, float(res.samples.std()) / math.sqrt(60), rel_tol=1e-12)
-
-
-def test_trace_of_diagonal_hessian_is_exact() -> None:
-    # z^T D z = tr D for every Rademacher z: zero variance, an analytic check of the estimator.
-    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
-    model = torch.nn.Module()
-    model.w = w
-    res = hessian_trace(
-        model, lambda m, b: (b * m.w**2).sum() / 2, [torch.tensor([1.0, 2.0, 5.0])], num_samples=5
-    )
-    assert res.trace == pytest.approx(8.0, abs=1e-12) and res.std_error == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("name", ["cnn_bn", "transformer"])
@@ -84,3 +63,13 @@ def test_slq_exhausted_krylov_space_is_exact() -> None:
     # Smoothed density peaks at the eigenvalues, each with mass 1/4.
     near = (grid - 3.0).abs() < 0.5
     assert float(torch.trapezoid(dens[near], grid[near])) == pytest.approx(0.25, abs=1e-4)
+
+
+def test_slq_on_an_operator_counts_its_products() -> None:
+    # Distinct eigenvalues and num_iter = n: every run spans the space, so its nodes are the eigenvalues.
+    d = torch.tensor([4.0, 1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    op = DenseOperator(torch.diag(d))
+    sd = slq(op, num_iter=5, num_runs=3, seed=2)
+    assert sd.num_products == op.num_products == 15 and sd.num_params == 5
+    for r in range(3):
+        torch.testing.assert_close(sd.nodes[r], d.sort().values, rtol=0, atol=1e-10)

@@ -1,4 +1,5 @@
-"""No side effects, ever: every backend and function leaves the model and the global RNG as found."""
+"""No side effects, ever: every backend and function leaves the model and the global RNG as found, through
+the restore tools of _model_state."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cases import case
 from torch import nn
 
 from lightning_landscape.curvature import (
@@ -18,6 +18,16 @@ from lightning_landscape.curvature import (
     hessian_trace,
     spectral_density,
 )
+from lightning_landscape.curvature._model_state import (
+    ModelState,
+    kept_modes,
+    math_attention,
+    probe_context,
+    swapped_buffers,
+)
+from tests._shared import assert_unchanged
+from tests._shared import snapshot as shared_snapshot
+from tests.curvature.cases import case
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
 
@@ -36,36 +46,18 @@ def prepared(name: str) -> nn.Module:
     return model
 
 
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "modes": [m.training for m in model.modules()],
-        "params": [p.detach().clone() for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad_ids": [None if p.grad is None else id(p.grad) for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "buffers": [b.clone() for b in model.buffers()],
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": np.random.get_state()[1].copy(),
-        "python_rng": random.getstate(),
-    }
-
-
 def assert_same(before: dict[str, Any], model: nn.Module) -> None:
-    after = snapshot(model)
-    assert after["modes"] == before["modes"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["grad_ids"] == before["grad_ids"]
-    for a, b in zip(after["params"], before["params"], strict=True):
-        assert torch.equal(a, b)
-    for a, b in zip(after["grads"], before["grads"], strict=True):
-        assert (a is None and b is None) or torch.equal(a, b)
-        if a is not None:
-            assert a.grad_fn is None  # no graph-holding gradient left behind
-    for a, b in zip(after["buffers"], before["buffers"], strict=True):
-        assert torch.equal(a, b)
-    assert torch.equal(after["torch_rng"], before["torch_rng"])
-    assert np.array_equal(after["numpy_rng"], before["numpy_rng"])
-    assert after["python_rng"] == before["python_rng"]
+    """:func:`tests._shared.assert_unchanged`, plus what it does not see: non-persistent buffers and
+    graph-holding ``.grad`` tensors."""
+    assert_unchanged(model, before)
+    for a, b in zip(model.buffers(), before["buffers"], strict=True):
+        assert torch.equal(a, b), "a buffer changed"
+    for p in model.parameters():
+        assert p.grad is None or p.grad.grad_fn is None, "a graph-holding gradient was left behind"
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    return {**shared_snapshot(model), "buffers": [b.clone() for b in model.buffers()]}
 
 
 def loss_of(name: str) -> tuple[Callable[..., torch.Tensor], list[Any]]:
@@ -131,3 +123,60 @@ def test_train_mode_dropout_is_a_fixed_function() -> None:
     assert (other.matvec(v) - op.matvec(v)).abs().max() > 1e-6
     u = torch.cos(torch.arange(op.num_params, dtype=torch.float64))
     assert float(u @ op.matvec(v)) == pytest.approx(float(v @ op.matvec(u)), rel=1e-9)
+
+
+def test_model_state_restores_values_grads_flags_and_modes() -> None:
+    model = prepared("cnn_bn")
+    before = snapshot(model)
+    grads = [p.grad for p in model.parameters()]
+    state = ModelState(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = torch.ones_like(p)
+    model.eval()
+    state.restore()
+    assert_same(before, model)
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))  # the objects themselves
+
+
+def test_kept_modes_and_swapped_buffers_and_probe_context() -> None:
+    model = prepared("cnn_bn")
+    before = snapshot(model)
+    modes = [m.training for m in model.modules()]
+    with kept_modes(model):
+        assert not any(m.training for m in model.modules())
+    with kept_modes(model, train_mode=True):
+        assert [m.training for m in model.modules()] == modes
+    _, batches = loss_of("cnn_bn")
+    with swapped_buffers(model), kept_modes(model):
+        model.train()
+        model(batches[0]["x"])  # a train-mode forward updates the running statistics of the copies
+        moved = [b.clone() for b in model.buffers()]
+    assert any(not torch.equal(a, b) for a, b in zip(moved, before["buffers"], strict=True))
+    with probe_context(model, train_mode=True, grad=False):
+        assert not torch.is_grad_enabled()
+        torch.rand(3)  # the global RNG is forked
+        model(batches[0]["x"])
+    assert_same(before, model)
+
+
+def test_math_attention_gives_a_double_backward() -> None:
+    # Inside the guard scaled-dot-product attention runs its math kernel: second derivatives exist and match
+    # the explicit softmax(q k^T / sqrt(d)) v formula.
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    q.requires_grad_(True)
+
+    def explicit(q: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-1, -2) / 3**0.5, dim=-1) @ v
+
+    with math_attention():
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), q)
+    (g_ref,) = torch.autograd.grad(explicit(q).pow(2).sum(), q, create_graph=True)
+    (h_ref,) = torch.autograd.grad(g_ref.sum(), q)
+    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)

@@ -1,4 +1,4 @@
-"""Bad input: a clear error naming the argument, the bad value and what is valid, before any product."""
+"""The model-level functions: every argument checked once, with an error naming it, before any evaluation."""
 
 from __future__ import annotations
 
@@ -6,28 +6,17 @@ from typing import Any
 
 import pytest
 import torch
-from cases import case
-from torch import nn
 
 from lightning_landscape.curvature import (
     HessianOperator,
     NonFiniteError,
+    api,
     hessian_eigenvalues,
     hessian_trace,
     spectral_density,
 )
-
-
-class CountingLoss:
-    """A loss that counts its calls: errors about arguments must come before any evaluation."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        self.calls += 1
-        x, y = batch
-        return nn.functional.mse_loss(model(x), y)
+from lightning_landscape.curvature.operators import hessian as operator_module
+from tests.curvature.cases import CountingLoss, case
 
 
 @pytest.mark.parametrize(
@@ -80,11 +69,6 @@ def test_input_errors() -> None:
         spectral_density(c.model, c.loss_fn, c.batches, num_iter=0)
     with pytest.raises(ValueError, match=r"`num_runs` must be an integer >= 1, got -1"):
         spectral_density(c.model, c.loss_fn, c.batches, num_runs=-1)
-    sd = spectral_density(c.model, c.loss_fn, c.batches, num_iter=5, num_runs=1)
-    with pytest.raises(ValueError, match=r"`sigma` must be a finite number > 0, got -1.0"):
-        sd.on_grid(sigma=-1.0)
-    with pytest.raises(ValueError, match=r"`num_points` must be an integer >= 2, got 1"):
-        sd.on_grid(num_points=1)
 
 
 @pytest.mark.parametrize("backend", ["lanczos", "power", "pyhessian"])
@@ -96,3 +80,62 @@ def test_non_finite_loss_is_reported_by_every_backend(backend: str) -> None:
         hessian_eigenvalues(c.model, c.loss_fn, c.batches, backend=backend)  # type: ignore[arg-type]
     with pytest.raises(NonFiniteError, match="loss is not finite"):
         hessian_trace(c.model, c.loss_fn, c.batches, memory="recompute")
+
+
+@pytest.mark.parametrize(
+    ("call", "options"),
+    [
+        (hessian_eigenvalues, {"k": 2, "which": "both"}),
+        (hessian_eigenvalues, {"backend": "power", "tol": 1e-2, "max_iter": 20}),
+        (hessian_trace, {"num_samples": 6, "method": "xtrace"}),
+        (spectral_density, {"num_iter": 5, "num_runs": 2}),
+    ],
+)
+def test_inputs_are_checked_and_selected_once(
+    monkeypatch: pytest.MonkeyPatch, call: Any, options: dict[str, Any]
+) -> None:
+    # The model, loss and batches are validated and the parameters selected by OperatorInputs.check, once;
+    # the operator is built from its result, not from the raw arguments again.
+    counts = {"validate": 0, "select": 0}
+
+    def counted(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(
+        operator_module, "validate_inputs", counted("validate", operator_module.validate_inputs)
+    )
+    monkeypatch.setattr(
+        operator_module, "select_parameters", counted("select", operator_module.select_parameters)
+    )
+    built: list[HessianOperator] = []
+    from_inputs = HessianOperator.from_inputs.__func__  # type: ignore[attr-defined]
+
+    def counting_from_inputs(cls: type[HessianOperator], *args: Any, **kwargs: Any) -> HessianOperator:
+        op = from_inputs(cls, *args, **kwargs)
+        built.append(op)
+        return op
+
+    monkeypatch.setattr(HessianOperator, "from_inputs", classmethod(counting_from_inputs))
+    c = case("relu_init")
+    call(c.model, c.loss_fn, c.batches, params=["0"], **options)
+    assert counts == {"validate": 1, "select": 1} and len(built) == 1
+    assert built[0].param_names == ["0.weight", "0.bias"] and built[0]._grads is None  # closed on the way out
+    assert api.BACKENDS == ("lanczos", "power", "pyhessian")
+
+
+def test_a_bad_option_is_refused_before_any_evaluation() -> None:
+    c = case("relu_init")
+    loss = CountingLoss()
+    for call, kwargs in [
+        (hessian_eigenvalues, {"memory": "lots"}),
+        (hessian_eigenvalues, {"backend": "pyhessian", "memory": "lots"}),
+        (hessian_trace, {"method": "xtrace", "num_samples": 3}),
+        (spectral_density, {"num_runs": 0}),
+    ]:
+        with pytest.raises(ValueError):
+            call(c.model, loss, c.batches, **kwargs)  # type: ignore[operator]
+    assert loss.calls == 0
