@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 try:  # Lightning raises it for a SIGTERM; a SystemExit without a code.
@@ -41,3 +41,13 @@ def plain_hparams(module: LightningModule) -> dict[str, Any]:
     """The module's scalar hyperparameters (what a TensorBoard hparams entry can show)."""
     hparams = getattr(module, "_hparams", None) or {}
     return {str(k): v for k, v in dict(hparams).items() if isinstance(v, (bool, int, float, str))}
+
+
+def attached_trainer(module: LightningModule) -> Trainer | None:
+    """The Trainer ``module`` is attached to, or ``None``: ``module.trainer`` raises when there is none.
+
+    Example:
+        >>> attached_trainer(LightningModule()) is None
+        True
+    """
+    return module._trainer

@@ -10,7 +10,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from lightning_landscape.multiseed.selection import BestOfK, best_of_k
 
@@ -19,7 +19,7 @@ SeedStatus = Literal["finished", "failed", "pending", "running"]
 MAX_SEED = 2**32 - 1
 
 
-def is_seed(value: Any) -> bool:
+def is_seed(value: Any) -> TypeGuard[int]:
     """Whether ``value`` can seed a run: an ``int`` (not a bool) in ``[0, MAX_SEED]``.
 
     Example:

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_landscape.multiseed._lightning import (
     SIGTERMException,
+    attached_trainer,
     configure_optimizers,
     is_rank_zero,
     plain_hparams,
@@ -48,3 +49,13 @@ def test_sigterm_exception_is_what_lightning_raises_for_a_sigterm() -> None:
     from lightning.pytorch.utilities import exceptions
 
     assert SIGTERMException is exceptions.SIGTERMException and issubclass(SIGTERMException, SystemExit)
+
+
+def test_attached_trainer_is_the_trainer_the_module_runs_in(tmp_path) -> None:
+    from lightning.pytorch import Trainer
+
+    model = TinyRegressor()
+    assert attached_trainer(model) is None
+    trainer = Trainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path, accelerator="cpu")
+    model.trainer = trainer
+    assert attached_trainer(model) is trainer is model.trainer
