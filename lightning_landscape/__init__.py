@@ -46,7 +46,14 @@ if TYPE_CHECKING:
         random_directions,
         trajectory_plane,
     )
-    from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer, SeedRun
+    from lightning_landscape.multiseed import (
+        MultiSeedInterrupted,
+        MultiSeedResult,
+        MultiSeedTrainer,
+        RecordError,
+        RootDirBusyError,
+        SeedRun,
+    )
     from lightning_landscape.multiseed.vectorized import PerSeedLoader, SeedEnsemble, VectorizationError
 
 __all__ = [
@@ -58,8 +65,11 @@ __all__ = [
     "LossLandscapeMonitor",
     "RiskGapMonitor",
     # multi-seed
+    "MultiSeedInterrupted",
     "MultiSeedResult",
     "MultiSeedTrainer",
+    "RecordError",
+    "RootDirBusyError",
     "PerSeedLoader",
     "SeedEnsemble",
     "SeedRun",
