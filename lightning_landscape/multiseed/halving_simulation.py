@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_landscape.multiseed.selection import Mode, _check_mode
+from lightning_landscape.multiseed._checks import check_mode
+from lightning_landscape.multiseed.selection import Mode
 
 #: ``keep * n`` is rounded up after this slack, so that ``0.1 * 30`` keeps 3 seeds, not 4.
 _CEIL_SLACK = 1e-9
@@ -174,7 +175,7 @@ def halving_simulation(
         >>> sim.kept_rate, round(sim.steps_fraction, 4)  # the last-place seed at rung 0 ends best
         (0.0, 0.6667)
     """
-    _check_mode(mode)
+    check_mode(mode)
     curves = _check_curves(val_curves)
     total, num_evals = curves.shape
     rung_list = _check_rungs(rungs, num_evals)

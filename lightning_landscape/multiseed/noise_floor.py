@@ -36,8 +36,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lightning_landscape.multiseed._checks import check_confidence, check_mode
 from lightning_landscape.multiseed._distributions import normal_quantile
-from lightning_landscape.multiseed.selection import Mode, _check_confidence, _check_mode
+from lightning_landscape.multiseed.selection import Mode
 
 Kind = Literal["loss", "correct"]
 Verdict = Literal["beyond noise", "not beyond noise", "unknown"]
@@ -145,7 +146,7 @@ def _resolve_mode(kind: Any, mode: Any) -> Mode:
         raise ValueError(f"`kind` must be 'loss' or 'correct', got {kind!r}")
     if mode is None:
         return "min" if kind == "loss" else "max"
-    _check_mode(mode)
+    check_mode(mode)
     if kind == "correct" and mode != "max":
         raise ValueError("`mode` must be 'max' for kind='correct' (a correct answer is better)")
     return mode
@@ -197,7 +198,7 @@ def noise_floor(
             f"`winner_values` has {w.size} examples and `other_values` {o.size}: give both seeds'"
             " values on the same test examples"
         )
-    conf = _check_confidence("confidence", confidence)
+    conf = check_confidence("confidence", confidence)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
         raise ValueError(f"`n_boot` must be an int >= 10, got {n_boot!r}")
     sign = 1.0 if resolved == "min" else -1.0
@@ -238,7 +239,7 @@ def binomial_noise_floor(
             raise ValueError(f"`{name}` must be an accuracy in [0, 1] (a fraction), got {acc!r}")
     if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1:
         raise ValueError(f"`n_test` must be an int >= 1, got {n_test!r}")
-    conf = _check_confidence("confidence", confidence)
+    conf = check_confidence("confidence", confidence)
     # Agresti-Caffo: one success and one failure added to each arm keeps the band honest near 0 and 1.
     p1 = (acc_winner * n_test + 1.0) / (n_test + 2.0)
     p2 = (acc_other * n_test + 1.0) / (n_test + 2.0)

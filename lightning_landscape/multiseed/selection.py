@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from lightning_landscape.multiseed._checks import check_confidence, check_fraction, check_mode, check_scores
+
 Mode = Literal["min", "max"]
 PointKind = Literal["minimum", "saddle", "not critical yet", "unknown"]
 
@@ -49,33 +51,6 @@ PointKind = Literal["minimum", "saddle", "not critical yet", "unknown"]
 STILL_IMPROVING_FRACTION = 0.1
 #: The rows the CLI table and the study print (K itself is always added).
 TABLE_KS = (1, 2, 5, 10)
-
-
-def _check_mode(mode: Any) -> None:
-    if mode not in ("min", "max"):
-        raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}")
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
-
-
-def _check_confidence(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"`{name}` must be a number in (0, 1), e.g. 0.9, got {value!r}")
-    return float(value)
-
-
-def _check_scores(name: str, values: Any) -> list[float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"`{name}` must be a sequence of numbers, got {type(values).__name__}")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"`{name}` must hold finite numbers only, got {v!r} in {list(values)!r}")
-        out.append(float(v))
-    return out
 
 
 def selection_weights(num_seeds: int, k: int) -> list[float]:
@@ -182,7 +157,7 @@ def rank_by_validation(scores: Sequence[float], mode: Mode = "min") -> list[int]
         >>> rank_by_validation([0.2, 0.1, 0.2, 0.05])
         [3, 1, 0, 2]
     """
-    _check_mode(mode)
+    check_mode(mode)
     sign = 1.0 if mode == "min" else -1.0
     return sorted(range(len(scores)), key=lambda i: (sign * scores[i], i))
 
@@ -221,21 +196,21 @@ def best_of_k(
         >>> banded.expected_low[0] < banded.expected[0] < banded.expected_high[0]
         True
     """
-    _check_mode(mode)
-    vals = _check_scores("scores", scores)
+    check_mode(mode)
+    vals = check_scores("scores", scores)
     if not vals:
         raise ValueError("`scores` is empty: best-of-k needs at least one finished seed")
-    tests = None if test_scores is None else _check_scores("test_scores", test_scores)
+    tests = None if test_scores is None else check_scores("test_scores", test_scores)
     if tests is not None and len(tests) != len(vals):
         raise ValueError(f"`test_scores` has {len(tests)} values for {len(vals)} `scores`; give one per seed")
     if not (isinstance(quantiles, (tuple, list)) and len(quantiles) == 2):
         raise ValueError(f"`quantiles` must be a pair (low, high), got {quantiles!r}")
     for q in quantiles:
-        _check_fraction("quantiles", q)
+        check_fraction("quantiles", q)
     lo_q, hi_q = float(quantiles[0]), float(quantiles[1])
     if lo_q > hi_q:
         raise ValueError(f"`quantiles` must be ordered (low <= high), got {quantiles!r}")
-    conf = None if confidence is None else _check_confidence("confidence", confidence)
+    conf = None if confidence is None else check_confidence("confidence", confidence)
 
     order = rank_by_validation(vals, mode)
     ranked = [vals[i] for i in order]
@@ -328,9 +303,9 @@ def selection_optimism(
         >>> round(o.optimism, 6), round(o.apparent_gain, 6), round(o.test_gain, 6)
         (0.04, 0.1, 0.06)
     """
-    _check_mode(mode)
-    (v, t) = _check_scores("selected scores", [selected_val, selected_test])
-    tests = _check_scores("all_test", all_test)
+    check_mode(mode)
+    (v, t) = check_scores("selected scores", [selected_val, selected_test])
+    tests = check_scores("all_test", all_test)
     if not tests:
         raise ValueError("`all_test` is empty: give the test score of every tested seed")
     sign = 1.0 if mode == "min" else -1.0
@@ -366,7 +341,7 @@ def still_improving(best_at: int, last_at: int, fraction: float = STILL_IMPROVIN
             raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
     if best_at > last_at:
         raise ValueError(f"`best_at`={best_at} lies after the end of training `last_at`={last_at}")
-    _check_fraction("fraction", fraction)
+    check_fraction("fraction", fraction)
     return best_at >= (1.0 - fraction) * last_at
 
 

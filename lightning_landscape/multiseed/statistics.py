@@ -57,18 +57,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lightning_landscape.multiseed._checks import check_confidence, check_mode, check_scores
 from lightning_landscape.multiseed._distributions import (
     binomial_half_cdf,
     chi2_quantile,
     t_quantile,
 )
-from lightning_landscape.multiseed.selection import (
-    Mode,
-    _check_confidence,
-    _check_mode,
-    _check_scores,
-    selection_weights,
-)
+from lightning_landscape.multiseed.selection import Mode, selection_weights
 
 BandMethod = Literal["studentized", "percentile"]
 
@@ -191,11 +186,11 @@ def best_of_k_band(
         >>> low[0] <= 0.2 <= high[0], len(low)
         (True, 5)
     """
-    _check_mode(mode)
-    vals = _check_scores("scores", scores)
+    check_mode(mode)
+    vals = check_scores("scores", scores)
     if not vals:
         raise ValueError("`scores` is empty: a band needs at least one finished seed")
-    conf = _check_confidence("confidence", confidence)
+    conf = check_confidence("confidence", confidence)
     if method not in ("studentized", "percentile"):
         raise ValueError(f"`method` must be 'studentized' or 'percentile', got {method!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
@@ -267,7 +262,7 @@ def median_order_statistics(n: int, confidence: float) -> tuple[int, float]:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"`n` must be an int >= 1, got {n!r}")
-    conf = _check_confidence("confidence", confidence)
+    conf = check_confidence("confidence", confidence)
     rank = 1
     for candidate in range(1, (n + 1) // 2 + 1):
         if 1.0 - 2.0 * binomial_half_cdf(candidate - 1, n) >= conf:
@@ -298,10 +293,10 @@ def summary_intervals(scores: Sequence[float], confidence: float = 0.9) -> Summa
         >>> s.median.low, s.median.high, round(s.median.confidence, 4)
         (0.1, 0.5, 0.9375)
     """
-    vals = _check_scores("scores", scores)
+    vals = check_scores("scores", scores)
     if not vals:
         raise ValueError("`scores` is empty: give one score per seed")
-    conf = _check_confidence("confidence", confidence)
+    conf = check_confidence("confidence", confidence)
     x = np.sort(np.asarray(vals, dtype=np.float64))
     n = len(vals)
     alpha = (1.0 - conf) / 2.0
