@@ -34,7 +34,9 @@ def _charts(family: str, name: str | None, others: list[str], monitors: list[Any
     p = re.escape(_tags.prefix(family, name))
 
     def any_of(attribute: str, default: Any = None) -> bool:
-        return any(getattr(m, attribute, default) not in (None, False) for m in monitors)
+        """Whether any monitor has ``attribute`` set: not ``None`` and not ``False`` (``0.0`` is set)."""
+        values = [getattr(m, attribute, default) for m in monitors]
+        return any(v is not None and v is not False for v in values)
 
     if family == _tags.GRAD_NORM_SECTION:
         skip = ["total$", r"optimizer_\d+/total$", *(re.escape(o) + "/" for o in others if name is None)]
