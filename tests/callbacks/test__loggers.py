@@ -145,6 +145,7 @@ def test_figures_reach_wandb_offline_run(
         "WANDB_CONSOLE": "off",
         "WANDB_DISABLE_GIT": "true",
         "WANDB_DISABLE_CODE": "true",
+        "WANDB_ERROR_REPORTING": "false",
     }.items():
         monkeypatch.setenv(key, value)
     logger = loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="figures")
