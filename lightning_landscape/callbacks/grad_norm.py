@@ -16,8 +16,9 @@ from lightning_landscape._torch import COMPILED_PREFIX, foreach_norm
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._lightning import generate_state_key
+from lightning_landscape.callbacks._loggers import log_scalars
 from lightning_landscape.callbacks._probe import logging_step
-from lightning_landscape.callbacks._tensorboard import add_histogram, log_scalars, write_layout
+from lightning_landscape.callbacks._tensorboard import add_histogram, write_layout
 
 
 class GradientNormMonitor(Callback):

@@ -19,16 +19,18 @@ from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import Extremes, HessianProbe, mode_dependent_kinds
 from lightning_landscape.callbacks._lightning import generate_state_key
+from lightning_landscape.callbacks._loggers import log_scalars
 from lightning_landscape.callbacks._probe import (
     MethodLoss,
     TrainingStepLoss,
+    check_dataloader,
     draw_batches,
     epoch_end_logging_step,
     logging_step,
     probe_dataloader,
     resolve_loss_fn,
 )
-from lightning_landscape.callbacks._tensorboard import add_density, log_scalars, write_layout
+from lightning_landscape.callbacks._tensorboard import add_density, write_layout
 from lightning_landscape.curvature import LossFn, NonFiniteError
 from lightning_landscape.curvature._checks import DEFAULT_TOL
 
@@ -110,7 +112,10 @@ class HessianEigenMonitor(HessianProbe, Callback):
         density_iter: Lanczos steps per run of the spectral density.
         density_runs: Independent runs averaged in the spectral density.
         num_batches: How many batches of the dataloader form the probe.
-        dataloader: ``"train"`` or ``"val"``: where the probe batches come from.
+        dataloader: Where the probe batches come from: ``"train"``, ``"val"`` (the first validation
+            dataloader), or ``"train:<name>"`` / ``"val:<name>"`` for the dataloader under key ``<name>`` of a
+            dict or ``CombinedLoader`` of several (index ``<name>`` of a list); ``"train"`` is refused with
+            several training dataloaders, naming the choices.
         loss_fn: Import path ``"pkg.module:function"`` (or ``"pkg.module.function"``) of
             ``loss_fn(model, batch) -> Tensor``, or ``"self.<method>"`` for ``module.<method>(batch)`` (pick
             one loss of several, e.g. ``"self.d_loss"``); ``None`` uses the module's ``training_step``.
@@ -133,7 +138,8 @@ class HessianEigenMonitor(HessianProbe, Callback):
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``), e.g. ``backend="pyhessian"`` with
-            ``params`` or ``blocks``.
+            ``params`` or ``blocks``; when training starts, if ``dataloader`` names no dataloader of the
+            Trainer (the message names those there are).
         MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies, with
             ``backend="pyhessian"`` on several processes (DDP), when ``params``/``blocks`` select nothing or
             too little for ``k``, or for a manual-optimization module without ``loss_fn``.
@@ -163,7 +169,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
         density_iter: int = 100,
         density_runs: int = 1,
         num_batches: int = 1,
-        dataloader: Literal["train", "val"] = "train",
+        dataloader: str = "train",
         loss_fn: str | None = None,
         tol: float = DEFAULT_TOL,
         backend: Literal["lanczos", "power", "pyhessian"] = "lanczos",
@@ -182,7 +188,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
         if every_n_steps is None and every_n_epochs is None:
             raise ValueError("`every_n_steps` and `every_n_epochs` are both None: set at least one of them")
         check_int("num_batches", num_batches)
-        check_choice("dataloader", dataloader, ("train", "val"))
+        check_dataloader(dataloader)
         check_choice("unconverged", unconverged, ("log", "skip"))
         _tags.check_name(name)
         super().__init__(

@@ -9,12 +9,15 @@ from typing import Any
 import pytest
 import torch
 
+from lightning_landscape import GradientNormMonitor, HessianEigenMonitor
 from lightning_landscape.callbacks import _tensorboard, tags
 
 
 def test_layout_charts_of_named_monitors_and_blocks_match_only_their_tags() -> None:
-    unnamed = _tensorboard._charts(tags.HESSIAN_SECTION, None, ["val"], ["net.0"])
-    named = _tensorboard._charts(tags.HESSIAN_SECTION, "val", ["val"], [])
+    unnamed = _tensorboard._charts(
+        tags.HESSIAN_SECTION, None, ["val"], [HessianEigenMonitor(blocks=["net.0"])]
+    )
+    named = _tensorboard._charts(tags.HESSIAN_SECTION, "val", ["val"], [HessianEigenMonitor(name="val")])
     logged = [
         tags.hessian_eig_tag(1),
         tags.hessian_eig_tag(1, name="val"),
@@ -32,7 +35,7 @@ def test_layout_charts_of_named_monitors_and_blocks_match_only_their_tags() -> N
     assert matched(unnamed)["converged"] == ["hessian/converged", "hessian/net.0/converged"]
     assert matched(named)["eigenvalues"] == ["hessian/val/eig_1"]
     assert matched(named)["converged"] == ["hessian/val/converged"]
-    grad = _tensorboard._charts(tags.GRAD_NORM_SECTION, None, ["max"], [])
+    grad = _tensorboard._charts(tags.GRAD_NORM_SECTION, None, ["max"], [GradientNormMonitor()])
     names = ["grad_norm/total", "grad_norm/optimizer_1/total", "grad_norm/net.0", "grad_norm/max/total"]
     per_layer = [t for t in names if re.match(grad["per layer"][1][0], t)]
     assert per_layer == ["grad_norm/net.0"]

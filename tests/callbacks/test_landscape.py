@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_landscape.callbacks.landscape import LossLandscapeMonitor
 from lightning_landscape.callbacks.tags import (
     LANDSCAPE_CENTER_LOSS,
+    LANDSCAPE_CURVATURE,
     LANDSCAPE_IMAGE,
     LANDSCAPE_SHARPNESS,
     LANDSCAPE_TRAJECTORY_IMAGE,
@@ -22,7 +23,7 @@ from lightning_landscape.callbacks.tags import (
 from lightning_landscape.landscape import LineResult, PlaneResult, loss_line
 from lightning_landscape.landscape.directions import named_trainable, unflatten
 from tests.callbacks._cb_helpers import TinyRegression, make_loader, mse_loss_fn
-from tests.callbacks._events import read_event_tags, read_scalars
+from tests.callbacks._events import read_event_tags, read_layouts, read_scalars
 
 
 def _trainer(
@@ -71,6 +72,13 @@ def test_monitor_logs_scalars_images_and_files_and_changes_nothing(
     trajectory = PlaneResult.load(log_dir / "landscape" / "trajectory.npz")
     assert trajectory.path is not None and trajectory.path.shape == (3, 2)
     assert (log_dir / "landscape" / "epoch_0.png").stat().st_size > 1000
+    # The layout charts exactly the scalars logged: sharpness, centre loss and (line mode) curvature.
+    assert read_layouts(log_dir) == [{"landscape": ["sharpness", "center loss", "curvature"]}]
+    assert {t for t in scalars if t.startswith("landscape/")} == {
+        LANDSCAPE_SHARPNESS,
+        LANDSCAPE_CENTER_LOSS,
+        LANDSCAPE_CURVATURE,
+    }
 
 
 def test_monitor_plane_along_hessian_directions_resumes_with_its_directions(
@@ -98,7 +106,8 @@ def test_monitor_plane_along_hessian_directions_resumes_with_its_directions(
         ({"steps": 2}, "`steps` must be an integer >= 3, got 2."),
         ({"mode": "cube"}, "`mode` must be one of ('line', 'plane'), got 'cube'."),
         ({"directions": "pca"}, "`directions` must be one of ('random', 'hessian'), got 'pca'."),
-        ({"dataloader": "test"}, "`dataloader` must be one of ('train', 'val'), got 'test'."),
+        ({"dataloader": "test"}, "`dataloader` must be 'train', 'val', 'train:<name>' or 'val:<name>'"),
+        ({"dataloader": "train:"}, "got 'train:'"),
         ({"span": 0.0}, "`span` must be a finite number > 0, got 0.0."),
         ({"span": True}, "`span` must be a finite number > 0, got True."),
         (
