@@ -19,10 +19,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_landscape import GradientNoiseScaleMonitor
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._noise_estimators import chunk_gradient_norms, unbiased_estimates
 from lightning_landscape.callbacks._probe import TrainingStepLoss
+from lightning_landscape.callbacks.noise_scale import GradientNoiseScaleMonitor
 from tests.callbacks._events import read_scalars
 from tests.callbacks._noise_helpers import LinReg, Stream, closed_form, finite_data, interleaved_loader
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_landscape.landscape import SharpnessResult, adaptive_sharpness
+from lightning_landscape.landscape.sharpness import SharpnessResult, adaptive_sharpness
 
 DT = torch.float64
 

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_landscape._rng import rng_state
-from lightning_landscape.multiseed import InstabilityResult, instability
-from lightning_landscape.multiseed.instability import default_branch_steps
+from lightning_landscape.multiseed.instability import default_branch_steps, instability
+from lightning_landscape.multiseed.instability_result import InstabilityResult
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 QUIET = {
