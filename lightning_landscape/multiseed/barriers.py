@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import BarrierResult, linear_barrier
 from lightning_landscape.multiseed._lightning import safe_torch_load
+from lightning_landscape.multiseed.paths import atomic_write
 
 BARRIERS_PNG = "barriers.png"
 INTERPOLATION_PNG = "interpolation.png"
@@ -135,8 +136,9 @@ class SeedBarriers:
         """Write ``barriers.png`` and ``interpolation.png`` into ``folder``."""
         folder = Path(folder)
         paths = [folder / BARRIERS_PNG, folder / INTERPOLATION_PNG]
-        self.plot_heatmap().savefig(paths[0], dpi=110)
-        self.plot_interpolation().savefig(paths[1], dpi=110)
+        for path, fig in zip(paths, (self.plot_heatmap(), self.plot_interpolation()), strict=True):
+            # A temporary file renamed into place: a link planted at the name is replaced, never followed.
+            atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110), binary=True)
         return paths
 
 
@@ -144,9 +146,16 @@ def load_weights(path: str | Path, template: nn.Module) -> nn.Module:
     """A copy of ``template`` holding the weights of a checkpoint (``weights_only=True``).
 
     Raises:
-        ValueError: if the file holds no state dict that fits ``template``.
+        ValueError: if the file does not load with ``weights_only=True`` (truncated, crafted, not a
+            checkpoint) or holds no state dict that fits ``template``; the message names the file.
     """
-    loaded = safe_torch_load(path)
+    try:
+        loaded = safe_torch_load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # nothing in it ran: weights_only refuses what is not plain data
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from err
     state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds no state dict")
