@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -138,7 +139,7 @@ class SeedBarriers:
         paths = [folder / BARRIERS_PNG, folder / INTERPOLATION_PNG]
         for path, fig in zip(paths, (self.plot_heatmap(), self.plot_interpolation()), strict=True):
             # A temporary file renamed into place: a link planted at the name is replaced, never followed.
-            atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110), binary=True)
+            atomic_write(path, functools.partial(fig.savefig, format="png", dpi=110), binary=True)
         return paths
 
 
