@@ -1,4 +1,4 @@
-r"""Barriers between the seeds' best checkpoints: one valley or different minima?
+r"""Barriers between the seeds' best checkpoints, raw: along the straight segment, no alignment.
 
 For the best seed :math:`b` and every other seed :math:`s`, the loss barrier along the straight segment
 between their best weights (Frankle et al. 2020, see :func:`~lightning_landscape.landscape.linear_barrier`)
@@ -8,14 +8,17 @@ between their best weights (Frankle et al. 2020, see :func:`~lightning_landscape
     B(b, s) = \max_t L((1-t)\theta_b + t\theta_s) - ((1-t) L(\theta_b) + t L(\theta_s)),
 
 and, when asked, the full symmetric ``K x K`` matrix. Seeds with :math:`B(b, s) <` ``tol`` share the best
-seed's basin (linear mode connectivity); a large barrier says the seeds found different minima. Drawn as
-``barriers.png`` (heatmap) and ``interpolation.png`` (the ``K - 1`` loss curves from the best seed), stored
-as the ``barriers`` block of ``summary.json``. Checkpoints are read with ``weights_only=True``.
+seed's basin (linear mode connectivity). A raw barrier ignores permutation symmetry: two networks that
+differ only by an order of their hidden units are one minimum, yet the segment between them can climb high.
+Large raw barriers are therefore compatible with one basin up to permutation; only a small one says more
+(the two seeds are linearly connected as they are). Drawn as ``barriers.png`` (heatmap) and
+``interpolation.png`` (the ``K - 1`` loss curves from the best seed), stored as the ``barriers`` block of
+``summary.json``. Checkpoints are read with ``weights_only=True``
+(:func:`~lightning_landscape.multiseed.checkpoints.load_weights`).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import math
@@ -26,10 +29,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.callbacks._probe import TrainingStepLoss, draw_batches
 from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import BarrierResult, linear_barrier
-from lightning_landscape.multiseed._lightning import safe_torch_load
+from lightning_landscape.multiseed.checkpoints import load_weights
+from lightning_landscape.multiseed.executors import SeedJob
 from lightning_landscape.multiseed.paths import atomic_write
+from lightning_landscape.multiseed.result import SeedRun
 
 BARRIERS_PNG = "barriers.png"
 INTERPOLATION_PNG = "interpolation.png"
@@ -143,31 +149,6 @@ class SeedBarriers:
         return paths
 
 
-def load_weights(path: str | Path, template: nn.Module) -> nn.Module:
-    """A copy of ``template`` holding the weights of a checkpoint (``weights_only=True``).
-
-    Raises:
-        ValueError: if the file does not load with ``weights_only=True`` (truncated, crafted, not a
-            checkpoint) or holds no state dict that fits ``template``; the message names the file.
-    """
-    try:
-        loaded = safe_torch_load(path)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # nothing in it ran: weights_only refuses what is not plain data
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from err
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds no state dict")
-    model = copy.deepcopy(template)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not fit the model: {str(err).splitlines()[0]}") from err
-    return model
-
-
 def seed_barriers(
     checkpoints: Mapping[int, str | Path] | Sequence[str | Path],
     model: nn.Module | Callable[[], nn.Module],
@@ -229,27 +210,18 @@ def seed_barriers(
     return SeedBarriers(seeds, best, matrix, lines, float(tol), bool(full))
 
 
-def _first_batches(job: Any, num_batches: int) -> list[Any]:
-    """The first ``num_batches`` train batches of the job's data, drawn under a fixed seed (RNG restored)."""
+def _train_loader(job: SeedJob) -> Any:
+    """The job's (first) train dataloader, as ``Trainer.fit`` would get it."""
     datamodule, train = job.build_data()
     if datamodule is not None:
         datamodule.setup("fit")
         train = datamodule.train_dataloader()
-    if isinstance(train, (list, tuple)):
-        train = train[0]
-    batches: list[Any] = []
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        for batch in train:
-            batches.append(batch)
-            if len(batches) >= num_batches:
-                break
-    return batches
+    return train[0] if isinstance(train, (list, tuple)) else train
 
 
 def barriers_after_selection(
-    job: Any,
-    runs: Sequence[Any],
+    job: SeedJob,
+    runs: Sequence[SeedRun],
     best_seed: int,
     root_dir: str | Path,
     which: Literal["best", "all"],
@@ -260,10 +232,9 @@ def barriers_after_selection(
     in ``root_dir``, and the block for ``summary.json`` (``None`` with fewer than two finished seeds).
 
     The loss is each module's ``training_step`` (logging silenced) in eval mode on the first
-    ``num_batches`` batches of the train data.
+    ``num_batches`` batches of the train data, drawn under seed 0
+    (:func:`~lightning_landscape.callbacks._probe.draw_batches`).
     """
-    from lightning_landscape.callbacks._probe import TrainingStepLoss
-
     paths = {r.seed: r.best_model_path for r in runs if r.status == "finished" and r.best_model_path}
     if len(paths) < 2 or best_seed not in paths:
         return None
@@ -271,7 +242,7 @@ def barriers_after_selection(
         paths,
         job.build_model,
         TrainingStepLoss(),
-        _first_batches(job, num_batches),
+        draw_batches(_train_loader(job), num_batches, seed=0),
         best=best_seed,
         full=which == "all",
         tol=tol,
@@ -285,6 +256,5 @@ __all__ = [
     "INTERPOLATION_PNG",
     "SeedBarriers",
     "barriers_after_selection",
-    "load_weights",
     "seed_barriers",
 ]

@@ -35,8 +35,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
 from lightning_landscape._rng import rng_state, set_rng_state
-from lightning_landscape.multiseed._lightning import SafeCheckpointIO, plain_hparams
+from lightning_landscape.multiseed._lightning import plain_hparams
 from lightning_landscape.multiseed.build import ObjectBuilder
+from lightning_landscape.multiseed.checkpoints import SafeCheckpointIO
 from lightning_landscape.multiseed.paths import (
     LAST_CHECKPOINT,
     checkpoint_dir,

@@ -1,4 +1,4 @@
-"""The run folder's record: ``summary.json`` read, validated, written and locked, in one place.
+"""The run folder's record: ``summary.json`` read, validated and written, in one place.
 
 ``summary.json`` is the single source of truth of a multi-seed run. It is
 
@@ -9,8 +9,8 @@
 * **written atomically** (a temporary file and :func:`os.replace`, permissions by the umask);
 * **open to extension**: top-level blocks and per-seed keys this version does not know are carried
   through read -> write unchanged (:attr:`Record.extra`, ``SeedRun._carried``);
-* **guarded by a lock** (:class:`RunLock`, an OS ``flock`` on ``root_dir/.lock``) held by the one process
-  that runs the seeds, so every update is a read-modify-write by a single writer.
+* **written by one process**: the one holding :class:`~lightning_landscape.multiseed.lock.RunLock`, so
+  every update is a read-modify-write by a single writer.
 
 Schema (version 2)::
 
@@ -25,43 +25,35 @@ Schema (version 2)::
                "wall_time": float >= 0, "error": str, "extra": {...}}, ...],
      ...}                                       # other blocks (e.g. "barriers", "best_of_k") kept as they are
 
-Version 1 files (absolute paths, written by earlier releases) are read by re-basing their paths on the
-``root_dir`` they recorded.
+A file of another version is refused (:class:`RecordError` naming it).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
-import pickle
 import shutil
-import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_landscape.multiseed._lightning import safe_torch_load
 from lightning_landscape.multiseed.paths import (
-    LOCK_FILE,
+    BEST_CHECKPOINT,
     SUMMARY_JSON,
     PathOutsideRootError,
     atomic_write,
     inside,
     relative,
 )
-from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
+from lightning_landscape.multiseed.result import SeedRun, finished_scores, is_seed, score_stats
 
 SUMMARY_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
 _STATUSES = ("finished", "failed", "pending", "running")
 _PATH_FIELDS = ("best_model_path", "last_model_path", "log_dir")
 # Top-level keys this module writes itself; every other key is carried through as it is.
 _OWN_KEYS = frozenset(
-    {"version", "monitor", "mode", "root_dir", "fingerprint", "seeds", "best_seed", "best_score",
+    {"version", "monitor", "mode", "fingerprint", "seeds", "best_seed", "best_score",
      "best_model_path", "stats", "runs"}
 )  # fmt: skip
 # Per-seed keys checked by _check_run itself; any other SeedRun field is taken as stored, after the check
@@ -93,10 +85,6 @@ class RecordError(ValueError):
     """A file of the run folder cannot be trusted; the message names it and the way out."""
 
 
-class RootDirBusyError(RuntimeError):
-    """Another process holds the run folder's lock."""
-
-
 @dataclass
 class Record:
     """What ``summary.json`` holds, validated; paths in :attr:`runs` are resolved (``root_dir/...``).
@@ -105,7 +93,8 @@ class Record:
         monitor: the metric that ranks the seeds.
         mode: ``"min"`` or ``"max"``.
         runs: every seed ever recorded in this folder, by seed (also those not asked for this time).
-        fingerprint: the configuration the finished seeds were trained with (see :func:`describe`).
+        fingerprint: the configuration the finished seeds were trained with (see
+            :func:`~lightning_landscape.multiseed.plan.fingerprint`).
         extra: top-level blocks this version does not write itself, carried through unchanged. Steps
             after selection add theirs here (``record.extra["barriers"] = {...}``).
     """
@@ -125,12 +114,12 @@ def _fail(path: Path, problem: str) -> RecordError:
     )
 
 
-def _check_run(path: Path, i: int, data: Any, root_dir: Path, base: str | None) -> SeedRun:
+def _check_run(path: Path, i: int, data: Any, root_dir: Path) -> SeedRun:
     where = f"runs[{i}]"
     if not isinstance(data, dict):
         raise _fail(path, f"{where} must be an object, got {type(data).__name__}")
     seed = data.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**32 - 1:
+    if not is_seed(seed):
         raise _fail(path, f"{where}.seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     status = data.get("status", "pending")
     if status not in _STATUSES:
@@ -153,8 +142,6 @@ def _check_run(path: Path, i: int, data: Any, root_dir: Path, base: str | None) 
     paths: dict[str, Any] = {}
     for key in _PATH_FIELDS:
         stored = data.get(key, "")
-        if base is not None and os.path.isabs(stored):  # version 1: absolute, under the recorded root
-            stored = relative(stored, base) if stored else ""
         try:
             paths[key] = str(inside(stored, root_dir, f"{where} (seed {seed}).{key}")) if stored else ""
         except PathOutsideRootError as err:
@@ -191,8 +178,8 @@ def read_record(root_dir: str | Path) -> Record | None:
     if not isinstance(data, dict):
         raise _fail(path, f"the top level must be an object, got {type(data).__name__}")
     version = data.get("version")
-    if version not in _READABLE_VERSIONS:
-        raise _fail(path, f"unknown version {version!r} (this release reads {list(_READABLE_VERSIONS)})")
+    if version != SUMMARY_VERSION:
+        raise _fail(path, f"unknown version {version!r} (this release reads [{SUMMARY_VERSION}])")
     monitor, mode = data.get("monitor"), data.get("mode")
     if not isinstance(monitor, str) or not monitor:
         raise _fail(path, f"'monitor' must be a non-empty string, got {monitor!r}")
@@ -204,10 +191,9 @@ def read_record(root_dir: str | Path) -> Record | None:
     items = data.get("runs", [])
     if not isinstance(items, list):
         raise _fail(path, f"'runs' must be a list, got {type(items).__name__}")
-    base = str(data.get("root_dir", "")) if version == 1 else None
     runs: dict[int, SeedRun] = {}
     for i, item in enumerate(items):
-        run = _check_run(path, i, item, root, base)
+        run = _check_run(path, i, item, root)
         if run.seed in runs:
             raise _fail(path, f"seed {run.seed} is listed twice in 'runs'")
         runs[run.seed] = run
@@ -241,15 +227,10 @@ def record_dict(
     record: Record, root_dir: str | Path, seeds: Sequence[int], best: SeedRun | None = None
 ) -> dict[str, Any]:
     """The content of ``summary.json``: ``seeds`` first in the given order, then every other recorded seed."""
-    from lightning_landscape.multiseed.paths import BEST_CHECKPOINT
-
     root = Path(root_dir)
     asked = [record.runs[s] for s in seeds if s in record.runs]
     others = [record.runs[s] for s in sorted(record.runs) if s not in set(seeds)]
-    stats = MultiSeedResult(
-        runs=asked, monitor=record.monitor, mode="min", best_seed=-1, best_score=math.nan,
-        best_model_path="", root_dir=str(root),
-    ).summary_stats()  # fmt: skip
+    stats = score_stats(finished_scores(asked))
     return _json_safe(
         {
             **record.extra,
@@ -294,128 +275,15 @@ def remove_stale_temporaries(root_dir: str | Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file of the run folder, loaded with ``weights_only=True`` (nothing in it can run code).
-
-    Raises:
-        RecordError: the file is missing, truncated, not a checkpoint, or holds objects outside the
-            allow-list; the message names the file.
-    """
-    path = Path(path)
-    try:
-        checkpoint = safe_torch_load(path)
-    except FileNotFoundError as err:
-        raise RecordError(f"{path}: the checkpoint is missing") from err
-    except pickle.UnpicklingError as err:
-        raise RecordError(
-            f"{path}: holds objects that torch refuses to load with weights_only=True, so it was not used"
-            f" (nothing in it was run): {str(err).splitlines()[0]}"
-        ) from err
-    except Exception as err:  # truncated or not a torch file at all
-        raise RecordError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise RecordError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint
-
-
-def recorded_score(checkpoint: Mapping[str, Any], monitor: str) -> float | None:
-    """The best ``monitor`` value a Lightning checkpoint's ``ModelCheckpoint`` state holds, if any."""
-    for state in (checkpoint.get("callbacks") or {}).values():
-        if isinstance(state, dict) and state.get("monitor") == monitor and "best_model_score" in state:
-            value = state["best_model_score"]
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-def check_checkpoint(path: str | Path, monitor: str, score: float | None) -> str | None:
-    """Why the checkpoint at ``path`` cannot stand for a seed with ``score``; ``None`` if it can.
-
-    It must load with ``weights_only=True`` and, where its ``ModelCheckpoint`` state records the best
-    ``monitor`` value, hold ``score``.
-    """
-    try:
-        checkpoint = load_checkpoint(path)
-    except RecordError as err:
-        return str(err)
-    held = recorded_score(checkpoint, monitor)
-    if score is not None and held is not None and not math.isclose(held, score, rel_tol=1e-6, abs_tol=1e-12):
-        return f"{path}: holds {monitor}={held!r}, but the record says {score!r}"
-    return None
-
-
-class RunLock:
-    """An exclusive OS lock on ``root_dir/.lock``, held while one process runs the seeds.
-
-    The lock file says who holds it (pid, host, since when), so a second process fails with a message
-    naming the holder. The kernel drops the lock when its holder exits, however it exits (a SIGKILL
-    too), so a stale lock file never blocks a rerun. ``flock`` also works between hosts on NFS v4.
-
-    Raises:
-        RootDirBusyError: on entry, if another process holds the lock.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as root, RunLock(root):
-        ...     RunLock(root).__enter__()
-        Traceback (most recent call last):
-        ...
-        lightning_landscape.multiseed.record.RootDirBusyError: ...
-    """
-
-    def __init__(self, root_dir: str | Path) -> None:
-        self.path = Path(root_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "an unknown process"
-            os.close(fd)
-            raise RootDirBusyError(
-                f"`root_dir` {str(self.path.parent)!r} is in use by {holder}; one process at a time runs a"
-                " folder's seeds. Wait for it to finish (then rerun to pick up its results), stop it, or use"
-                " another root_dir; to share the seeds among machines use executor='ray'."
-            ) from err
-        except OSError as err:
-            os.close(fd)
-            raise RecordError(
-                f"{self.path}: cannot lock the run folder ({err}); put root_dir on a filesystem with file"
-                " locks (flock), so that two processes cannot run it at once"
-            ) from err
-        os.ftruncate(fd, 0)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {stamp})\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
-def describe(value: Any) -> str:
-    """A stable text for one configuration value: JSON for plain values, the qualified name otherwise."""
-    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
-        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-    try:
-        return json.dumps(value, sort_keys=True, default=_name_of)
-    except (TypeError, ValueError):
-        return _name_of(value)
-
-
-def _name_of(value: Any) -> str:
-    kind = type(value)
-    return f"<{kind.__module__}.{kind.__qualname__}>"
-
-
-def config_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
-    """The keys whose value differs between two fingerprints (a key on one side only counts)."""
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+__all__ = [
+    "FIELD_CHECKS",
+    "SUMMARY_VERSION",
+    "Record",
+    "RecordError",
+    "finite_or_none",
+    "read_record",
+    "record_dict",
+    "remove_stale_temporaries",
+    "write_record",
+    "write_summary_json",
+]

@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from lightning_landscape.multiseed.selection import BestOfK, best_of_k
 
 SeedStatus = Literal["finished", "failed", "pending", "running"]
+#: The largest seed: numpy's generators take seeds in ``[0, 2**32 - 1]``.
+MAX_SEED = 2**32 - 1
+
+
+def is_seed(value: Any) -> TypeGuard[int]:
+    """Whether ``value`` can seed a run: an ``int`` (not a bool) in ``[0, MAX_SEED]``.
+
+    Example:
+        >>> is_seed(0), is_seed(2**32), is_seed(True), is_seed(1.0)
+        (True, False, False, False)
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
 
 
 @dataclass
@@ -71,6 +84,30 @@ class SeedRun:
         return run
 
 
+def finished_scores(runs: Sequence[SeedRun]) -> list[float]:
+    """The scores of the finished runs, in the order given."""
+    return [float(r.score) for r in runs if r.status == "finished" and r.score is not None]
+
+
+def score_stats(scores: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (``n - 1``; 0 for one score), min, median and max; NaN (std 0)
+    without a score.
+
+    Example:
+        >>> score_stats([1.0, 2.0, 4.0])
+        {'mean': 2.3333333333333335, 'std': 1.5275252316519468, 'min': 1.0, 'median': 2.0, 'max': 4.0}
+    """
+    if not scores:
+        return {"mean": math.nan, "std": 0.0, "min": math.nan, "median": math.nan, "max": math.nan}
+    return {
+        "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "min": min(scores),
+        "median": statistics.median(scores),
+        "max": max(scores),
+    }
+
+
 @dataclass
 class MultiSeedResult:
     """All seeds of one multi-seed run and the one kept.
@@ -116,7 +153,7 @@ class MultiSeedResult:
     @property
     def scores(self) -> list[float]:
         """Scores of the finished seeds, in seed order."""
-        return [float(r.score) for r in self.runs if r.status == "finished" and r.score is not None]
+        return finished_scores(self.runs)
 
     @property
     def finished(self) -> list[SeedRun]:
@@ -128,28 +165,28 @@ class MultiSeedResult:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.scores) if self.scores else math.nan
+        return self.summary_stats()["mean"]
 
     @property
     def std(self) -> float:
         """Sample standard deviation (``n - 1``); 0 for a single finished seed."""
-        s = self.scores
-        return statistics.stdev(s) if len(s) > 1 else 0.0
+        return self.summary_stats()["std"]
 
     @property
     def min(self) -> float:
-        return min(self.scores) if self.scores else math.nan
+        return self.summary_stats()["min"]
 
     @property
     def median(self) -> float:
-        return statistics.median(self.scores) if self.scores else math.nan
+        return self.summary_stats()["median"]
 
     @property
     def max(self) -> float:
-        return max(self.scores) if self.scores else math.nan
+        return self.summary_stats()["max"]
 
     def summary_stats(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std, "min": self.min, "median": self.median, "max": self.max}
+        """The statistics of the finished seeds' scores (see :func:`score_stats`)."""
+        return score_stats(self.scores)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,7 @@ Example:
     >>> curve = best_of_k([0.3, 0.1, 0.2], mode="min")
     >>> [round(v, 4) for v in curve.expected]  # k = 1, 2, 3
     [0.2, 0.1333, 0.1]
-    >>> curve.q90[0], curve.q10[-1]
+    >>> curve.q_high[0], curve.q_low[-1]
     (0.3, 0.1)
 """
 
@@ -129,16 +129,6 @@ class BestOfK:
     expected_test: list[float] | None = None
     test_low: list[float] | None = None
     test_high: list[float] | None = None
-
-    @property
-    def q10(self) -> list[float]:
-        """Alias of ``q_low`` (the default quantiles are 10% and 90%)."""
-        return self.q_low
-
-    @property
-    def q90(self) -> list[float]:
-        """Alias of ``q_high``."""
-        return self.q_high
 
     def at(self, k: int) -> dict[str, float | None]:
         """The row of ``k``: expected best, its range and (if known) the expected test score."""

@@ -227,7 +227,8 @@ def test_selecting_on_the_test_set_is_refused_unless_asked_for(tmp_path):
         MultiSeedTrainer(seeds=2, monitor="test_loss", root_dir=tmp_path)
     MultiSeedTrainer(seeds=2, monitor="test_loss", root_dir=tmp_path, select_on_test=True)
     assert (
-        MultiSeedTrainer(seeds=2, monitor="val/acc", mode="max", root_dir=tmp_path).test_monitor == "test/acc"
+        MultiSeedTrainer(seeds=2, monitor="val/acc", mode="max", root_dir=tmp_path).config.test_metric
+        == "test/acc"
     )
     with pytest.raises(ValueError, match="`test` must be one of"):
         MultiSeedTrainer(seeds=2, root_dir=tmp_path, test="winner")  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """After the selection: an honest score for the winner, the best-of-k curve, and the seeds not done yet.
 
 :class:`~lightning_landscape.multiseed.MultiSeedTrainer` calls :func:`after_selection` once the best seed
-is known (see its ``_after_selection`` hook). The seed was chosen on validation, so its validation score
+is known and ``best.ckpt`` is written. The seed was chosen on validation, so its validation score
 is the minimum of K noisy numbers and flatters it; a held-out test set does not know about the choice.
 The mathematics lives in :mod:`lightning_landscape.multiseed.selection`; this module only decides which
 checkpoints are tested, runs ``Trainer.test`` on them, and stores the numbers in the record.
@@ -10,38 +10,21 @@ checkpoints are tested, runs ``Trainer.test`` on them, and stores the numbers in
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from lightning_landscape.multiseed.record import load_checkpoint
+from lightning_landscape.multiseed.checkpoints import load_checkpoint
+from lightning_landscape.multiseed.config import TestWhich
+from lightning_landscape.multiseed.executors import SeedJob
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
-from lightning_landscape.multiseed.selection import best_of_k, selection_optimism, still_improving
+from lightning_landscape.multiseed.selection import BestOfK, selection_optimism, still_improving
 
-TestWhich = Literal["best", "all", "none"]
-TEST_CHOICES = ("best", "all", "none")
-_VAL = re.compile(r"(^|[_/.])val(idation)?(?=$|[_/.])")
-_TEST = re.compile(r"(^|[_/.])test(?=$|[_/.])")
-
-
-def derive_test_monitor(monitor: str) -> str:
-    """The test metric that matches a validation ``monitor``: ``val_loss`` -> ``test_loss``,
-    ``val/acc`` -> ``test/acc``; a name without a ``val`` part is used as it is.
-
-    Example:
-        >>> derive_test_monitor("val_loss"), derive_test_monitor("val/acc"), derive_test_monitor("loss")
-        ('test_loss', 'test/acc', 'loss')
-    """
-    return _VAL.sub(lambda m: f"{m.group(1)}test", monitor, count=1)
-
-
-def names_test_set(monitor: str) -> bool:
-    """Whether ``monitor`` names a test-set metric (``test_loss``, ``test/acc``, ...)."""
-    return bool(_TEST.search(monitor))
+#: ``(datamodule, dataloaders)`` for ``Trainer.test``.
+TestData = tuple[LightningDataModule | None, Any]
 
 
 def _step_of(path: str) -> int | None:
@@ -71,7 +54,7 @@ def mark_still_improving(runs: Sequence[SeedRun], fraction: float) -> None:
             run.still_improving = still_improving(best, last, fraction)
 
 
-def _test_data(job: Any, test_dataloaders: Any) -> tuple[LightningDataModule | None, Any] | None:
+def _test_data(job: SeedJob, test_dataloaders: Any) -> TestData | None:
     """``(datamodule, dataloaders)`` for ``Trainer.test``, or ``None`` when there is no test split."""
     if test_dataloaders is not None:
         return None, test_dataloaders
@@ -82,7 +65,7 @@ def _test_data(job: Any, test_dataloaders: Any) -> tuple[LightningDataModule | N
 
 
 def score_on_test(
-    job: Any, run: SeedRun, test_monitor: str, data: tuple[Any, Any], trainer_kwargs: dict[str, Any]
+    job: SeedJob, run: SeedRun, test_monitor: str, data: TestData, trainer_kwargs: dict[str, Any]
 ) -> float | None:
     """The ``test_monitor`` that ``Trainer.test`` logs for ``run``'s best checkpoint (``weights_only`` load).
 
@@ -123,18 +106,22 @@ def score_on_test(
 def after_selection(
     result: MultiSeedResult,
     extra: dict[str, Any],
-    job: Any,
+    job: SeedJob,
     *,
     test: TestWhich,
     test_monitor: str,
     test_dataloaders: Any,
     trainer_kwargs: dict[str, Any],
     still_improving_fraction: float,
-) -> None:
+) -> BestOfK | None:
     """Test the winner (or every seed), flag seeds still improving, and store best-of-k and optimism.
 
     Writes ``run.test_score`` and ``run.still_improving`` per seed, ``result.best_test_score`` and
     ``result.selection``, and the blocks ``extra["best_of_k"]`` and ``extra["selection"]`` of the record.
+
+    Returns:
+        The best-of-k curve stored in ``extra["best_of_k"]`` (``None`` without a finished seed), for the
+        caller to draw.
     """
     finished = result.finished
     mark_still_improving(finished, still_improving_fraction)
@@ -157,6 +144,7 @@ def after_selection(
         result.selection = {**numbers.to_dict(), "test_monitor": test_monitor, "seeds_tested": len(tested)}
         extra["selection"] = result.selection
     extra["still_improving"] = sorted(r.seed for r in finished if r.still_improving)
+    return curve
 
 
-__all__ = ["after_selection", "best_of_k", "derive_test_monitor", "mark_still_improving", "names_test_set"]
+__all__ = ["after_selection", "mark_still_improving", "score_on_test"]

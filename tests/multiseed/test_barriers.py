@@ -13,12 +13,8 @@ from torch import Tensor, nn
 
 from lightning_landscape.callbacks._probe import TrainingStepLoss
 from lightning_landscape.landscape import linear_barrier
-from lightning_landscape.multiseed.barriers import (
-    BARRIERS_PNG,
-    INTERPOLATION_PNG,
-    load_weights,
-    seed_barriers,
-)
+from lightning_landscape.multiseed.barriers import BARRIERS_PNG, INTERPOLATION_PNG, seed_barriers
+from lightning_landscape.multiseed.checkpoints import load_weights
 from lightning_landscape.multiseed.paths import SUMMARY_JSON
 from lightning_landscape.multiseed.record import read_record
 from tests.multiseed import _tiny

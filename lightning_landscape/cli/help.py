@@ -1,0 +1,117 @@
+"""What the ``lightning-landscape`` command shows: our callbacks' options in ``--help``, the seeds table."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+from lightning_landscape.multiseed import MultiSeedResult
+
+#: Our callbacks, documented in ``--help`` (import path relative to ``lightning_landscape``).
+CALLBACKS: tuple[str, ...] = (
+    "GradientNormMonitor",
+    "HessianEigenMonitor",
+    "LossLandscapeMonitor",
+    "RiskGapMonitor",
+)
+
+
+def _callback_classes() -> list[type]:
+    import lightning_landscape.callbacks as callbacks
+
+    return [getattr(callbacks, name) for name in CALLBACKS]
+
+
+def callbacks_help() -> str:
+    """Every ``__init__`` option of our callbacks, with type, default and the docstring's description.
+
+    This is the epilog of each subcommand's ``--help``.
+
+    Example:
+        >>> text = callbacks_help()
+        >>> all(name in text for name in CALLBACKS)
+        True
+    """
+    from docstring_parser import parse
+
+    lines = [
+        "lightning-landscape callbacks (add in YAML under trainer.callbacks, or",
+        "--trainer.callbacks+=NAME --trainer.callbacks.OPTION=VALUE on the command line):",
+    ]
+    for cls in _callback_classes():
+        doc = parse(inspect.getdoc(cls) or "")
+        described = {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
+        lines.append("")
+        lines.append(f"  {cls.__name__} (lightning_landscape.{cls.__name__}): {doc.short_description or ''}")
+        for name, param in inspect.signature(cls).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            annotation = (
+                param.annotation
+                if isinstance(param.annotation, str)
+                else getattr(param.annotation, "__name__", str(param.annotation))
+            )
+            default = "" if param.default is param.empty else f", default: {param.default!r}"
+            lines.append(f"    {name} ({annotation}{default})")
+            if described.get(name):
+                lines.append(f"        {described[name]}")
+    return "\n".join(lines) + "\n"
+
+
+def format_result(result: MultiSeedResult) -> str:
+    """A plain-text table of seeds, statuses and scores, then the best seed and checkpoint.
+
+    Args:
+        result: what :meth:`MultiSeedTrainer.fit` returned.
+
+    Returns:
+        The table ``lightning-landscape multiseed`` prints.
+
+    Example:
+        >>> from lightning_landscape.multiseed import MultiSeedResult, SeedRun
+        >>> runs = [SeedRun(0, "finished", 0.25, wall_time=1.0), SeedRun(1, "failed", error="nan")]
+        >>> result = MultiSeedResult(runs, "val_loss", "min", 0, 0.25, "runs/x/best.ckpt", "runs/x")
+        >>> "best seed 0" in format_result(result)
+        True
+    """
+    tested = any(r.test_score is not None for r in result.runs)
+    test_head = f"  {'test score':>12}" if tested else ""
+    header = f"{'seed':>6}  {'status':<9} {result.monitor:>14}{test_head}  {'time [s]':>9}"
+    rows = [header, "-" * len(header)]
+    for run in result.runs:
+        score = "" if run.score is None else f"{run.score:.6g}"
+        test = f"  {'' if run.test_score is None else f'{run.test_score:.6g}':>12}" if tested else ""
+        mark = "  <- best" if run.seed == result.best_seed and run.status == "finished" else ""
+        mark += "  (still improving)" if run.still_improving else ""
+        rows.append(f"{run.seed:>6}  {run.status:<9} {score:>14}{test}  {run.wall_time:>9.1f}{mark}")
+        if run.status == "failed" and run.error:
+            rows.append(f"{'':>8}error: {run.error.strip().splitlines()[-1]}")
+    stats = result.summary_stats()
+    rows.append("")
+    rows.append(
+        f"{len(result.finished)}/{len(result.runs)} seeds finished; {result.monitor} ({result.mode}): "
+        + ", ".join(f"{k} {v:.6g}" for k, v in stats.items())
+    )
+    rows.append(f"best seed {result.best_seed}: {result.monitor} = {result.best_score:.6g}")
+    if result.best_test_score is not None and result.selection is not None:
+        sel = result.selection
+        rows.append(
+            f"its test score {result.best_test_score:.6g}: optimism {sel['optimism']:+.3g} (test - val,"
+            f" signed); mean test score of the {sel['seeds_tested']} tested seed(s)"
+            f" {sel['mean_test_score']:.6g}"
+        )
+    curve = result.best_of_k()
+    if curve is not None:
+        rows.append(f"best of k seeds drawn at random (expected {result.monitor} [10%, 90%]):")
+        for k in curve.table_ks():
+            row = curve.at(k)
+            text = f"  k={k:<4} {row['expected']:.6g}  [{row['q_low']:.6g}, {row['q_high']:.6g}]"
+            if row["expected_test"] is not None:
+                text += f"  test {row['expected_test']:.6g}"
+            rows.append(text)
+    rows.append(f"best checkpoint: {result.best_model_path}")
+    rows.append(f"summary: {os.path.join(result.root_dir, 'summary.json')}")
+    return "\n".join(rows)
+
+
+__all__ = ["CALLBACKS", "callbacks_help", "format_result"]
