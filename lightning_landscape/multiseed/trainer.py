@@ -27,7 +27,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_landscape.multiseed._lightning import SIGTERMException, is_rank_zero
+from lightning_landscape.multiseed._lightning import is_rank_zero
 from lightning_landscape.multiseed.after_selection import after_selection
 from lightning_landscape.multiseed.barriers import barriers_after_selection
 from lightning_landscape.multiseed.build import datamodule_builder, model_builder
@@ -41,10 +41,23 @@ from lightning_landscape.multiseed.executors import (
     SeedTask,
     SequentialExecutor,
 )
+from lightning_landscape.multiseed.interrupt import (
+    EXIT_INTERRUPTED_SIGINT,
+    EXIT_INTERRUPTED_SIGTERM,
+    MultiSeedInterrupted,
+    interrupted,
+    sigterm_raises,
+)
 from lightning_landscape.multiseed.lock import RunLock
-from lightning_landscape.multiseed.paths import BEST_CHECKPOINT, LAST_CHECKPOINT, checkpoint_dir, seed_dir
+from lightning_landscape.multiseed.paths import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    atomic_write,
+    checkpoint_dir,
+    seed_dir,
+)
 from lightning_landscape.multiseed.plan import adopt, fingerprint, plan
-from lightning_landscape.multiseed.preflight import check_root_dir, preflight
+from lightning_landscape.multiseed.preflight import check_checkpoints_fit, check_root_dir, preflight
 from lightning_landscape.multiseed.progress import RunDisplay
 from lightning_landscape.multiseed.record import Record, read_record, remove_stale_temporaries, write_record
 from lightning_landscape.multiseed.report import (
@@ -59,25 +72,8 @@ from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
 log = logging.getLogger(__name__)
 
 #: Exit codes: every asked-for seed finished (0), a seed failed or an error (1), a bad argument or a
-#: refused run folder (2, the CLI), the run folder in use (3, the CLI), interrupted and resumable
-#: (128 + the signal: 130 for Ctrl-C, 143 for SIGTERM).
-EXIT_INTERRUPTED_SIGINT = 130
-EXIT_INTERRUPTED_SIGTERM = 143
-
-
-class MultiSeedInterrupted(SystemExit):
-    """The run was interrupted (SIGTERM, Ctrl-C) with seeds unfinished; rerunning resumes it.
-
-    A ``SystemExit`` with code ``128 + signal`` (143 for SIGTERM, 130 for Ctrl-C), so a script that does
-    not catch it exits with that code, as a process killed by the signal would report it.
-    """
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(code)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+#: refused run folder (2, the CLI), the run folder in use (3, the CLI), the run folder could not be written
+#: (4, the CLI: a full disk), interrupted and resumable (128 + the signal: 130 for Ctrl-C, 143 for SIGTERM).
 
 
 class MultiSeedTrainer:
@@ -198,7 +194,7 @@ class MultiSeedTrainer:
             mode=self.config.mode,
             trainer_kwargs=dict(self.trainer_kwargs),
             model=model_builder(model, self.config.model_kwargs),
-            datamodule=datamodule_builder(datamodule),
+            datamodule=datamodule_builder(datamodule, self.config.datamodule_kwargs),
             train_dataloaders=train_dataloaders,
             val_dataloaders=val_dataloaders,
         )
@@ -226,7 +222,11 @@ class MultiSeedTrainer:
     def _run(self, job: SeedJob, executor: Executor, test_dataloaders: Any) -> MultiSeedResult:
         if is_rank_zero():
             remove_stale_temporaries(self.root_dir)
-        record = adopt(read_record(self.root_dir), self.config, fingerprint(self.config, job))
+        on_disk = read_record(self.root_dir)
+        before = dict(on_disk.fingerprint) if on_disk is not None else {}
+        record = adopt(on_disk, self.config, fingerprint(self.config, job))
+        if self.config.allow_config_change:
+            check_checkpoints_fit(record, self.config, job, before)
         tasks = plan(record, self.config)
         done = len(self.seeds) - len(tasks)
         with RunDisplay(len(self.seeds), done, self.config.monitor, self.config.quiet) as display:
@@ -238,7 +238,16 @@ class MultiSeedTrainer:
             self._write(record)
             if tasks:
                 self._execute(job, executor, tasks, record, display)
-            return self._finish(record, job, test_dataloaders)
+            try:
+                with sigterm_raises():  # the test, barriers and figures: no seed's Trainer catches it
+                    return self._finish(record, job, test_dataloaders)
+            except (KeyboardInterrupt, SystemExit) as err:
+                if isinstance(err, MultiSeedInterrupted):
+                    raise
+                unfinished = [s for s in self.seeds if record.runs[s].status not in ("finished", "failed")]
+                stop = interrupted(err, self.root_dir, unfinished)
+                log.error(str(stop))
+                raise stop from err
 
     def _execute(
         self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record, display: RunDisplay
@@ -282,17 +291,11 @@ class MultiSeedTrainer:
         try:
             executor.run(job, tasks, on_start, on_result)
         except (KeyboardInterrupt, SystemExit) as err:
-            code = EXIT_INTERRUPTED_SIGTERM if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED_SIGINT
             unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed")]
             self._write(record)
-            signal_name = "SIGTERM" if code == EXIT_INTERRUPTED_SIGTERM else "Ctrl-C"
-            message = (
-                f"MultiSeedTrainer interrupted ({signal_name})"
-                f" with seeds {unfinished} unfinished; rerun the same command with root_dir="
-                f"{str(self.root_dir)!r} to resume them (finished seeds are kept)."
-            )
-            log.error(message)
-            raise MultiSeedInterrupted(message, code) from err
+            stop = interrupted(err, self.root_dir, unfinished)
+            log.error(str(stop))
+            raise stop from err
 
     def _remove_strays(self, run: SeedRun) -> None:
         """Deletes top-k files a kill left behind (written just before it, not yet in ``last.ckpt``)."""
@@ -338,9 +341,8 @@ class MultiSeedTrainer:
             raise RuntimeError(f"all {len(ordered)} seeds failed ({reasons})")
         best_path = self.root_dir / BEST_CHECKPOINT
         if is_rank_zero():
-            tmp = best_path.with_name(f".{BEST_CHECKPOINT}.tmp")
-            shutil.copyfile(best.best_model_path, tmp)
-            os.replace(tmp, best_path)
+            with open(best.best_model_path, "rb") as source:  # a link at best.ckpt is replaced, not followed
+                atomic_write(best_path, lambda f: shutil.copyfileobj(source, f), binary=True)
         assert best.score is not None
         result = MultiSeedResult(
             runs=ordered,
@@ -398,3 +400,5 @@ _SIGNATURE = inspect.Signature(
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *config_parameters()]
 )
 MultiSeedTrainer.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+
+__all__ = ["EXIT_INTERRUPTED_SIGINT", "EXIT_INTERRUPTED_SIGTERM", "MultiSeedInterrupted", "MultiSeedTrainer"]

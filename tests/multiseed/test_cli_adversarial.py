@@ -64,7 +64,6 @@ def error_line(stderr: str, command: str) -> str:
 
 # Row 7 / item 5: the fingerprint holds the datamodule's class and arguments, from the CLI too.
 @pytest.mark.slow
-@xfail("the CLI recorded the datamodule's arguments as {} and took the rerun")
 def test_the_cli_refuses_a_rerun_with_other_data_naming_the_keys(tmp_path: Path) -> None:
     root = tmp_path / "ms"
     common = ["multiseed", "--config", str(CONFIG), *SMALL, f"--root_dir={root}"]
@@ -106,7 +105,6 @@ def landscape(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[Any, str]
     return code, capsys.readouterr().err
 
 
-@xfail("a traceback (UnpicklingError, EOFError) with exit 1")
 @pytest.mark.parametrize("content", ["crafted", "random", "empty"])
 def test_landscape_exits_2_naming_a_bad_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
@@ -125,7 +123,6 @@ def test_landscape_exits_2_naming_a_bad_checkpoint(
     assert not (tmp_path / "out").exists(), "files were written for a refused checkpoint"
 
 
-@xfail("FileExistsError traceback after the work")
 def test_landscape_exits_2_for_an_out_dir_that_is_a_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], fitting_checkpoint: Path
 ) -> None:
@@ -137,7 +134,6 @@ def test_landscape_exits_2_for_an_out_dir_that_is_a_file(
     assert out.read_text() == "keep me"
 
 
-@xfail("num_batches=0 was taken as 1")
 def test_landscape_refuses_num_batches_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], fitting_checkpoint: Path
 ) -> None:
@@ -169,7 +165,6 @@ def _private_tmpfs() -> list[str] | None:
 
 
 @pytest.mark.slow
-@xfail("an OSError traceback with exit 1")
 def test_a_full_disk_ends_in_one_line_naming_the_file_and_the_rerun_completes(tmp_path: Path) -> None:
     from lightning_landscape.cli import main
 

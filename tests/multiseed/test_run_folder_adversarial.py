@@ -376,7 +376,6 @@ def test_trajectory_plane_names_a_broken_iterate(tmp_path: Path, damage: str) ->
 
 # Row 4 / item 4: signals after training exit 128 + signal, and the folder stays resumable.
 @pytest.mark.slow
-@xfail("exit 0 / 1 during the test, killed by the signal (-15, -2) during barriers and reporting")
 @pytest.mark.parametrize(
     ("phase", "signum"),
     [
@@ -409,7 +408,6 @@ def test_a_signal_after_training_exits_128_plus_the_signal(
     assert result.best_test_score is not None
 
 
-@xfail("seed 2 trained, then 'does not fit the model' or a raw load error")
 # Row 5 / items 5 and 6: an architecture change under allow_config_change is refused before training.
 @pytest.mark.parametrize("after", ["barriers", "test"])
 def test_allow_config_change_with_another_architecture_is_refused_before_training(
