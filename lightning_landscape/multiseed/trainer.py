@@ -94,17 +94,20 @@ class MultiSeedTrainer:
     one would when its last checkpoint was written at an epoch end). Every file is loaded with
     ``weights_only=True``. Seeds recorded earlier but not asked for this time stay in the record
     untouched; the result and the ranking cover the seeds asked for. A rerun whose configuration (model
-    class and arguments, datamodule, executor, Trainer arguments that change results; not the callbacks)
-    differs from the
-    one the finished seeds were trained with is refused, naming the keys, unless
-    ``allow_config_change=True``. Finished work is never deleted: a seed folder the record does not
-    account for is set aside as ``seed_<k>.orphan-<time>/``. At the end: ``best.ckpt`` (a copy of the
+    and datamodule classes and arguments, executor, Trainer arguments that change results; not the
+    callbacks) differs from the one the finished seeds were trained with is refused, naming the keys,
+    unless ``allow_config_change=True`` (refused still when their checkpoints no longer fit the model).
+    The record is checked against each seed's own checkpoints before it is believed, and finished work
+    is never deleted: a seed folder that is not kept or resumed is set aside as
+    ``seed_<k>.orphan-<time>/``; nothing is written outside ``root_dir`` or through a link (see
+    :func:`~lightning_landscape.multiseed.plan.plan`). At the end: ``best.ckpt`` (a copy of the
     winner's best checkpoint, checked to load and to hold the recorded score first), ``summary.csv``,
     ``seeds.png`` and a TensorBoard hparams entry per seed.
 
     A seed that raises or whose monitored value is never finite is recorded as ``"failed"`` and the
     others go on. A configuration that cannot work fails before the first seed trains. A SIGTERM or
-    Ctrl-C stops the run with :class:`MultiSeedInterrupted` (exit code 143 or 130); rerun to resume.
+    Ctrl-C, during training or the steps after it, stops the run with :class:`MultiSeedInterrupted`
+    (exit code 143 or 130); rerun to resume.
 
     Args:
         *args: the fields of :class:`~lightning_landscape.multiseed.config.MultiSeedConfig` but
