@@ -10,7 +10,9 @@ Configurations (same model, data, seed, Trainer options and TensorBoardLogger; o
 * ``hessian_top1``: :class:`~lightning_landscape.HessianEigenMonitor` top-1 every 100 steps (target <= 1.10x),
   warm-started from the previous probe (the default);
 * ``hessian_top1_cold``: the same with ``warm_start=False`` (every probe from a random vector);
-* ``pyhessian_top1``: pyhessian 0.1's ``hessian(...).eigenvalues(top_n=1)``, same place, same batch.
+* ``pyhessian_top1``: pyhessian 0.1's ``hessian(...).eigenvalues(top_n=1)``, same place, same batch;
+* ``noise_scale``: :class:`~lightning_landscape.GradientNoiseScaleMonitor` at default settings (every 50
+  steps, the batch cut into 8 chunks; target <= 1.05x), its hook time measured like the Hessian probes'.
 
 Each configuration is fitted ``--repeats`` times, interleaved round-robin so that load on the machine hits all
 alike; the fastest fit of each (the least disturbed by other load) is reported with its ratio to ``none``.
@@ -37,7 +39,7 @@ from lightning.pytorch.utilities import grad_norm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_landscape import GradientNormMonitor, HessianEigenMonitor
+from lightning_landscape import GradientNoiseScaleMonitor, GradientNormMonitor, HessianEigenMonitor
 
 
 class MLP(LightningModule):
@@ -90,6 +92,17 @@ class TimedHessianEigenMonitor(HessianEigenMonitor):
         self.hook_seconds += time.perf_counter() - start
 
 
+class TimedNoiseScaleMonitor(GradientNoiseScaleMonitor):
+    """:class:`GradientNoiseScaleMonitor` with the time spent in its step hook (the estimates) recorded."""
+
+    hook_seconds = 0.0
+
+    def on_before_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        super().on_before_optimizer_step(*args, **kwargs)
+        self.hook_seconds += time.perf_counter() - start
+
+
 def make_loader(n: int, batch_size: int) -> DataLoader:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, 32, generator=gen)
@@ -139,6 +152,7 @@ CONFIGS: dict[str, tuple[Callable[[DataLoader], list[Callback]], bool]] = {
         False,
     ),
     "pyhessian_top1": (lambda loader: [PyHessianTop1(100, first_batch(loader))], False),
+    "noise_scale": (lambda loader: [TimedNoiseScaleMonitor()], False),
 }
 
 
@@ -184,6 +198,10 @@ def main() -> None:
     print(
         f"  time in the probing hook, as 1 + share of the none fit: ours {probe['hessian_top1']:.3f}x "
         f"(cold start {probe['hessian_top1_cold']:.3f}x), pyhessian {probe['pyhessian_top1']:.3f}x"
+    )
+    print(
+        f"gradient noise scale at defaults, fit time x none: {min(times['noise_scale']) / base:.3f}x; "
+        f"time in its hook as 1 + share of the none fit: {1 + min(hooks['noise_scale']) / base:.3f}x"
     )
 
 

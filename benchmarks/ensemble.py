@@ -35,7 +35,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torch import nn
 
 from lightning_landscape import SeedEnsemble
-from lightning_landscape.multiseed.ensemble import tune_cpu_allocator
+from lightning_landscape.multiseed.vectorized import tune_cpu_allocator
 
 LR = 0.01
 PAPER_STEPS = 10_000

@@ -63,8 +63,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 from typing_extensions import override  # noqa: E402
 
 from examples.shallow_relu import ShallowReLU, ShallowReLUDataModule  # noqa: E402
-from lightning_landscape.multiseed.ensemble import SeedEnsemble  # noqa: E402
 from lightning_landscape.multiseed.selection import BestOfK, best_of_k, classify_point  # noqa: E402
+from lightning_landscape.multiseed.vectorized import SeedEnsemble  # noqa: E402
 
 TRAJECTORIES = "trajectories.npz"
 FINAL_MEMBERS = "final_members.pt"

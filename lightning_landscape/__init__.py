@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    # --- callbacks ---
+    # What a static type checker reads, since it does not run __getattr__ (tests/test_imports.py checks
+    # that these are exactly the names of __all__, and the objects __getattr__ returns).
     from lightning_landscape.callbacks import (
+        GradientNoiseScaleMonitor,
         GradientNormMonitor,
         HessianEigenMonitor,
         LossLandscapeMonitor,
         RiskGapMonitor,
     )
-
-    # --- curvature ---
     from lightning_landscape.curvature import (
         EigenResult,
         HessianOperator,
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
         hessian_trace,
         spectral_density,
     )
-
-    # --- landscape ---
     from lightning_landscape.landscape import (
         BarrierResult,
         LineResult,
@@ -48,56 +46,34 @@ if TYPE_CHECKING:
         random_directions,
         trajectory_plane,
     )
-
-    # --- multi-seed ---
-    from lightning_landscape.multiseed import MultiSeedResult, MultiSeedTrainer, SeedRun
-    from lightning_landscape.multiseed.ensemble import SeedEnsemble
-
-# Where each public name lives: imported by __getattr__ on first access, then cached in the module.
-_LAZY = {
-    # callbacks
-    "GradientNormMonitor": "lightning_landscape.callbacks",
-    "HessianEigenMonitor": "lightning_landscape.callbacks",
-    "LossLandscapeMonitor": "lightning_landscape.callbacks",
-    "RiskGapMonitor": "lightning_landscape.callbacks",
-    # multi-seed
-    "MultiSeedResult": "lightning_landscape.multiseed",
-    "MultiSeedTrainer": "lightning_landscape.multiseed",
-    "SeedEnsemble": "lightning_landscape.multiseed.ensemble",
-    "SeedRun": "lightning_landscape.multiseed",
-    # curvature
-    "EigenResult": "lightning_landscape.curvature",
-    "HessianOperator": "lightning_landscape.curvature",
-    "NonFiniteError": "lightning_landscape.curvature",
-    "SpectralDensity": "lightning_landscape.curvature",
-    "TraceResult": "lightning_landscape.curvature",
-    "hessian_eigenvalues": "lightning_landscape.curvature",
-    "hessian_trace": "lightning_landscape.curvature",
-    "spectral_density": "lightning_landscape.curvature",
-    # landscape
-    "BarrierResult": "lightning_landscape.landscape",
-    "LineResult": "lightning_landscape.landscape",
-    "PlaneResult": "lightning_landscape.landscape",
-    "hessian_directions": "lightning_landscape.landscape",
-    "linear_barrier": "lightning_landscape.landscape",
-    "loss_line": "lightning_landscape.landscape",
-    "loss_plane": "lightning_landscape.landscape",
-    "random_directions": "lightning_landscape.landscape",
-    "trajectory_plane": "lightning_landscape.landscape",
-}
+    from lightning_landscape.multiseed import (
+        MultiSeedInterrupted,
+        MultiSeedResult,
+        MultiSeedTrainer,
+        RecordError,
+        RootDirBusyError,
+        SeedRun,
+    )
+    from lightning_landscape.multiseed.vectorized import PerSeedLoader, SeedEnsemble, VectorizationError
 
 __all__ = [
     "__version__",
     # callbacks
+    "GradientNoiseScaleMonitor",
     "GradientNormMonitor",
     "HessianEigenMonitor",
     "LossLandscapeMonitor",
     "RiskGapMonitor",
     # multi-seed
+    "MultiSeedInterrupted",
     "MultiSeedResult",
     "MultiSeedTrainer",
+    "RecordError",
+    "RootDirBusyError",
+    "PerSeedLoader",
     "SeedEnsemble",
     "SeedRun",
+    "VectorizationError",
     # curvature
     "EigenResult",
     "HessianOperator",
@@ -119,14 +95,26 @@ __all__ = [
     "trajectory_plane",
 ]
 
+# Where a public name is looked up on first use, in this order: the Lightning-free floors first, so a
+# curvature or landscape name never imports Lightning (each later floor imports the earlier ones anyway).
+_HOMES = (
+    "lightning_landscape.curvature",
+    "lightning_landscape.landscape",
+    "lightning_landscape.callbacks",
+    "lightning_landscape.multiseed",
+    "lightning_landscape.multiseed.vectorized",
+)
+
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lightning_landscape' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    if name in __all__:
+        for home in _HOMES:
+            module = importlib.import_module(home)
+            if name in getattr(module, "__all__", ()):
+                value = getattr(module, name)
+                globals()[name] = value
+                return value
+    raise AttributeError(f"module 'lightning_landscape' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

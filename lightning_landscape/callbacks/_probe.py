@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,11 +24,10 @@ from lightning_landscape._imports import import_object
 from lightning_landscape._rng import kept_rng
 from lightning_landscape._torch import fresh_iterator, shutdown_workers
 from lightning_landscape.callbacks._lightning import batches_that_stepped, load_val_dataloaders
+from lightning_landscape.curvature import LossFn
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-LossFn = Callable[[nn.Module, Any], Tensor]
 
 
 class MethodLoss:
@@ -155,7 +154,7 @@ def _autocast_device_types(module: nn.Module) -> list[str]:
     return sorted(t for t in types if t in ("cpu", "cuda", "xpu", "mps", "hpu"))
 
 
-class ProbeLoss:
+class TrainingStepLoss:
     """``loss_fn(model, batch)`` evaluated :func:`neutralized`; by default the module's own ``training_step``.
 
     ``training_step`` may return the loss tensor or a dict holding it under ``"loss"``; ``batch_idx`` is 0.
@@ -248,22 +247,107 @@ def iterate_fresh(dataloader: DataLoader) -> Iterator[Any]:
         shutdown_workers(it)
 
 
-def probe_dataloader(trainer: pl.Trainer, which: Literal["train", "val"]) -> DataLoader:
-    """The (distributed-sampler-wrapped) train or first val dataloader the Trainer itself iterates.
+def check_dataloader(value: Any, argument: str = "dataloader") -> str:
+    """Check a probe's ``dataloader``: ``"train"``, ``"val"``, ``"train:<name>"`` or ``"val:<name>"``.
+
+    ``<name>`` is a key of the dict (or ``CombinedLoader``) of dataloaders the Trainer iterates, or the index
+    of one in a list of them; whether it exists is checked when the probe first draws its batches
+    (:func:`probe_dataloader`), once the Trainer has loaded its dataloaders.
+
+    Args:
+        value: the argument's value.
+        argument: its name, for the error message.
+
+    Returns:
+        ``value``.
 
     Raises:
-        ValueError: If there is no such dataloader or it is not a single ``DataLoader``.
+        TypeError: If ``value`` is not a str.
+        ValueError: If it has none of the four forms.
+
+    Example:
+        >>> check_dataloader("train:mnist")
+        'train:mnist'
+        >>> check_dataloader("test")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `dataloader` must be 'train', 'val', 'train:<name>' or 'val:<name>' ... got 'test'
     """
-    if which == "val" and trainer.val_dataloaders is None:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{argument}` must be a str such as 'train' or 'train:<name>', got {type(value).__name__}"
+        )
+    which, sep, name = value.partition(":")
+    if which not in ("train", "val") or (sep and not name):
+        raise ValueError(
+            f"`{argument}` must be 'train', 'val', 'train:<name>' or 'val:<name>' (<name> a key of a dict or "
+            f"CombinedLoader of dataloaders, or a list index), got {value!r}"
+        )
+    return value
+
+
+def _named_loaders(loaders: Any) -> dict[str, Any] | None:
+    """``{name: loader}`` of several dataloaders (a dict by key, a list by index); ``None`` for one."""
+    from lightning.pytorch.utilities import CombinedLoader
+
+    if isinstance(loaders, CombinedLoader):
+        loaders = loaders.iterables
+    if isinstance(loaders, Mapping):
+        return {str(k): v for k, v in loaders.items()}
+    if isinstance(loaders, (list, tuple)):
+        return {str(i): v for i, v in enumerate(loaders)}
+    return None
+
+
+def probe_dataloader(trainer: pl.Trainer, which: str, argument: str = "dataloader") -> DataLoader:
+    """The (distributed-sampler-wrapped) dataloader the Trainer itself iterates that ``which`` names.
+
+    ``"train"`` is the training dataloader (the only one of a dict, list or ``CombinedLoader`` holding one;
+    refused with several), ``"val"`` the first validation dataloader, ``"train:<name>"`` / ``"val:<name>"``
+    the one under key ``<name>`` of a dict or ``CombinedLoader`` (or index ``<name>`` of a list).
+
+    Args:
+        trainer: the Trainer, after it loaded its dataloaders (``on_train_start`` or later).
+        which: as :func:`check_dataloader` accepts.
+        argument: the callback's argument name, for the error messages.
+
+    Returns:
+        The ``DataLoader``.
+
+    Raises:
+        ValueError: If there is no such dataloader (naming the ones there are), ``"train"`` is ambiguous, or
+            the one named is not a ``DataLoader``.
+    """
+    kind, _, name = check_dataloader(which, argument).partition(":")
+    if kind == "val" and trainer.val_dataloaders is None:
         # The val loop loads its dataloaders lazily; this is the same call the sanity check makes.
         load_val_dataloaders(trainer)
-    loaders: Any = trainer.train_dataloader if which == "train" else trainer.val_dataloaders
-    if isinstance(loaders, (list, tuple)) and len(loaders) > 0:
-        loaders = loaders[0]
+    loaders: Any = trainer.train_dataloader if kind == "train" else trainer.val_dataloaders
+    named = _named_loaders(loaders)
+    choices = " or ".join(f"'{kind}:{n}'" for n in named or {})
+    if named is None and name:
+        raise ValueError(
+            f"`{argument}`={which!r} names one of several {kind} dataloaders, but the Trainer has a single "
+            f"{kind} {type(loaders).__name__}; pass `{argument}`='{kind}'"
+        )
+    if named is not None and name:
+        if name not in named:
+            raise ValueError(
+                f"`{argument}`={which!r}: the Trainer's {kind} dataloaders are named {list(named)}; "
+                f"pass `{argument}`={choices}"
+            )
+        loaders = named[name]
+    elif named is not None and (len(named) == 1 or (kind == "val" and named)):
+        loaders = next(iter(named.values()))
+    elif named is not None and len(named) > 1:
+        raise ValueError(
+            f"the probe needs one {kind} DataLoader, and the Trainer has {len(named)} ({list(named)}); "
+            f"name the one to probe: `{argument}`={choices}"
+        )
     if not isinstance(loaders, DataLoader):
         raise ValueError(
-            f"the probe needs a single {which} DataLoader, found {type(loaders).__name__}; "
-            f"pass `dataloader='{'val' if which == 'train' else 'train'}'` or give the Trainer one DataLoader"
+            f"the probe needs a single {kind} DataLoader, found {type(loaders).__name__}; pass "
+            f"`{argument}`='{'val' if kind == 'train' else 'train'}' or give the Trainer a DataLoader there"
         )
     return loaders
 
@@ -304,8 +388,19 @@ def draw_batches(
     return batches
 
 
-def batch_size_of(batch: Any) -> int:
-    """Number of samples in ``batch`` as Lightning counts them, 1 if it cannot tell."""
+def batch_size_of(batch: Any, strict: bool = False) -> int:
+    """Number of samples in ``batch`` as Lightning counts them (``extract_batch_size``), 1 if it cannot tell
+    (``strict``: Lightning's error instead, for callers whose arithmetic needs the true count, such as the
+    gradient noise scale's micro-batch sizes).
+
+    The weight :class:`~lightning_landscape.callbacks.risk_gap.RiskGapMonitor` gives a step's loss, so that
+    its epoch means are the ones Lightning computes for ``self.log(..., on_epoch=True)`` (any nesting,
+    dataclasses; never an error). The curvature operator weighs its fixed batches by
+    :func:`~lightning_landscape.curvature.batch_size` instead (leading dimension of the first tensor, an
+    error for a batch without one): the two callers need those two semantics, and there is no third.
+    """
+    if strict:
+        return int(extract_batch_size(batch))
     try:
         return int(extract_batch_size(batch))
     except Exception:
@@ -320,8 +415,3 @@ def logging_step(trainer: pl.Trainer) -> int:
 def epoch_end_logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning logs epoch-end metrics at: it steps its counter back by one for them."""
     return max(logging_step(trainer) - 1, 0)
-
-
-# Older names, still imported by callbacks outside this file's history.
-TrainingStepLoss = ProbeLoss
-silenced_logging = neutralized

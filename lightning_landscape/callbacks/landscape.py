@@ -14,15 +14,18 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
+from lightning_landscape.callbacks._lightning import generate_state_key
+from lightning_landscape.callbacks._loggers import log_figure, log_scalars
 from lightning_landscape.callbacks._probe import (
-    LossFn,
     TrainingStepLoss,
+    check_dataloader,
     draw_batches,
     epoch_end_logging_step,
     probe_dataloader,
     resolve_loss_fn,
 )
-from lightning_landscape.callbacks._tensorboard import log_scalars, tensorboard_writers
+from lightning_landscape.callbacks._tensorboard import write_layout
 from lightning_landscape.callbacks.tags import (
     LANDSCAPE_CENTER_LOSS,
     LANDSCAPE_CURVATURE,
@@ -31,7 +34,7 @@ from lightning_landscape.callbacks.tags import (
     LANDSCAPE_SHARPNESS,
     LANDSCAPE_TRAJECTORY_IMAGE,
 )
-from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature import LossFn
 from lightning_landscape.landscape import (
     LineResult,
     PlaneResult,
@@ -61,7 +64,8 @@ class LossLandscapeMonitor(Callback):
     :math:`= \max_{|\alpha|, |\beta| \le r} L - L(\theta_t)` at radius :math:`r` = ``sharpness_radius``
     (default ``span``), ``landscape/center_loss`` and, in line mode, ``landscape/curvature``
     :math:`= d_1^\top H d_1` (the eigenvalue for ``"hessian"``), to every logger and to
-    ``trainer.callback_metrics``; the figure to TensorBoard (``landscape/surface``, rank zero); the result
+    ``trainer.callback_metrics``; the figure to every logger (``landscape/surface``, rank zero: TensorBoard's
+    images, an MLflow artifact, a W&B image, a PNG under ``<log_dir>/figures/`` for others); the result
     as ``epoch_<e>.npz`` and ``.png`` under ``<log_dir>/landscape/``. At fit end, with ``trajectory``, the
     plane of the first two PCA directions of the weights seen at the probes (tomgoldstein's trajectory plot)
     is drawn (``landscape/trajectory``, ``trajectory.npz``/``.png``); the iterates (trainable parameters, on
@@ -78,14 +82,18 @@ class LossLandscapeMonitor(Callback):
         steps: Points per axis (``>= 3``; odd keeps the centre on the grid).
         sharpness_radius: Radius of ``landscape/sharpness`` (``None``: ``span``).
         num_batches: How many batches of the dataloader form the probe.
-        dataloader: ``"train"`` or ``"val"``: where the probe batches come from.
+        dataloader: Where the probe batches come from: ``"train"``, ``"val"`` (the first validation
+            dataloader), or ``"train:<name>"`` / ``"val:<name>"`` for the dataloader under key ``<name>`` of a
+            dict or ``CombinedLoader`` of several (index ``<name>`` of a list); ``"train"`` is refused with
+            several training dataloaders, naming the choices.
         loss_fn: Import path ``"pkg.module:function"`` of ``loss_fn(model, batch) -> Tensor``; ``None`` uses
             the module's ``training_step`` with its logging silenced.
         trajectory: At fit end, draw the trajectory plane of the probed iterates (needs 3 of them).
         seed: Seeds the probe batches' draw and the random directions.
 
     Raises:
-        ValueError: If an argument is invalid (checked in ``__init__``).
+        ValueError: If an argument is invalid (checked in ``__init__``); when training starts, if
+            ``dataloader`` names no dataloader of the Trainer (the message names those there are).
         MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies.
 
     Example::
@@ -107,7 +115,7 @@ class LossLandscapeMonitor(Callback):
         steps: int = 21,
         sharpness_radius: float | None = None,
         num_batches: int = 1,
-        dataloader: Literal["train", "val"] = "train",
+        dataloader: str = "train",
         loss_fn: str | None = None,
         trajectory: bool = True,
         seed: int = 0,
@@ -116,17 +124,11 @@ class LossLandscapeMonitor(Callback):
         check_int("steps", steps, minimum=3)
         check_int("num_batches", num_batches)
         check_int("seed", seed, minimum=0)
-        if mode not in ("line", "plane"):
-            raise ValueError(f"`mode` must be 'line' or 'plane', got {mode!r}")
-        if directions not in ("random", "hessian"):
-            raise ValueError(f"`directions` must be 'random' or 'hessian', got {directions!r}")
-        if dataloader not in ("train", "val"):
-            raise ValueError(f"`dataloader` must be 'train' or 'val', got {dataloader!r}")
-        for name, value, optional in (("span", span, False), ("sharpness_radius", sharpness_radius, True)):
-            if optional and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+        check_choice("mode", mode, ("line", "plane"))
+        check_choice("directions", directions, ("random", "hessian"))
+        check_dataloader(dataloader)
+        check_float("span", span, positive=True)
+        check_float("sharpness_radius", sharpness_radius, optional=True, positive=True)
         self.every_n_epochs = every_n_epochs
         self.mode = mode
         self.directions = directions
@@ -150,8 +152,12 @@ class LossLandscapeMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            every_n_epochs=self.every_n_epochs, mode=self.mode, directions=self.directions, seed=self.seed
+        return generate_state_key(
+            self,
+            every_n_epochs=self.every_n_epochs,
+            mode=self.mode,
+            directions=self.directions,
+            seed=self.seed,
         )
 
     @override
@@ -161,6 +167,10 @@ class LossLandscapeMonitor(Callback):
                 f"LossLandscapeMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
                 "moving the weights needs every parameter on every rank. Use strategy='ddp' or one device."
             )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_layout(trainer)
 
     def _loss(self) -> LossFn:
         return self._loss_fn if self._loss_fn is not None else TrainingStepLoss()
@@ -247,7 +257,7 @@ class LossLandscapeMonitor(Callback):
     def _write(
         self, trainer: pl.Trainer, result: LineResult | PlaneResult, name: str, tag: str, step: int
     ) -> None:
-        """Figure to TensorBoard and files under the log dir, on global rank zero only (no collective)."""
+        """Figure to every logger and files under the log dir, on global rank zero only (no collective)."""
         if not trainer.is_global_zero:
             return
         folder = self._log_dir(trainer)
@@ -255,8 +265,7 @@ class LossLandscapeMonitor(Callback):
         result.save(folder / f"{name}.npz")
         fig = result.plot()
         fig.savefig(folder / f"{name}.png", dpi=100)
-        for writer in tensorboard_writers(trainer):
-            writer.add_figure(tag, fig, global_step=step, close=False)
+        log_figure(trainer, tag, fig, step)
 
     def _draw_trajectory(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._batches is not None

@@ -63,6 +63,20 @@ LANDSCAPE_CURVATURE = f"{LANDSCAPE_SECTION}/curvature"
 LANDSCAPE_IMAGE = f"{LANDSCAPE_SECTION}/surface"
 LANDSCAPE_TRAJECTORY_IMAGE = f"{LANDSCAPE_SECTION}/trajectory"
 
+NOISE_SCALE_SECTION = "noise_scale"
+B_SIMPLE = "b_simple"
+"""The simple gradient noise scale tr(Sigma) / |G|^2 (McCandlish et al. 2018), a batch size."""
+GRAD_SQ = "grad_sq"
+"""The unbiased estimate of |G|^2, the squared norm of the true gradient."""
+TRACE_COV = "trace_cov"
+"""The unbiased estimate of tr(Sigma), the trace of the per-sample gradient covariance."""
+RAW = "raw"
+"""Segment before the quantity of an unsmoothed (single-step) value: ``noise_scale/raw/b_simple``."""
+
+NOISE_SCALE_B_SIMPLE = f"{NOISE_SCALE_SECTION}/{B_SIMPLE}"
+NOISE_SCALE_GRAD_SQ = f"{NOISE_SCALE_SECTION}/{GRAD_SQ}"
+NOISE_SCALE_TRACE_COV = f"{NOISE_SCALE_SECTION}/{TRACE_COV}"
+
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -118,6 +132,17 @@ def hessian_eig_tag(i: int, name: str | None = None, block: str | None = None) -
 def hessian_tag(quantity: str, name: str | None = None, block: str | None = None) -> str:
     """Tag of a Hessian ``quantity`` (:data:`EIG_MIN`, :data:`TRACE`, :data:`CONVERGED`, ...)."""
     return tag(HESSIAN_SECTION, quantity, name, block)
+
+
+def noise_scale_tag(quantity: str, name: str | None = None, raw: bool = False) -> str:
+    """Tag of a noise-scale ``quantity`` (:data:`B_SIMPLE`, :data:`GRAD_SQ`, :data:`TRACE_COV`).
+
+    Example::
+
+        >>> noise_scale_tag(B_SIMPLE), noise_scale_tag(GRAD_SQ, name="fine", raw=True)
+        ('noise_scale/b_simple', 'noise_scale/fine/raw/grad_sq')
+    """
+    return tag(NOISE_SCALE_SECTION, quantity, name, RAW if raw else None)
 
 
 def risk_tag(quantity: str, name: str | None = None) -> str:

@@ -46,7 +46,7 @@ _MODEL_AND_DATA = {"model", "datamodule", "train_dataloaders", "val_dataloaders"
 
 
 class LandscapeCLI(SubcommandCLI):
-    """``LightningCLI`` with the ``multiseed`` subcommand and our callbacks documented in ``--help``.
+    """``LightningCLI`` with the ``multiseed`` and ``landscape`` subcommands and our callbacks in ``--help``.
 
     Models and data modules are given by class path (``model.class_path``, ``data.class_path``), so one
     command serves every example. A bad option or value fails with jsonargparse's message, and a value
@@ -102,8 +102,7 @@ class LandscapeCLI(SubcommandCLI):
         option, with its type, default and description, but those the config sections give."""
         if subcommand != "multiseed":
             return []
-        fields = MultiSeedConfig.__dataclass_fields__
-        skip: set[str | int] = {name for name in fields if name in _NOT_MULTISEED_OPTIONS}
+        skip: set[str | int] = set(_NOT_MULTISEED_OPTIONS)
         return parser.add_class_arguments(MultiSeedConfig, None, skip=skip, instantiate=False)
 
     @override

@@ -215,6 +215,10 @@ class LineResult(_Result):
             fig.tight_layout()
         return fig
 
+    def _repr_png_(self) -> bytes:
+        """The :meth:`plot` figure as PNG bytes: how Jupyter displays the result."""
+        return _png(self.plot())
+
 
 @dataclasses.dataclass
 class PlaneResult(_Result):
@@ -262,6 +266,10 @@ class PlaneResult(_Result):
         if own:
             fig.tight_layout()
         return fig
+
+    def _repr_png_(self) -> bytes:
+        """The :meth:`plot` figure as PNG bytes: how Jupyter displays the result."""
+        return _png(self.plot())
 
 
 @dataclasses.dataclass
@@ -311,6 +319,25 @@ class BarrierResult(_Result):
         if own:
             fig.tight_layout()
         return fig
+
+    def _repr_png_(self) -> bytes:
+        """The :meth:`plot` figure as PNG bytes: how Jupyter displays the result."""
+        return _png(self.plot())
+
+
+def _png(fig: Any) -> bytes:
+    """Render ``fig`` through Agg to PNG bytes.
+
+    :meth:`plot` builds a bare :class:`~matplotlib.figure.Figure`, not a pyplot one: no backend is selected
+    and no figure stays registered with pyplot, so there is nothing to close and nothing leaks.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
 
 
 __all__ = ["BarrierResult", "LineResult", "PlaneResult"]

@@ -1,6 +1,8 @@
 """Multi-seed training: K independent retrains, the best kept."""
 
 from lightning_landscape.multiseed.config import MultiSeedConfig
+from lightning_landscape.multiseed.instability import instability
+from lightning_landscape.multiseed.instability_result import InstabilityResult
 from lightning_landscape.multiseed.lock import RootDirBusyError
 from lightning_landscape.multiseed.record import RecordError
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
@@ -16,4 +18,7 @@ __all__ = [
     # what it returns
     "MultiSeedResult",
     "SeedRun",
+    # when the basin is decided (instability analysis)
+    "InstabilityResult",
+    "instability",
 ]

@@ -72,7 +72,7 @@ def score_on_test(
     ``None`` (with a warning) when the model has no ``test_step`` or its test loop does not log
     ``test_monitor``: the seeds are trained by then, and their record stands without a test score.
     """
-    from lightning_landscape.multiseed.ensemble import build_seeded
+    from lightning_landscape.multiseed.vectorized.members import build_seeded
 
     # Built as the seed built it, with the global RNG left as it was; the weights come from the file.
     (model,) = build_seeded(job.build_model, [run.seed])

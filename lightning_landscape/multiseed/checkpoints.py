@@ -24,8 +24,9 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from torch import nn
 from typing_extensions import override
 
-from lightning_landscape.multiseed.paths import atomic_write
+from lightning_landscape.multiseed.paths import LAST_CHECKPOINT, atomic_write, checkpoint_dir
 from lightning_landscape.multiseed.record import RecordError
+from lightning_landscape.multiseed.result import SeedRun
 
 # What a Lightning checkpoint may hold besides tensors and plain containers: a path among the saved
 # hyperparameters. Nothing here can run code: each is rebuilt from plain strings.
@@ -142,6 +143,17 @@ def load_weights(path: str | Path, template: ModuleT) -> ModuleT:
     return model
 
 
+def remove_stray_checkpoints(root_dir: str | Path, run: SeedRun) -> list[Path]:
+    """Deletes the top-k files in a finished seed's checkpoint folder other than its best and ``last.ckpt``:
+    what a kill left behind (written just before it, not yet in ``last.ckpt``). Returns what was deleted.
+    """
+    keep = {Path(run.best_model_path).name, LAST_CHECKPOINT}
+    stray = [p for p in checkpoint_dir(root_dir, run.seed).glob("epoch=*.ckpt") if p.name not in keep]
+    for path in stray:
+        path.unlink()
+    return stray
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file and renames it into place; reads with ``weights_only=True``.
 
@@ -209,5 +221,6 @@ __all__ = [
     "load_weights",
     "read_checkpoint",
     "recorded_score",
+    "remove_stray_checkpoints",
     "safe_torch_load",
 ]

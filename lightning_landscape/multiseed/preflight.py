@@ -125,7 +125,7 @@ def check_checkpoints_fit(
             first mismatching parameter.
     """
     from lightning_landscape.multiseed.checkpoints import load_checkpoint
-    from lightning_landscape.multiseed.ensemble import build_seeded
+    from lightning_landscape.multiseed.vectorized.members import build_seeded
     from lightning_landscape.multiseed.plan import config_changes
 
     finished = [record.runs[s] for s in config.seed_list if s in record.runs]

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from lightning_landscape.multiseed._lightning import is_rank_zero
+from lightning_landscape.multiseed.result import SeedRun
 
 # Where Lightning prints its per-Trainer banners, notices and the model summary.
 _LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.callbacks.model_summary")
@@ -42,6 +43,24 @@ class OncePerRun(logging.Filter):
             return False
         self.seen.add(message)
         return True
+
+
+def progress_line(run: SeedRun, done: int, total: int, best: SeedRun | None, monitor: str) -> str:
+    """The line logged when a seed is done: its score or error, and the best seed so far.
+
+    Example:
+        >>> run = SeedRun(3, "finished", 0.25, wall_time=1.5)
+        >>> progress_line(run, 2, 4, run, "val_loss")
+        '[MultiSeedTrainer 2/4] seed 3 finished: val_loss=0.25 in 1.5s; best so far: seed 3 (val_loss=0.25)'
+    """
+    best_text = "no seed finished yet"
+    if best is not None:
+        best_text = f"best so far: seed {best.seed} ({monitor}={best.score:.6g})"
+    if run.status == "finished":
+        head = f"seed {run.seed} finished: {monitor}={run.score:.6g}"
+    else:
+        head = f"seed {run.seed} failed: {run.error}"
+    return f"{_OWN_PREFIX} {done}/{total}] {head} in {run.wall_time:.1f}s; {best_text}"
 
 
 class RunDisplay:

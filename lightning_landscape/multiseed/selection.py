@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from lightning_landscape.multiseed._checks import check_confidence, check_fraction, check_mode, check_scores
+
 Mode = Literal["min", "max"]
 PointKind = Literal["minimum", "saddle", "not critical yet", "unknown"]
 
@@ -49,27 +51,6 @@ PointKind = Literal["minimum", "saddle", "not critical yet", "unknown"]
 STILL_IMPROVING_FRACTION = 0.1
 #: The rows the CLI table and the study print (K itself is always added).
 TABLE_KS = (1, 2, 5, 10)
-
-
-def _check_mode(mode: Any) -> None:
-    if mode not in ("min", "max"):
-        raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}")
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
-
-
-def _check_scores(name: str, values: Any) -> list[float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"`{name}` must be a sequence of numbers, got {type(values).__name__}")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"`{name}` must hold finite numbers only, got {v!r} in {list(values)!r}")
-        out.append(float(v))
-    return out
 
 
 def selection_weights(num_seeds: int, k: int) -> list[float]:
@@ -118,6 +99,10 @@ class BestOfK:
             without test scores).
         test_low: its ``quantiles[0]`` quantile (``None`` without test scores).
         test_high: its ``quantiles[1]`` quantile (``None`` without test scores).
+        confidence: the nominal coverage of the band on ``expected`` (``None``: no band).
+        expected_low: the band's lower end per k (:func:`~.statistics.best_of_k_band`; ``None`` without a
+            band; the better end's entry is ``None`` where no finite bound exists, always at ``k = K``).
+        expected_high: the band's upper end per k.
     """
 
     mode: Mode
@@ -129,9 +114,12 @@ class BestOfK:
     expected_test: list[float] | None = None
     test_low: list[float] | None = None
     test_high: list[float] | None = None
+    confidence: float | None = None
+    expected_low: list[float | None] | None = None
+    expected_high: list[float | None] | None = None
 
     def at(self, k: int) -> dict[str, float | None]:
-        """The row of ``k``: expected best, its range and (if known) the expected test score."""
+        """The row of ``k``: expected best, its range, its band and (if known) the expected test score."""
         if not 1 <= k <= len(self.ks):
             raise ValueError(f"`k` must be in [1, {len(self.ks)}], got {k!r}")
         i = k - 1
@@ -141,6 +129,8 @@ class BestOfK:
             "q_low": self.q_low[i],
             "q_high": self.q_high[i],
             "expected_test": None if self.expected_test is None else self.expected_test[i],
+            "expected_low": None if self.expected_low is None else self.expected_low[i],
+            "expected_high": None if self.expected_high is None else self.expected_high[i],
         }
 
     def table_ks(self) -> list[int]:
@@ -167,7 +157,7 @@ def rank_by_validation(scores: Sequence[float], mode: Mode = "min") -> list[int]
         >>> rank_by_validation([0.2, 0.1, 0.2, 0.05])
         [3, 1, 0, 2]
     """
-    _check_mode(mode)
+    check_mode(mode)
     sign = 1.0 if mode == "min" else -1.0
     return sorted(range(len(scores)), key=lambda i: (sign * scores[i], i))
 
@@ -177,6 +167,7 @@ def best_of_k(
     mode: Mode = "min",
     test_scores: Sequence[float] | None = None,
     quantiles: tuple[float, float] = (0.1, 0.9),
+    confidence: float | None = None,
 ) -> BestOfK:
     """The exact best-of-k curve of K finished seeds (see the module docstring for the formula).
 
@@ -186,33 +177,40 @@ def best_of_k(
         test_scores: the same seeds' test scores, in the same order, to get the expected test score of
             the validation-selected seed among k; ``None`` to skip.
         quantiles: the two probabilities of the reported range, ``0 <= low <= high <= 1``.
+        confidence: the coverage of a band on the expected best of k, in ``(0, 1)`` (a studentized
+            bootstrap over seeds, :func:`~.statistics.best_of_k_band`, with its defaults); ``None`` for no
+            band.
 
     Returns:
         A :class:`BestOfK` for ``k = 1..K``.
 
     Raises:
         ValueError: for an empty or non-finite ``scores``, a ``test_scores`` of another length, an unknown
-            ``mode`` or bad ``quantiles``.
+            ``mode``, bad ``quantiles`` or a ``confidence`` outside ``(0, 1)``.
 
     Example:
         >>> curve = best_of_k([1.0, 3.0], test_scores=[2.0, 2.5])
         >>> curve.expected, curve.expected_test
         ([2.0, 1.0], [2.25, 2.0])
+        >>> banded = best_of_k([0.3, 0.1, 0.2, 0.25], confidence=0.9)
+        >>> banded.expected_low[0] < banded.expected[0] < banded.expected_high[0]
+        True
     """
-    _check_mode(mode)
-    vals = _check_scores("scores", scores)
+    check_mode(mode)
+    vals = check_scores("scores", scores)
     if not vals:
         raise ValueError("`scores` is empty: best-of-k needs at least one finished seed")
-    tests = None if test_scores is None else _check_scores("test_scores", test_scores)
+    tests = None if test_scores is None else check_scores("test_scores", test_scores)
     if tests is not None and len(tests) != len(vals):
         raise ValueError(f"`test_scores` has {len(tests)} values for {len(vals)} `scores`; give one per seed")
     if not (isinstance(quantiles, (tuple, list)) and len(quantiles) == 2):
         raise ValueError(f"`quantiles` must be a pair (low, high), got {quantiles!r}")
     for q in quantiles:
-        _check_fraction("quantiles", q)
+        check_fraction("quantiles", q)
     lo_q, hi_q = float(quantiles[0]), float(quantiles[1])
     if lo_q > hi_q:
         raise ValueError(f"`quantiles` must be ordered (low <= high), got {quantiles!r}")
+    conf = None if confidence is None else check_confidence("confidence", confidence)
 
     order = rank_by_validation(vals, mode)
     ranked = [vals[i] for i in order]
@@ -233,6 +231,13 @@ def best_of_k(
             t_low.append(_weighted_quantile(ranked_test, w, lo_q))
             t_high.append(_weighted_quantile(ranked_test, w, hi_q))
     has_test = ranked_test is not None
+    band_low: list[float | None] | None = None
+    band_high: list[float | None] | None = None
+    if conf is not None:
+        # Imported here: statistics builds on this module (its weights, its checks).
+        from lightning_landscape.multiseed.statistics import best_of_k_band
+
+        band_low, band_high = best_of_k_band(vals, mode, conf)
     return BestOfK(
         mode=mode,
         ks=ks,
@@ -243,6 +248,9 @@ def best_of_k(
         expected_test=e_test if has_test else None,
         test_low=t_low if has_test else None,
         test_high=t_high if has_test else None,
+        confidence=conf,
+        expected_low=band_low,
+        expected_high=band_high,
     )
 
 
@@ -295,9 +303,9 @@ def selection_optimism(
         >>> round(o.optimism, 6), round(o.apparent_gain, 6), round(o.test_gain, 6)
         (0.04, 0.1, 0.06)
     """
-    _check_mode(mode)
-    (v, t) = _check_scores("selected scores", [selected_val, selected_test])
-    tests = _check_scores("all_test", all_test)
+    check_mode(mode)
+    (v, t) = check_scores("selected scores", [selected_val, selected_test])
+    tests = check_scores("all_test", all_test)
     if not tests:
         raise ValueError("`all_test` is empty: give the test score of every tested seed")
     sign = 1.0 if mode == "min" else -1.0
@@ -333,7 +341,7 @@ def still_improving(best_at: int, last_at: int, fraction: float = STILL_IMPROVIN
             raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
     if best_at > last_at:
         raise ValueError(f"`best_at`={best_at} lies after the end of training `last_at`={last_at}")
-    _check_fraction("fraction", fraction)
+    check_fraction("fraction", fraction)
     return best_at >= (1.0 - fraction) * last_at
 
 

@@ -20,7 +20,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -31,7 +30,7 @@ from lightning_landscape.multiseed._lightning import is_rank_zero
 from lightning_landscape.multiseed.after_selection import after_selection
 from lightning_landscape.multiseed.barriers import barriers_after_selection
 from lightning_landscape.multiseed.build import datamodule_builder, model_builder
-from lightning_landscape.multiseed.checkpoints import check_checkpoint
+from lightning_landscape.multiseed.checkpoints import check_checkpoint, remove_stray_checkpoints
 from lightning_landscape.multiseed.config import MultiSeedConfig, config_parameters
 from lightning_landscape.multiseed.executors import (
     CONFIG_ERROR_KEY,
@@ -49,16 +48,10 @@ from lightning_landscape.multiseed.interrupt import (
     sigterm_raises,
 )
 from lightning_landscape.multiseed.lock import RunLock
-from lightning_landscape.multiseed.paths import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    atomic_write,
-    checkpoint_dir,
-    seed_dir,
-)
+from lightning_landscape.multiseed.paths import BEST_CHECKPOINT, atomic_write, seed_dir
 from lightning_landscape.multiseed.plan import adopt, fingerprint, plan
 from lightning_landscape.multiseed.preflight import check_checkpoints_fit, check_root_dir, preflight
-from lightning_landscape.multiseed.progress import RunDisplay
+from lightning_landscape.multiseed.progress import RunDisplay, progress_line
 from lightning_landscape.multiseed.record import Record, read_record, remove_stale_temporaries, write_record
 from lightning_landscape.multiseed.report import (
     plot_best_of_k,
@@ -259,7 +252,6 @@ class MultiSeedTrainer:
         done = len(self.seeds) - len(tasks)
         # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
         own_checkpoints = any(isinstance(c, ModelCheckpoint) for c in job.trainer_args()[1])
-        total = len(self.seeds)
 
         def on_start(task: SeedTask) -> None:
             run = runs[task.seed]
@@ -279,17 +271,14 @@ class MultiSeedTrainer:
             runs[run.seed] = run
             done += 1
             if run.status == "finished" and is_rank_zero():
-                write_hparams(
-                    run.log_dir or seed_dir(self.root_dir, run.seed),
-                    run,
-                    self.config.monitor,
-                    self.config.mode,
-                )
+                folder = run.log_dir or seed_dir(self.root_dir, run.seed)
+                write_hparams(folder, run, self.config.monitor, self.config.mode)
                 if not own_checkpoints:
-                    self._remove_strays(run)
+                    remove_stray_checkpoints(self.root_dir, run)
             self._write(record)
-            self._progress(run, done, total, record)
-            display.update(run.seed, select_best([runs[s] for s in self.seeds], self.config.mode))
+            best = select_best([runs[s] for s in self.seeds], self.config.mode)
+            rank_zero_info(progress_line(run, done, len(self.seeds), best, self.config.monitor))
+            display.update(run.seed, best)
 
         try:
             executor.run(job, tasks, on_start, on_result)
@@ -300,29 +289,9 @@ class MultiSeedTrainer:
             log.error(str(stop))
             raise stop from err
 
-    def _remove_strays(self, run: SeedRun) -> None:
-        """Deletes top-k files a kill left behind (written just before it, not yet in ``last.ckpt``)."""
-        keep = {Path(run.best_model_path).name, LAST_CHECKPOINT}
-        for path in checkpoint_dir(self.root_dir, run.seed).glob("epoch=*.ckpt"):
-            if path.name not in keep:
-                path.unlink()
-
     def _write(self, record: Record, best: SeedRun | None = None) -> None:
         if is_rank_zero():
             write_record(record, self.root_dir, self.seeds, best)
-
-    def _progress(self, run: SeedRun, done: int, total: int, record: Record) -> None:
-        best = select_best([record.runs[s] for s in self.seeds], self.config.mode)
-        best_text = (
-            f"best so far: seed {best.seed} ({self.config.monitor}={best.score:.6g})"
-            if best
-            else "no seed finished yet"
-        )
-        if run.status == "finished":
-            head = f"seed {run.seed} finished: {self.config.monitor}={run.score:.6g}"
-        else:
-            head = f"seed {run.seed} failed: {run.error}"
-        rank_zero_info(f"[MultiSeedTrainer {done}/{total}] {head} in {run.wall_time:.1f}s; {best_text}")
 
     def _finish(self, record: Record, job: SeedJob, test_dataloaders: Any) -> MultiSeedResult:
         """Selects the best asked-for seed whose checkpoint holds up; writes best.ckpt, summaries, plot."""
@@ -386,14 +355,8 @@ class MultiSeedTrainer:
         if curve is not None:
             plot_best_of_k(self.root_dir, curve, config.monitor)
         if config.barriers_which is not None:
-            block = barriers_after_selection(
-                job,
-                result.runs,
-                result.best_seed,
-                self.root_dir,
-                config.barriers_which,
-                float(config.barrier_tol),
-            )
+            which, tol = config.barriers_which, float(config.barrier_tol)
+            block = barriers_after_selection(job, result.runs, result.best_seed, self.root_dir, which, tol)
             if block is not None:
                 record.extra["barriers"] = block
                 rank_zero_info(f"MultiSeedTrainer: {block['summary']}")

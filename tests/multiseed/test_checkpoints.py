@@ -17,8 +17,10 @@ from lightning_landscape.multiseed.checkpoints import (
     load_weights,
     read_checkpoint,
     recorded_score,
+    remove_stray_checkpoints,
 )
 from lightning_landscape.multiseed.record import RecordError
+from lightning_landscape.multiseed.result import SeedRun
 
 
 class _Marker:
@@ -132,3 +134,14 @@ def test_safe_checkpoint_io_writes_atomically_and_rebases_a_moved_folder(tmp_pat
     assert list(loaded["best_k_models"]) == [f"{real}/a.ckpt"]
     with pytest.raises(FileNotFoundError):
         SafeCheckpointIO().load_checkpoint(new / "missing.ckpt")
+
+
+def test_stray_top_k_files_are_removed_and_the_best_and_last_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "seed_3" / "checkpoints"
+    folder.mkdir(parents=True)
+    names = ["epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt", "last.ckpt", "mine.ckpt"]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    run = SeedRun(3, "finished", 0.1, best_model_path=str(folder / "epoch=1-step=8.ckpt"))
+    assert [p.name for p in remove_stray_checkpoints(tmp_path, run)] == ["epoch=2-step=12.ckpt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=1-step=8.ckpt", "last.ckpt", "mine.ckpt"]

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from lightning_landscape.multiseed.progress import OncePerRun, RunDisplay
+from lightning_landscape.multiseed.progress import OncePerRun, RunDisplay, progress_line
 from lightning_landscape.multiseed.result import SeedRun
 
 RANK_ZERO = "lightning.pytorch.utilities.rank_zero"
@@ -43,3 +43,10 @@ def test_no_bar_when_every_seed_is_done() -> None:
     with RunDisplay(total=2, done=2, monitor="val_loss") as display:
         assert display.bar is None
         display.update(0, None)  # nothing to update, nothing raised
+
+
+def test_the_progress_line_of_a_failed_seed_and_of_a_run_without_a_winner() -> None:
+    failed = SeedRun(1, "failed", error="RuntimeError: boom", wall_time=0.25)
+    line = progress_line(failed, 1, 3, None, "val_loss")
+    assert line == "[MultiSeedTrainer 1/3] seed 1 failed: RuntimeError: boom in 0.2s; no seed finished yet"
+    assert OncePerRun().filter(_record(line))  # the trainer's own lines always pass the filter
