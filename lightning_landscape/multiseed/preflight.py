@@ -125,8 +125,8 @@ def check_checkpoints_fit(
             first mismatching parameter.
     """
     from lightning_landscape.multiseed.checkpoints import load_checkpoint
-    from lightning_landscape.multiseed.vectorized.members import build_seeded
     from lightning_landscape.multiseed.plan import config_changes
+    from lightning_landscape.multiseed.vectorized.members import build_seeded
 
     finished = [record.runs[s] for s in config.seed_list if s in record.runs]
     finished = [r for r in finished if r.status == "finished" and r.best_model_path]
