@@ -260,6 +260,25 @@ def test_a_record_linked_out_of_the_folder_is_refused_by_name(finished: Path, tm
     assert tree(outside) == snapshot
 
 
+@pytest.mark.parametrize("link", ["seed_2", "seed_0/checkpoints"])
+def test_a_seed_folder_that_is_a_link_is_refused_by_name(finished: Path, tmp_path: Path, link: str) -> None:
+    """Before: ``seed_2`` linked elsewhere was moved aside and the seed trained; a linked ``checkpoints``
+    folder that stays inside the folder was written through. Now both are refused by name, before work."""
+    root = copy_of(finished, tmp_path)
+    outside = outside_dir(tmp_path)
+    target = outside / "elsewhere"
+    if link == "seed_0/checkpoints":  # a link that stays inside root: seed 0 would write into seed 1's
+        shutil.rmtree(root / link)
+        (root / link).symlink_to(root / "seed_1" / "checkpoints", target_is_directory=True)
+    else:
+        target.mkdir()
+        (root / link).symlink_to(target, target_is_directory=True)
+    snapshot, before = tree(outside), checkpoints(root)
+    with pytest.raises(RecordError, match=re.escape(str(root / link))):
+        run(root, seeds=3, test="none")
+    assert tree(outside) == snapshot and not lost(before, root)
+
+
 def test_a_lock_that_is_a_directory_is_a_record_error(finished: Path, tmp_path: Path) -> None:
     root = copy_of(finished, tmp_path)
     (root / ".lock").unlink(missing_ok=True)
