@@ -38,9 +38,10 @@ from lightning_landscape.multiseed import MultiSeedConfig, MultiSeedResult
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BUSY = 3
+EXIT_WRITE = 4  # the run folder (or --out_dir) could not be written: a full disk, a read-only folder
 # The parts of the configuration that the `model` and `trainer` sections give instead; `root_dir` is a
 # method parameter of its own (its default comes from `trainer.default_root_dir`).
-_NOT_MULTISEED_OPTIONS = {"model_kwargs", "trainer_kwargs", "root_dir"}
+_NOT_MULTISEED_OPTIONS = {"model_kwargs", "datamodule_kwargs", "trainer_kwargs", "root_dir"}
 _MODEL_AND_DATA = {"model", "datamodule", "train_dataloaders", "val_dataloaders"}
 
 
@@ -131,8 +132,9 @@ class LandscapeCLI(SubcommandCLI):
 
         A rerun with the same ``root_dir`` resumes: finished seeds are skipped. Exit codes: 0 every seed
         finished; 1 a seed failed (the table is printed; rerun to retry it); 2 a bad argument, config or
-        run folder file, found before training; 3 ``root_dir`` is in use by another process; 143 (SIGTERM)
-        or 130 (Ctrl-C): interrupted, rerun the same command to resume.
+        run folder file, found before training; 3 ``root_dir`` is in use by another process; 4 a file of the
+        run folder could not be written (a full disk; one line names it); 143 (SIGTERM) or 130 (Ctrl-C):
+        interrupted, rerun the same command to resume.
 
         Args:
             model: the configured model (rebuilt for every seed from its class path and init args).
@@ -153,6 +155,13 @@ class LandscapeCLI(SubcommandCLI):
                 )
         model_cfg = self.config_value(self.config, "model")
         model_cls, model_kwargs = _class_and_kwargs(model_cfg, fallback=type(model))
+        # The data are rebuilt per seed from their class path and init args too, so the fingerprint holds
+        # the datamodule's arguments, as it does for a Python caller's (a rerun on other data is refused).
+        data: Any = datamodule
+        data_kwargs: dict[str, Any] | None = None
+        data_cfg = self.config_value(self.config, "data")
+        if datamodule is not None and data_cfg is not None:
+            data, data_kwargs = _class_and_kwargs(data_cfg, fallback=type(datamodule))
         trainer_kwargs = _non_default_trainer_kwargs(self.config_value(self.config_init, "trainer", {}))
         # Each seed trains in root_dir/seed_<k>/: the Trainer's own root only decides the default root_dir.
         default_root = trainer_kwargs.pop("default_root_dir", None)
@@ -162,8 +171,11 @@ class LandscapeCLI(SubcommandCLI):
         # they are MultiSeedConfig's fields, added once by `subcommand_arguments`.
         config = dict(options)
         try:
-            ms = MultiSeedTrainer(root_dir=root_dir, model_kwargs=model_kwargs, **config, **trainer_kwargs)
-            result = ms.fit(model_cls, datamodule=datamodule)
+            ms = MultiSeedTrainer(
+                root_dir=root_dir, model_kwargs=model_kwargs, datamodule_kwargs=data_kwargs or None,
+                **config, **trainer_kwargs,
+            )  # fmt: skip
+            result = ms.fit(model_cls, datamodule=data)
         except (ValueError, TypeError) as err:
             # MultiSeedTrainer validates before the first seed trains: report it like a parser error.
             sys.stderr.write(f"lightning-landscape multiseed: error: {err}\n")
@@ -171,6 +183,13 @@ class LandscapeCLI(SubcommandCLI):
         except RootDirBusyError as err:
             sys.stderr.write(f"lightning-landscape multiseed: error: {err}\n")
             raise SystemExit(EXIT_BUSY) from err
+        except OSError as err:  # a full disk, a read-only folder: the record on disk stays as it was
+            where = err.filename or root_dir
+            sys.stderr.write(
+                f"lightning-landscape multiseed: error: {where}: {err.strerror or err}; free space (or make"
+                " the folder writable) and rerun the same command: finished seeds are kept\n"
+            )
+            raise SystemExit(EXIT_WRITE) from err
         except RuntimeError as err:  # every seed failed
             sys.stderr.write(f"lightning-landscape multiseed: error: {err}\n")
             raise SystemExit(EXIT_FAILED) from err
@@ -199,8 +218,9 @@ class LandscapeCLI(SubcommandCLI):
         The loss is the module's ``training_step`` (logging silenced, eval mode) on the first
         ``num_batches`` batches of the datamodule's train dataloader (drawn under ``seed``). Writes
         ``landscape_<mode>.png`` and ``landscape_<mode>.npz`` (reload with ``PlaneResult.load`` /
-        ``LineResult.load``) into ``out_dir``. Exit code 2 for a bad argument or a checkpoint that does not
-        fit the model.
+        ``LineResult.load``) into ``out_dir``. Exit code 2, with one line naming the file, for a bad argument
+        (``num_batches`` below 1, an ``out_dir`` that is a file) or a checkpoint that does not load with
+        ``weights_only=True`` or does not fit the model, before any work; 4 when the files cannot be written.
 
         Args:
             model: the configured model (its weights are replaced by the checkpoint's).
@@ -217,12 +237,20 @@ class LandscapeCLI(SubcommandCLI):
             out_dir: where the files go; unset: the checkpoint's folder.
         """
         from lightning_landscape.callbacks._probe import TrainingStepLoss, draw_batches
+        from lightning_landscape.curvature._checks import check_int
         from lightning_landscape.landscape import hessian_directions, loss_line, loss_plane, random_directions
         from lightning_landscape.multiseed.checkpoints import load_weights
 
+        folder = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
         try:
             if datamodule is None:
                 raise ValueError("`landscape` needs a `data` section: the loss is evaluated on its batches")
+            check_int("num_batches", num_batches, minimum=1)
+            check_int("steps", steps, minimum=2)
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(
+                    f"--out_dir {str(folder)!r} is a file, not a folder: name a folder for the files"
+                )
             weights = load_weights(checkpoint, model)
             datamodule.setup("fit")
             batches = draw_batches(datamodule.train_dataloader(), num_batches, seed)
@@ -238,15 +266,24 @@ class LandscapeCLI(SubcommandCLI):
             else:
                 result = loss_plane(weights, loss_fn, batches, directions=dirs, span=window, steps=steps)
         except (ValueError, TypeError, OSError) as err:
-            sys.stderr.write(f"lightning-landscape landscape: error: {err}\n")
+            sys.stderr.write(f"lightning-landscape landscape: error: {_one_line(err)}\n")
             raise SystemExit(EXIT_USAGE) from err
         result.meta["title"] = f"{mode} along {directions} directions: {os.path.basename(checkpoint)}"
-        folder = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        result.save(folder / f"landscape_{mode}.npz")
-        result.plot().savefig(folder / f"landscape_{mode}.png", dpi=110)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            result.save(folder / f"landscape_{mode}.npz")
+            result.plot().savefig(folder / f"landscape_{mode}.png", dpi=110)
+        except OSError as err:
+            where = err.filename or folder
+            sys.stderr.write(f"lightning-landscape landscape: error: {where}: {err.strerror or err}\n")
+            raise SystemExit(EXIT_WRITE) from err
         print(f"loss at the checkpoint {result.center_loss:.6g}; wrote {folder / f'landscape_{mode}.png'}")
         return folder / f"landscape_{mode}.png"
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line (torch's load errors span paragraphs; the first line names the file)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _class_and_kwargs(
@@ -310,4 +347,4 @@ def main(args: ArgsType = None) -> None:
     LandscapeCLI(args=args)
 
 
-__all__ = ["EXIT_BUSY", "EXIT_FAILED", "EXIT_USAGE", "LandscapeCLI", "main"]
+__all__ = ["EXIT_BUSY", "EXIT_FAILED", "EXIT_USAGE", "EXIT_WRITE", "LandscapeCLI", "main"]

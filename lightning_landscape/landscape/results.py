@@ -29,6 +29,41 @@ def _axes(ax: Any) -> tuple[Any, Any]:
     return ax.figure, ax
 
 
+def _read(path: Path) -> Any:
+    """The raw content of a saved result: plain values only (``weights_only``, no pickles in ``.npz``)."""
+    if path.suffix == ".pt":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    data: dict[str, Any] = {}
+    with np.load(path, allow_pickle=False) as npz:
+        for key in npz.files:
+            arr = npz[key]
+            if key == "meta":
+                data[key] = json.loads(str(arr))
+            elif arr.dtype.kind in "US":
+                data[key] = str(arr)
+            elif arr.ndim == 0 and arr.dtype.kind == "f":
+                data[key] = float(arr)
+            elif arr.ndim == 0:
+                data[key] = arr.item()
+            else:
+                data[key] = torch.from_numpy(arr.copy())
+    return data
+
+
+def _wrong_kind(annotation: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for a field annotated ``annotation`` (``None``: nothing)."""
+    if value is None:
+        return None if "None" in annotation else "must not be None"
+    if annotation.startswith("Tensor"):
+        return None if isinstance(value, Tensor) else f"must be a tensor, got {type(value).__name__}"
+    if annotation.startswith("float") or annotation.startswith("int"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"must be a number, got {type(value).__name__}"
+    if annotation.startswith("dict"):
+        return None if isinstance(value, dict) else f"must be a mapping, got {type(value).__name__}"
+    return None
+
+
 @dataclasses.dataclass
 class _Result:
     """Save/load/dict for a dataclass of tensors, floats and a ``meta`` dict of JSON values."""
@@ -72,11 +107,23 @@ class _Result:
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:
-        """The result from :meth:`to_dict`'s output (missing optional fields become ``None``)."""
+        """The result from :meth:`to_dict`'s output (missing optional fields become ``None``).
+
+        Raises:
+            ValueError: a required field is missing or a field holds the wrong kind of value.
+        """
         kwargs: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            if field.name in data:
-                kwargs[field.name] = data[field.name]
+            required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            if field.name not in data:
+                if required:
+                    raise ValueError(f"a {cls.kind!r} result needs the field {field.name!r}")
+                continue
+            value = data[field.name]
+            problem = _wrong_kind(str(field.type), value)
+            if problem:
+                raise ValueError(f"field {field.name!r} of a {cls.kind!r} result {problem}")
+            kwargs[field.name] = value
         return cls(**kwargs)
 
     @classmethod
@@ -84,32 +131,29 @@ class _Result:
         """Read a result written by :meth:`save` (``.pt`` with ``weights_only=True``).
 
         Raises:
-            ValueError: for another suffix or a file holding another kind of result.
+            ValueError: for another suffix, a file holding another kind of result, or a file that is
+                truncated, crafted or not a result at all (the message names the file; nothing in it runs).
+            FileNotFoundError: the file does not exist.
         """
         path = Path(path)
         data: dict[str, Any]
-        if path.suffix == ".pt":
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        elif path.suffix == ".npz":
-            data = {}
-            with np.load(path, allow_pickle=False) as npz:
-                for key in npz.files:
-                    arr = npz[key]
-                    if key == "meta":
-                        data[key] = json.loads(str(arr))
-                    elif arr.dtype.kind in "US":
-                        data[key] = str(arr)
-                    elif arr.ndim == 0 and arr.dtype.kind == "f":
-                        data[key] = float(arr)
-                    elif arr.ndim == 0:
-                        data[key] = arr.item()
-                    else:
-                        data[key] = torch.from_numpy(arr.copy())
-        else:
+        if path.suffix not in (".pt", ".npz"):
             raise ValueError(f"`path` must end in .npz or .pt, got {path.name!r}.")
-        if data.get("kind") != cls.kind:
-            raise ValueError(f"{path} holds a {data.get('kind')!r} result, not a {cls.kind!r} one.")
-        return cls.from_dict(data)
+        try:
+            data = _read(path)
+            if not isinstance(data, dict):
+                raise ValueError(f"holds a {type(data).__name__}, not a result")
+            if data.get("kind") == cls.kind:
+                return cls.from_dict(data)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # torch, numpy, zip and JSON all have their own way to say "broken"
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"{path}: not a readable {cls.kind} result ({type(err).__name__}: {first}); nothing in it was"
+                " run. Write it again with save()."
+            ) from err
+        raise ValueError(f"{path} holds a {data.get('kind')!r} result, not a {cls.kind!r} one.")
 
 
 @dataclasses.dataclass

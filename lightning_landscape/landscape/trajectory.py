@@ -21,15 +21,29 @@ from lightning_landscape.landscape.lines import plane_result
 from lightning_landscape.landscape.results import PlaneResult
 
 
-def _load_state(item: Any, argument: str) -> dict[str, Tensor]:
+def _load_state(item: Any, argument: str, index: int) -> dict[str, Tensor]:
+    where = f"iterate {index}"
     if isinstance(item, (str, Path)):
-        loaded = torch.load(item, map_location="cpu", weights_only=True)
+        where = f"{item} (iterate {index})"
+        try:
+            loaded = torch.load(item, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # truncated, crafted (refused by weights_only) or not a torch file
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"{item}: not a readable checkpoint ({type(err).__name__}: {first}); nothing in it was run"
+            ) from err
         if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
             loaded = loaded["state_dict"]  # a Lightning checkpoint
         item = loaded
     if not isinstance(item, Mapping):
         raise TypeError(f"`{argument}` must hold state dicts or checkpoint paths, got {type(item).__name__}.")
-    return {str(k): v for k, v in item.items() if isinstance(v, Tensor)}
+    state = {str(k): v for k, v in item.items() if isinstance(v, Tensor)}
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{where} holds non-finite values in {bad}: a diverged iterate cannot be projected")
+    return state
 
 
 def trajectory_plane(
@@ -70,7 +84,8 @@ def trajectory_plane(
 
     Raises:
         TypeError, ValueError: for fewer than 3 iterates, iterates missing a trainable parameter or with a
-            wrong shape, or bad arguments.
+            wrong shape, holding non-finite values, a checkpoint file that does not load with
+            ``weights_only=True`` (the message names it), or bad arguments.
 
     Example::
 
@@ -98,7 +113,10 @@ def trajectory_plane(
     )
     like = named_trainable(model)
     buffer_names = {n for n, _ in model.named_buffers()}
-    states = [_load_state(item, "checkpoints_or_state_dicts") for item in checkpoints_or_state_dicts]
+    states = [
+        _load_state(item, "checkpoints_or_state_dicts", i)
+        for i, item in enumerate(checkpoints_or_state_dicts)
+    ]
     flats = []
     for i, state in enumerate(states):
         for n, p in like.items():

@@ -20,6 +20,7 @@ Large raw barriers are therefore compatible with one basin up to permutation; on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import BarrierResult, linear_barrier
 from lightning_landscape.multiseed.checkpoints import load_weights
 from lightning_landscape.multiseed.executors import SeedJob
+from lightning_landscape.multiseed.paths import atomic_write
 from lightning_landscape.multiseed.result import SeedRun
 
 BARRIERS_PNG = "barriers.png"
@@ -141,8 +143,9 @@ class SeedBarriers:
         """Write ``barriers.png`` and ``interpolation.png`` into ``folder``."""
         folder = Path(folder)
         paths = [folder / BARRIERS_PNG, folder / INTERPOLATION_PNG]
-        self.plot_heatmap().savefig(paths[0], dpi=110)
-        self.plot_interpolation().savefig(paths[1], dpi=110)
+        for path, fig in zip(paths, (self.plot_heatmap(), self.plot_interpolation()), strict=True):
+            # A temporary file renamed into place: a link planted at the name is replaced, never followed.
+            atomic_write(path, functools.partial(fig.savefig, format="png", dpi=110), binary=True)
         return paths
 
 

@@ -92,6 +92,35 @@ def _rebuild_kwargs(obj: Any) -> dict[str, Any] | None:
     return kwargs
 
 
+def check_kwargs(target: Any, kwargs: dict[str, Any] | None, argument: str) -> None:
+    """Refuses keyword arguments that ``target`` (a class or factory) does not take, before anything runs.
+
+    Raises:
+        TypeError: naming the unknown keys and the ones ``target`` takes.
+
+    Example:
+        >>> def make(hidden: int = 16): ...
+        >>> check_kwargs(make, {"hidden": 8}, "model_kwargs")
+        >>> check_kwargs(make, {"hiden": 8}, "model_kwargs")
+        Traceback (most recent call last):
+        ...
+        TypeError: `model_kwargs` ['hiden'] are not arguments of make, which takes ['hidden']
+    """
+    if not kwargs:
+        return
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: its own call will tell
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(k for k in kwargs if k not in named)
+    if unknown:
+        name = getattr(target, "__qualname__", type(target).__name__)
+        raise TypeError(f"`{argument}` {unknown} are not arguments of {name}, which takes {sorted(named)}")
+
+
 def model_builder(model: Any, model_kwargs: dict[str, Any] | None) -> ObjectBuilder:
     """How to build ``model`` per seed: a class (with ``model_kwargs``), a factory or an instance.
 
@@ -99,13 +128,15 @@ def model_builder(model: Any, model_kwargs: dict[str, Any] | None) -> ObjectBuil
     ``reset_parameters()``.
 
     Raises:
-        TypeError: ``model`` is none of these, or an instance cannot be re-created per seed.
+        TypeError: ``model`` is none of these, an instance cannot be re-created per seed, or
+            ``model_kwargs`` names arguments the class or factory does not take.
     """
     if isinstance(model, type):
         if not issubclass(model, LightningModule):
             raise TypeError(
                 f"`model` must be a LightningModule class, factory or instance, got class {model!r}"
             )
+        check_kwargs(model, model_kwargs, "model_kwargs")
         return ObjectBuilder("class", model, dict(model_kwargs or {}))
     if isinstance(model, LightningModule):
         if model_kwargs:
@@ -126,6 +157,7 @@ def model_builder(model: Any, model_kwargs: dict[str, Any] | None) -> ObjectBuil
             " (with model_kwargs=...) or a zero-argument factory instead."
         )
     if callable(model):
+        check_kwargs(model, model_kwargs, "model_kwargs")
         return ObjectBuilder("factory", model, dict(model_kwargs or {}))
     raise TypeError(
         "`model` must be a LightningModule class, a zero-argument factory or an instance,"
@@ -133,28 +165,41 @@ def model_builder(model: Any, model_kwargs: dict[str, Any] | None) -> ObjectBuil
     )
 
 
-def datamodule_builder(datamodule: Any) -> ObjectBuilder | None:
-    """How to build ``datamodule`` per seed (an instance: rebuilt from its hyperparameters, else copied).
+def datamodule_builder(
+    datamodule: Any, datamodule_kwargs: dict[str, Any] | None = None
+) -> ObjectBuilder | None:
+    """How to build ``datamodule`` per seed: a class or factory (called with ``datamodule_kwargs``), or an
+    instance (rebuilt from its hyperparameters, else copied).
 
     Raises:
-        TypeError: ``datamodule`` is not a LightningDataModule class, factory, instance or ``None``.
+        TypeError: ``datamodule`` is not a LightningDataModule class, factory, instance or ``None``, or
+            ``datamodule_kwargs`` is given with an instance or names arguments the class does not take.
     """
     if datamodule is None:
+        if datamodule_kwargs:
+            raise TypeError("`datamodule_kwargs` needs a datamodule class or factory, got datamodule=None")
         return None
+    kwargs = dict(datamodule_kwargs or {})
     if isinstance(datamodule, type):
         if not issubclass(datamodule, LightningDataModule):
             raise TypeError(
                 "`datamodule` must be a LightningDataModule class, factory or instance,"
                 f" got class {datamodule!r}"
             )
-        return ObjectBuilder("class", datamodule)
+        check_kwargs(datamodule, kwargs, "datamodule_kwargs")
+        return ObjectBuilder("class", datamodule, kwargs)
     if isinstance(datamodule, LightningDataModule):
-        kwargs = _rebuild_kwargs(datamodule)
-        return ObjectBuilder("rebuild", type(datamodule), kwargs) if kwargs is not None else (
+        if kwargs:
+            raise TypeError(
+                "`datamodule_kwargs` applies to a LightningDataModule class or factory, not to an instance"
+            )
+        saved = _rebuild_kwargs(datamodule)
+        return ObjectBuilder("rebuild", type(datamodule), saved) if saved is not None else (
             ObjectBuilder("copy", datamodule)
         )  # fmt: skip
     if callable(datamodule):
-        return ObjectBuilder("factory", datamodule)
+        check_kwargs(datamodule, kwargs, "datamodule_kwargs")
+        return ObjectBuilder("factory", datamodule, kwargs)
     raise TypeError(
         "`datamodule` must be a LightningDataModule class, a zero-argument factory, an instance or None,"
         f" got {type(datamodule)!r}"

@@ -198,6 +198,8 @@ class MultiSeedConfig:
             first 4 train batches: the ``barriers`` block of ``summary.json``, ``barriers.png`` (heatmap),
             ``interpolation.png`` (the segments) and one summary line (seeds sharing the best basin).
         barrier_tol: the barrier (loss units) below which a seed shares the best seed's basin.
+        datamodule_kwargs: keyword arguments for a datamodule class or factory (recorded in the
+            fingerprint, as ``model_kwargs`` are; the CLI passes the ``data`` section's ``init_args``).
         trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -236,6 +238,7 @@ class MultiSeedConfig:
     quiet: bool = False
     barriers: bool | Literal["best", "all"] = False
     barrier_tol: float = BARRIER_TOL
+    datamodule_kwargs: dict[str, Any] | None = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -265,6 +268,10 @@ class MultiSeedConfig:
             raise TypeError(f"`root_dir` must be a path, got {self.root_dir!r}")
         if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
             raise TypeError(f"`model_kwargs` must be a dict or None, got {type(self.model_kwargs).__name__}")
+        if self.datamodule_kwargs is not None and not isinstance(self.datamodule_kwargs, dict):
+            raise TypeError(
+                f"`datamodule_kwargs` must be a dict or None, got {type(self.datamodule_kwargs).__name__}"
+            )
         if not isinstance(self.allow_config_change, bool):
             raise TypeError(f"`allow_config_change` must be True or False, got {self.allow_config_change!r}")
         if self.ray_address is not None and not isinstance(self.ray_address, str):

@@ -18,6 +18,7 @@ interruption (SIGTERM, Ctrl-C) propagates.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import math
 import time
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 # Set in SeedRun.extra when the monitored key is missing: a configuration error, not a seed failure.
 CONFIG_ERROR_KEY = "config_error"
 _MISSING_MONITOR_TEXT = "could not find the monitored key"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class _GlobalRNGState(Callback):
@@ -253,6 +255,12 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
         run.error = f"{type(err).__name__}: {err}"
         if _MISSING_MONITOR_TEXT in str(err):
             run.extra[CONFIG_ERROR_KEY] = str(err)
+    except OSError as err:
+        if err.errno in _NO_SPACE:
+            raise  # a full disk fails every seed alike: stop the run (the seed resumes from last.ckpt)
+        log.debug("seed %d failed:\n%s", seed, traceback.format_exc())
+        run.status = "failed"
+        run.error = f"{type(err).__name__}: {err}"
     except Exception as err:
         log.debug("seed %d failed:\n%s", seed, traceback.format_exc())
         run.status = "failed"

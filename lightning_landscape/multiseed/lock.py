@@ -6,14 +6,19 @@ The process holding :class:`RunLock` is the single writer of the run folder, so 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 from lightning_landscape.multiseed.paths import LOCK_FILE
 from lightning_landscape.multiseed.record import RecordError
+
+# A full disk or quota: reported as an OSError naming the file (the CLI's exit code 4), not as a bad folder.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RootDirBusyError(RuntimeError):
@@ -48,7 +53,21 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        # O_NOFOLLOW: a link planted at .lock is refused, never followed (its target is never truncated).
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, 0o666)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", str(self.path))
+        except OSError as err:
+            if err.errno in _NO_SPACE:
+                raise OSError(err.errno, err.strerror, str(self.path)) from err
+            what = "a symbolic link" if self.path.is_symlink() else "not a file this run can open"
+            raise RecordError(
+                f"{self.path}: the run folder's lock is {what} ({err.strerror}); nothing was written through"
+                " it. Remove it (the lock file holds no data) and rerun."
+            ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
@@ -65,9 +84,14 @@ class RunLock:
                 f"{self.path}: cannot lock the run folder ({err}); put root_dir on a filesystem with file"
                 " locks (flock), so that two processes cannot run it at once"
             ) from err
-        os.ftruncate(fd, 0)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {stamp})\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {stamp})\n".encode(), 0)
+        except OSError as err:  # a full disk: name the file, release the lock
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
         self._fd = fd
         return self
 

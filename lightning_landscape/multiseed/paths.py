@@ -108,16 +108,27 @@ def _permissions() -> int:
 
 
 def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = False) -> None:
-    """Writes ``path`` through a temporary file next to it and :func:`os.replace`; permissions by umask."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Writes ``path`` through a temporary file next to it and :func:`os.replace`; permissions by umask.
+
+    A symbolic link at ``path`` is replaced, never followed: nothing outside the folder is written.
+
+    Raises:
+        OSError: the write failed (a full disk, no permission); its ``filename`` is ``path``, and ``path``
+            is left as it was.
+    """
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _permissions())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None and err.filename != str(path):
+            # Name the file the caller asked for, not the temporary one (or none, as a full disk says).
+            raise type(err)(err.errno, err.strerror, str(path)) from err
         raise

@@ -25,11 +25,11 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_landscape.multiseed._lightning import is_rank_zero
-from lightning_landscape.multiseed.checkpoints import check_checkpoint
+from lightning_landscape.multiseed.checkpoints import check_checkpoint, load_checkpoint, recorded_score
 from lightning_landscape.multiseed.config import MultiSeedConfig
 from lightning_landscape.multiseed.executors import SeedJob, SeedTask
-from lightning_landscape.multiseed.paths import last_checkpoint, seed_dir
-from lightning_landscape.multiseed.record import Record
+from lightning_landscape.multiseed.paths import LAST_CHECKPOINT, checkpoint_dir, last_checkpoint, seed_dir
+from lightning_landscape.multiseed.record import Record, RecordError
 from lightning_landscape.multiseed.result import SeedRun
 
 # Trainer arguments that change what is shown or logged, never what a seed computes. Callbacks are left
@@ -128,42 +128,130 @@ def adopt(record: Record | None, config: MultiSeedConfig, fingerprint: dict[str,
 def plan(record: Record, config: MultiSeedConfig) -> list[SeedTask]:
     """Decides per asked seed: keep (finished), resume (from a usable ``last.ckpt``) or start afresh.
 
-    A fresh start clears the folder of an attempt the record lists as unfinished; a folder the record
-    does not account for (no entry, or a finished entry whose checkpoint is gone) is set aside, never
-    deleted. Seeds not asked for are left as they are. Each planned seed is entered in ``record.runs``
-    as ``"pending"``.
+    The record is not taken on its word: a ``"finished"`` entry is kept only when its best checkpoint lies
+    in the seed's own folder, loads with ``weights_only=True`` and holds the recorded score at a step no
+    later than ``last.ckpt``'s. Any other seed whose folder holds a ``last.ckpt`` that loads (and whose best
+    checkpoint, as ``last.ckpt`` names it, holds up) is resumed: a finished one has nothing left to
+    train, so its score comes from its own files. A seed recorded as ``"failed"`` starts afresh. A folder
+    that holds a checkpoint is never deleted: one that is not resumed is set aside as
+    ``seed_<k>.orphan-<time>/`` with a warning; a folder without any checkpoint (logs of an attempt that
+    saved none) is cleared. Seeds not asked for are left as they are. Each planned seed is entered in
+    ``record.runs`` as ``"pending"``.
 
     Returns:
         The seeds to run, in the asked order.
+
+    Raises:
+        RecordError: a seed folder or its ``checkpoints`` folder is a symbolic link (the run writes only
+            into its own folders).
     """
     root = config.root
     tasks: list[SeedTask] = []
     for seed in config.seed_list:
+        refuse_links(root, seed)
         old = record.runs.get(seed)
         folder = seed_dir(root, seed)
-        if old is not None and old.status == "finished":
-            if Path(old.best_model_path).is_file():
-                continue
-            set_aside(folder, f"its best checkpoint {old.best_model_path!r} is missing")
-            old = None
         last = last_checkpoint(root, seed)
+        why = ""
+        if old is not None and old.status == "finished":
+            problem = verify_finished(old, root, config.monitor)
+            if problem is None:
+                continue
+            why = f"summary.json calls it finished, but {problem}"
+        elif old is None:
+            why = "summary.json has no entry for it"
+        elif old.status == "failed":
+            why = f"it failed ({(old.error or 'no error recorded').strip().splitlines()[-1][:200]})"
         resume = False
-        if old is not None and old.status == "running" and last.is_file():
-            problem = check_checkpoint(last, config.monitor, None)
+        if old is not None and old.status != "failed" and last.is_file():
+            problem = check_checkpoint(last, config.monitor, None) or verify_last(
+                last, root, seed, config.monitor
+            )
             if problem is None:
                 resume = True
+                if why:
+                    rank_zero_warn(f"MultiSeedTrainer: seed {seed}: {why}; it resumes from {last}")
             else:
-                set_aside(folder, problem)
-        if not resume and folder.exists():
-            if old is None:
-                set_aside(folder, "summary.json has no entry for it")
-            elif is_rank_zero():
-                # The record's own unfinished attempt: a fresh start must not mix with its files.
+                why = problem
+        if not resume and folder.exists() and is_rank_zero():
+            if old is not None and old.status in ("pending", "running") and not _holds_checkpoint(folder):
+                # The record's own unfinished attempt without a checkpoint: nothing to keep.
                 shutil.rmtree(folder)
+            else:
+                set_aside(folder, why or "its last.ckpt is missing")
         prior = _prior_wall_time(old, last) if resume and old is not None else 0.0
         record.runs[seed] = SeedRun(seed=seed, status="pending", wall_time=prior, log_dir=str(folder))
         tasks.append(SeedTask(seed=seed, resume=resume, prior_wall_time=prior))
     return tasks
+
+
+def refuse_links(root: Path, seed: int) -> None:
+    """Refuses a seed folder (or its ``checkpoints`` folder) that is a symbolic link, by name.
+
+    Raises:
+        RecordError: naming the link and the way out.
+    """
+    for path in (seed_dir(root, seed), checkpoint_dir(root, seed)):
+        if path.is_symlink():
+            raise RecordError(
+                f"{path}: is a symbolic link (to {os.readlink(path)!r}); a run writes only into its own"
+                " folders, never through a link. Replace it with the folder itself, or remove it, and rerun."
+            )
+
+
+def _holds_checkpoint(folder: Path) -> bool:
+    return any(p.is_file() for p in folder.rglob("*.ckpt"))
+
+
+def _step(checkpoint: Mapping[str, Any]) -> int | None:
+    step = checkpoint.get("global_step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def verify_finished(run: SeedRun, root: Path, monitor: str) -> str | None:
+    """Why a ``"finished"`` entry cannot be believed; ``None`` when its own files bear it out.
+
+    Its best checkpoint must be a file in ``seed_<k>/checkpoints/``, load with ``weights_only=True``, hold
+    the recorded score, and have been written at a step no later than that folder's ``last.ckpt``'s.
+    """
+    folder = checkpoint_dir(root, run.seed)
+    best = Path(run.best_model_path)
+    if not run.best_model_path or os.path.realpath(best.parent) != os.path.realpath(folder):
+        return f"its best checkpoint {run.best_model_path!r} is not in {folder}"
+    if not best.is_file() or best.is_symlink():
+        return f"its best checkpoint {str(best)!r} is missing"
+    problem = check_checkpoint(best, monitor, run.score)
+    if problem is not None:
+        return problem
+    last = folder / LAST_CHECKPOINT
+    if last.is_file():
+        try:
+            best_step, last_step = _step(load_checkpoint(best)), _step(load_checkpoint(last))
+        except RecordError:
+            return None  # the best checkpoint stands; a resume would need last.ckpt, a finished seed does not
+        if best_step is not None and last_step is not None and best_step > last_step:
+            return f"its best checkpoint (step {best_step}) is newer than its last.ckpt (step {last_step})"
+    return None
+
+
+def verify_last(last: Path, root: Path, seed: int, monitor: str) -> str | None:
+    """Why a resume from ``last`` would not stand; ``None`` when the best checkpoint it names holds up.
+
+    A resumed seed takes its best checkpoint and score from ``last.ckpt``'s own ``ModelCheckpoint``
+    state: that file (by name, in the seed's ``checkpoints/`` folder) must load and hold the same score.
+    """
+    checkpoint = load_checkpoint(last)
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if not (isinstance(state, dict) and state.get("monitor") == monitor):
+            continue
+        path, score = state.get("best_model_path"), recorded_score(checkpoint, monitor)
+        if not path or score is None:
+            return None  # no best yet: the resume finds one or fails the seed
+        best = checkpoint_dir(root, seed) / Path(str(path)).name
+        if not best.is_file() or best.is_symlink():
+            return f"{last} names the best checkpoint {best.name!r}, which is missing"
+        return check_checkpoint(best, monitor, score)
+    return None
 
 
 def _prior_wall_time(old: SeedRun, last: Path) -> float:
@@ -186,8 +274,12 @@ def set_aside(folder: Path, why: str) -> None:
         target = folder.with_name(f"{folder.name}.orphan-{stamp}-{n}")
     os.replace(folder, target)
     rank_zero_warn(
-        f"MultiSeedTrainer: {why}; {folder} was set aside as {target.name} and the seed starts afresh"
+        f"MultiSeedTrainer: {folder.name}: {why}; {folder} was set aside as {target.name} (nothing in it was"
+        " deleted) and the seed starts afresh"
     )
 
 
-__all__ = ["adopt", "config_changes", "describe", "fingerprint", "plan", "set_aside"]
+__all__ = [
+    "adopt", "config_changes", "describe", "fingerprint", "plan", "refuse_links", "set_aside",
+    "verify_finished", "verify_last",
+]  # fmt: skip

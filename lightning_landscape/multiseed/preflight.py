@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_landscape.multiseed.config import MultiSeedConfig
 from lightning_landscape.multiseed.executors import SeedJob
+from lightning_landscape.multiseed.record import Record, RecordError
 
 # Overrides that turn the user's Trainer into a one-batch probe of what gets logged.
 _PREFLIGHT_DROP = (
@@ -101,3 +102,63 @@ def preflight(job: SeedJob, config: MultiSeedConfig) -> None:
 
 
 __all__ = ["check_root_dir", "preflight"]
+
+
+def check_checkpoints_fit(
+    record: Record, config: MultiSeedConfig, job: SeedJob, before: dict[str, str]
+) -> None:
+    """Refuses, before anything trains, to rank finished seeds whose checkpoints no longer fit the model.
+
+    Under ``allow_config_change`` a rerun may change the model's arguments. Scores still compare, but the
+    winner's checkpoint becomes ``best.ckpt``, and the test of the winner and the barriers load the
+    checkpoints into this run's model: each asked-for finished seed's best checkpoint must hold the same
+    parameter names and shapes as the model built now.
+
+    Args:
+        record: the adopted record.
+        config: this run's configuration.
+        job: builds this run's model (built once here, the global RNG left as it was).
+        before: the fingerprint the record held, to name what changed.
+
+    Raises:
+        ValueError: naming the seeds whose checkpoints do not fit, the changed configuration keys and the
+            first mismatching parameter.
+    """
+    from lightning_landscape.multiseed.checkpoints import load_checkpoint
+    from lightning_landscape.multiseed.plan import config_changes
+    from lightning_landscape.multiseed.vectorized.members import build_seeded
+
+    finished = [record.runs[s] for s in config.seed_list if s in record.runs]
+    finished = [r for r in finished if r.status == "finished" and r.best_model_path]
+    if not finished:
+        return
+    (model,) = build_seeded(job.build_model, [config.seed_list[0]])
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    misfits: list[int] = []
+    example = ""
+    for run in finished:
+        try:
+            state = load_checkpoint(run.best_model_path)["state_dict"]
+        except RecordError:
+            continue  # an unreadable checkpoint: the plan sets that seed aside
+        stored = {str(k): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+        if stored != shapes:
+            misfits.append(run.seed)
+            diff = sorted(set(stored) ^ set(shapes)) or [k for k in shapes if stored.get(k) != shapes[k]]
+            key = diff[0]
+            example = (
+                example
+                or f"{key}: {stored.get(key, 'missing')} in the checkpoint, {shapes.get(key, 'missing')} now"
+            )
+    if misfits:
+        changed = config_changes(before, record.fingerprint) if before else []
+        details = "; ".join(
+            f"{k}: {before.get(k, '<unset>')} -> {record.fingerprint.get(k, '<unset>')}" for k in changed
+        )
+        raise ValueError(
+            f"`root_dir` {str(config.root)!r}: allow_config_change=True, but the checkpoints of seeds"
+            f" {misfits} do not fit this run's model ({details or 'the model changed'}; {example}),"
+            " so their scores cannot be compared as one study: best.ckpt, the test of the winner and"
+            " the barriers load them into this model. Nothing was trained. Use another root_dir for the"
+            " new model, or restore its configuration."
+        )

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,8 +65,57 @@ _RUN_FIELDS = frozenset(SeedRun.__dataclass_fields__) - {"_carried"}
 
 def finite_or_none(value: Any) -> str | None:
     """``None`` if ``value`` is a finite number or ``None``, else what is wrong (a FIELD_CHECKS check)."""
-    ok = value is None or (_is_number(value) and math.isfinite(value))
-    return None if ok else f"must be a finite number or null, got {value!r}"
+    ok = value is None or _is_finite(value)
+    return None if ok else f"must be a finite number or null, got {_short(value)}"
+
+
+def _is_finite(value: Any) -> bool:
+    """A number that a float holds finitely (an integer too large for a float is not one)."""
+    if not _is_number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _step_or_none(value: Any) -> str | None:
+    ok = value is None or (_is_number(value) and isinstance(value, int) and 0 <= value < 2**63)
+    return None if ok else f"must be an integer step in [0, 2**63) or null, got {_short(value)}"
+
+
+def _time_or_none(value: Any) -> str | None:
+    ok = value is None or (_is_finite(value) and value >= 0)
+    return None if ok else f"must be a time (a number >= 0) or null, got {_short(value)}"
+
+
+#: Checks of the per-seed ``extra`` keys this package writes; other keys are carried as they are.
+EXTRA_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "best_step": _step_or_none,
+    "last_step": _step_or_none,
+    "best_epoch": _step_or_none,
+    "attempt_started": _time_or_none,
+    "resumed_from": lambda v: None if isinstance(v, str) else f"must be a path, got {_short(v)}",
+    "diverged": lambda v: None if isinstance(v, bool) else f"must be a bool, got {_short(v)}",
+}
+# Longest path and path component a run folder writes (PATH_MAX and NAME_MAX on Linux).
+_MAX_PATH, _MAX_NAME = 4096, 255
+
+
+def _path_problem(stored: str) -> str | None:
+    """What makes ``stored`` unusable as a path on this machine, before any system call sees it."""
+    if "\x00" in stored:
+        return "holds a null byte"
+    if len(stored.encode(errors="surrogateescape")) > _MAX_PATH:
+        return f"is {len(stored)} characters long (at most {_MAX_PATH})"
+    if any(len(part.encode(errors="surrogateescape")) > _MAX_NAME for part in stored.split("/")):
+        return f"has a name longer than {_MAX_NAME} bytes"
+    return None
 
 
 #: Checks of the optional SeedRun fields: ``{field: check(value) -> problem or None}``.
@@ -131,17 +181,24 @@ def _check_run(path: Path, i: int, data: Any, root_dir: Path) -> SeedRun:
     if status == "finished" and score is None:
         raise _fail(path, f"{where} (seed {seed}) is 'finished' without a score")
     wall = data.get("wall_time", 0.0)
-    if not _is_number(wall) or not math.isfinite(wall) or wall < 0:
-        raise _fail(path, f"{where} (seed {seed}).wall_time must be a number >= 0, got {wall!r}")
+    if not _is_finite(wall) or wall < 0:
+        raise _fail(path, f"{where} (seed {seed}).wall_time must be a number >= 0, got {_short(wall)}")
     for key in ("error", *_PATH_FIELDS):
         if not isinstance(data.get(key, ""), str):
             raise _fail(path, f"{where} (seed {seed}).{key} must be a string, got {data[key]!r}")
     extra = data.get("extra", {})
     if not isinstance(extra, dict):
-        raise _fail(path, f"{where} (seed {seed}).extra must be an object, got {extra!r}")
+        raise _fail(path, f"{where} (seed {seed}).extra must be an object, got {_short(extra)}")
+    for key, check in EXTRA_CHECKS.items():
+        problem = check(extra[key]) if key in extra else None
+        if problem:
+            raise _fail(path, f"{where} (seed {seed}).extra.{key} {problem}")
     paths: dict[str, Any] = {}
     for key in _PATH_FIELDS:
         stored = data.get(key, "")
+        problem = _path_problem(stored)
+        if problem:
+            raise _fail(path, f"{where} (seed {seed}).{key} {problem}")
         try:
             paths[key] = str(inside(stored, root_dir, f"{where} (seed {seed}).{key}")) if stored else ""
         except PathOutsideRootError as err:
@@ -169,12 +226,17 @@ def read_record(root_dir: str | Path) -> Record | None:
     """
     root = Path(root_dir)
     path = root / SUMMARY_JSON
-    if not path.is_file():
+    if path.is_symlink():
+        # Read only what the folder itself holds: a link may lead anywhere (and a write would replace it).
+        raise _fail(path, f"is a symbolic link (to {os.readlink(path)!r}), not the folder's own record")
+    if not path.exists():
         return None
+    if not path.is_file():
+        raise _fail(path, "is not a regular file")
     try:
         data = json.loads(path.read_text(), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise _fail(path, f"not valid JSON ({err})") from err
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise _fail(path, f"not valid JSON ({str(err)[:200]})") from err
     if not isinstance(data, dict):
         raise _fail(path, f"the top level must be an object, got {type(data).__name__}")
     version = data.get("version")

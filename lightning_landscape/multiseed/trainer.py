@@ -26,7 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_landscape.multiseed._lightning import SIGTERMException, is_rank_zero
+from lightning_landscape.multiseed._lightning import is_rank_zero
 from lightning_landscape.multiseed.after_selection import after_selection
 from lightning_landscape.multiseed.barriers import barriers_after_selection
 from lightning_landscape.multiseed.build import datamodule_builder, model_builder
@@ -40,10 +40,17 @@ from lightning_landscape.multiseed.executors import (
     SeedTask,
     SequentialExecutor,
 )
+from lightning_landscape.multiseed.interrupt import (
+    EXIT_INTERRUPTED_SIGINT,
+    EXIT_INTERRUPTED_SIGTERM,
+    MultiSeedInterrupted,
+    interrupted,
+    sigterm_raises,
+)
 from lightning_landscape.multiseed.lock import RunLock
-from lightning_landscape.multiseed.paths import BEST_CHECKPOINT, seed_dir
+from lightning_landscape.multiseed.paths import BEST_CHECKPOINT, atomic_write, seed_dir
 from lightning_landscape.multiseed.plan import adopt, fingerprint, plan
-from lightning_landscape.multiseed.preflight import check_root_dir, preflight
+from lightning_landscape.multiseed.preflight import check_checkpoints_fit, check_root_dir, preflight
 from lightning_landscape.multiseed.progress import RunDisplay, progress_line
 from lightning_landscape.multiseed.record import Record, read_record, remove_stale_temporaries, write_record
 from lightning_landscape.multiseed.report import (
@@ -58,25 +65,8 @@ from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
 log = logging.getLogger(__name__)
 
 #: Exit codes: every asked-for seed finished (0), a seed failed or an error (1), a bad argument or a
-#: refused run folder (2, the CLI), the run folder in use (3, the CLI), interrupted and resumable
-#: (128 + the signal: 130 for Ctrl-C, 143 for SIGTERM).
-EXIT_INTERRUPTED_SIGINT = 130
-EXIT_INTERRUPTED_SIGTERM = 143
-
-
-class MultiSeedInterrupted(SystemExit):
-    """The run was interrupted (SIGTERM, Ctrl-C) with seeds unfinished; rerunning resumes it.
-
-    A ``SystemExit`` with code ``128 + signal`` (143 for SIGTERM, 130 for Ctrl-C), so a script that does
-    not catch it exits with that code, as a process killed by the signal would report it.
-    """
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(code)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+#: refused run folder (2, the CLI), the run folder in use (3, the CLI), the run folder could not be written
+#: (4, the CLI: a full disk), interrupted and resumable (128 + the signal: 130 for Ctrl-C, 143 for SIGTERM).
 
 
 class MultiSeedTrainer:
@@ -97,17 +87,20 @@ class MultiSeedTrainer:
     one would when its last checkpoint was written at an epoch end). Every file is loaded with
     ``weights_only=True``. Seeds recorded earlier but not asked for this time stay in the record
     untouched; the result and the ranking cover the seeds asked for. A rerun whose configuration (model
-    class and arguments, datamodule, executor, Trainer arguments that change results; not the callbacks)
-    differs from the
-    one the finished seeds were trained with is refused, naming the keys, unless
-    ``allow_config_change=True``. Finished work is never deleted: a seed folder the record does not
-    account for is set aside as ``seed_<k>.orphan-<time>/``. At the end: ``best.ckpt`` (a copy of the
+    and datamodule classes and arguments, executor, Trainer arguments that change results; not the
+    callbacks) differs from the one the finished seeds were trained with is refused, naming the keys,
+    unless ``allow_config_change=True`` (refused still when their checkpoints no longer fit the model).
+    The record is checked against each seed's own checkpoints before it is believed, and finished work
+    is never deleted: a seed folder that is not kept or resumed is set aside as
+    ``seed_<k>.orphan-<time>/``; nothing is written outside ``root_dir`` or through a link (see
+    :func:`~lightning_landscape.multiseed.plan.plan`). At the end: ``best.ckpt`` (a copy of the
     winner's best checkpoint, checked to load and to hold the recorded score first), ``summary.csv``,
     ``seeds.png`` and a TensorBoard hparams entry per seed.
 
     A seed that raises or whose monitored value is never finite is recorded as ``"failed"`` and the
     others go on. A configuration that cannot work fails before the first seed trains. A SIGTERM or
-    Ctrl-C stops the run with :class:`MultiSeedInterrupted` (exit code 143 or 130); rerun to resume.
+    Ctrl-C, during training or the steps after it, stops the run with :class:`MultiSeedInterrupted`
+    (exit code 143 or 130); rerun to resume.
 
     Args:
         *args: the fields of :class:`~lightning_landscape.multiseed.config.MultiSeedConfig` but
@@ -197,7 +190,7 @@ class MultiSeedTrainer:
             mode=self.config.mode,
             trainer_kwargs=dict(self.trainer_kwargs),
             model=model_builder(model, self.config.model_kwargs),
-            datamodule=datamodule_builder(datamodule),
+            datamodule=datamodule_builder(datamodule, self.config.datamodule_kwargs),
             train_dataloaders=train_dataloaders,
             val_dataloaders=val_dataloaders,
         )
@@ -225,7 +218,11 @@ class MultiSeedTrainer:
     def _run(self, job: SeedJob, executor: Executor, test_dataloaders: Any) -> MultiSeedResult:
         if is_rank_zero():
             remove_stale_temporaries(self.root_dir)
-        record = adopt(read_record(self.root_dir), self.config, fingerprint(self.config, job))
+        on_disk = read_record(self.root_dir)
+        before = dict(on_disk.fingerprint) if on_disk is not None else {}
+        record = adopt(on_disk, self.config, fingerprint(self.config, job))
+        if self.config.allow_config_change:
+            check_checkpoints_fit(record, self.config, job, before)
         tasks = plan(record, self.config)
         done = len(self.seeds) - len(tasks)
         with RunDisplay(len(self.seeds), done, self.config.monitor, self.config.quiet) as display:
@@ -237,7 +234,16 @@ class MultiSeedTrainer:
             self._write(record)
             if tasks:
                 self._execute(job, executor, tasks, record, display)
-            return self._finish(record, job, test_dataloaders)
+            try:
+                with sigterm_raises():  # the test, barriers and figures: no seed's Trainer catches it
+                    return self._finish(record, job, test_dataloaders)
+            except (KeyboardInterrupt, SystemExit) as err:
+                if isinstance(err, MultiSeedInterrupted):
+                    raise
+                unfinished = [s for s in self.seeds if record.runs[s].status not in ("finished", "failed")]
+                stop = interrupted(err, self.root_dir, unfinished)
+                log.error(str(stop))
+                raise stop from err
 
     def _execute(
         self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record, display: RunDisplay
@@ -277,17 +283,11 @@ class MultiSeedTrainer:
         try:
             executor.run(job, tasks, on_start, on_result)
         except (KeyboardInterrupt, SystemExit) as err:
-            code = EXIT_INTERRUPTED_SIGTERM if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED_SIGINT
             unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed")]
             self._write(record)
-            signal_name = "SIGTERM" if code == EXIT_INTERRUPTED_SIGTERM else "Ctrl-C"
-            message = (
-                f"MultiSeedTrainer interrupted ({signal_name})"
-                f" with seeds {unfinished} unfinished; rerun the same command with root_dir="
-                f"{str(self.root_dir)!r} to resume them (finished seeds are kept)."
-            )
-            log.error(message)
-            raise MultiSeedInterrupted(message, code) from err
+            stop = interrupted(err, self.root_dir, unfinished)
+            log.error(str(stop))
+            raise stop from err
 
     def _write(self, record: Record, best: SeedRun | None = None) -> None:
         if is_rank_zero():
@@ -313,9 +313,8 @@ class MultiSeedTrainer:
             raise RuntimeError(f"all {len(ordered)} seeds failed ({reasons})")
         best_path = self.root_dir / BEST_CHECKPOINT
         if is_rank_zero():
-            tmp = best_path.with_name(f".{BEST_CHECKPOINT}.tmp")
-            shutil.copyfile(best.best_model_path, tmp)
-            os.replace(tmp, best_path)
+            with open(best.best_model_path, "rb") as source:  # a link at best.ckpt is replaced, not followed
+                atomic_write(best_path, lambda f: shutil.copyfileobj(source, f), binary=True)
         assert best.score is not None
         result = MultiSeedResult(
             runs=ordered,
@@ -367,3 +366,5 @@ _SIGNATURE = inspect.Signature(
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *config_parameters()]
 )
 MultiSeedTrainer.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+
+__all__ = ["EXIT_INTERRUPTED_SIGINT", "EXIT_INTERRUPTED_SIGTERM", "MultiSeedInterrupted", "MultiSeedTrainer"]

@@ -218,8 +218,8 @@ def test_every_multiseed_trainer_argument_is_a_multiseed_option_with_its_default
         main(["multiseed", "--config", str(config), "--print_config"])
     assert info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    # The config sections give these: the model's init_args and the trainer section.
-    given = {"model_kwargs", "trainer_kwargs"}
+    # The config sections give these: the model's and data's init_args and the trainer section.
+    given = {"model_kwargs", "datamodule_kwargs", "trainer_kwargs"}
     for name, param in inspect.signature(MultiSeedTrainer).parameters.items():
         if name in given:
             continue

@@ -60,7 +60,11 @@ def test_multiseed_help_documents_every_configuration_option(capsys):
     doc = _documented(MultiSeedConfig)
     for field in dataclasses.fields(MultiSeedConfig):
         assert doc.get(field.name), f"MultiSeedConfig.{field.name} has no description"
-        if field.name in ("model_kwargs", "trainer_kwargs"):  # the model and trainer sections
+        if field.name in (
+            "model_kwargs",
+            "datamodule_kwargs",
+            "trainer_kwargs",
+        ):  # model, data, trainer sections
             continue
         assert f"--{field.name} " in text, f"--{field.name} missing from multiseed --help"
         if field.name == "root_dir":  # the command's own: its default comes from trainer.default_root_dir

@@ -68,7 +68,8 @@ def test_plan_keeps_resumes_restarts_and_sets_aside(tmp_path: Path) -> None:
     for seed in range(5):
         last_checkpoint(root, seed).parent.mkdir(parents=True)
     best0 = seed_dir(root, 0) / "checkpoints" / "best.ckpt"
-    best0.write_bytes(b"kept")
+    torch.save({"state_dict": {}}, best0)  # issue 22: a finished entry is kept only if its file loads
+    kept = best0.read_bytes()
     torch.save({"state_dict": {}}, last_checkpoint(root, 1))
     started = time.time() - 100.0
     os.utime(last_checkpoint(root, 1), (started + 30.0, started + 30.0))
@@ -76,7 +77,7 @@ def test_plan_keeps_resumes_restarts_and_sets_aside(tmp_path: Path) -> None:
     record = Record("val_loss", "min", runs={
         0: SeedRun(0, "finished", 0.1, best_model_path=str(best0)),
         1: SeedRun(1, "running", wall_time=5.0, extra={"attempt_started": started}),
-        2: SeedRun(2, "finished", 0.2, best_model_path=str(seed_dir(root, 2) / "gone.ckpt")),
+        2: SeedRun(2, "finished", 0.2, best_model_path=str(seed_dir(root, 2) / "checkpoints" / "gone.ckpt")),
         # seed 3: a folder the record does not know
         4: SeedRun(4, "running"),
         7: SeedRun(7, "finished", 0.3),  # not asked for: left alone
@@ -85,7 +86,7 @@ def test_plan_keeps_resumes_restarts_and_sets_aside(tmp_path: Path) -> None:
         tasks = plan(record, MultiSeedConfig(seeds=[0, 1, 2, 3, 4, 5], root_dir=root))
     assert [(t.seed, t.resume) for t in tasks] == [(1, True), (2, False), (3, False), (4, False), (5, False)]
     assert tasks[0].prior_wall_time == pytest.approx(5.0 + 30.0, abs=1e-3)
-    assert record.runs[0].status == "finished" and best0.read_bytes() == b"kept"
+    assert record.runs[0].status == "finished" and best0.read_bytes() == kept
     assert [record.runs[s].status for s in (1, 2, 3, 4, 5)] == ["pending"] * 5
     assert record.runs[7].status == "finished"
     assert sorted(p.name.split(".orphan-")[0] for p in root.glob("seed_*.orphan-*")) == [
