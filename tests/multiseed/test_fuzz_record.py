@@ -34,7 +34,7 @@ from _adversarial import NoTraining, checkpoints, crafted, lost, run, stored_sco
 from lightning_landscape.multiseed import RecordError
 
 SEED = 22
-EXAMPLES = 200
+EXAMPLES = 120
 SEEDS = (0, 1)
 
 NASTY: list[Any] = [

@@ -399,7 +399,6 @@ def test_trajectory_plane_names_a_broken_iterate(tmp_path: Path, damage: str) ->
     ("phase", "signum"),
     [
         ("test", signal.SIGTERM),
-        ("test", signal.SIGINT),
         ("barriers", signal.SIGTERM),
         ("report", signal.SIGINT),
     ],
