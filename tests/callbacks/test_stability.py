@@ -223,8 +223,10 @@ def test_refusals_before_training(trainer_kwargs: dict[str, Any]) -> None:
         trainer.fit(model, make_loader(n=16))
         return trainer
 
+    model = NAdamRegression()
     with pytest.raises(MisconfigurationException, match=r"optimizer NAdam is not supported.*'SGD', 'Adam'"):
-        fit(NAdamRegression())
+        fit(model)
+    assert model.trainer.global_step == 0  # refused before the first step
     with pytest.raises(MisconfigurationException, match=r"`optimizer`=1 but the module has 1 optimizer"):
         fit(TinyRegression(), optimizer=1)
     with pytest.raises(MisconfigurationException, match=r"`group`=2 but Adam has 2 parameter group"):
@@ -234,6 +236,25 @@ def test_refusals_before_training(trainer_kwargs: dict[str, Any]) -> None:
     # The second group's learning rate makes the threshold.
     trainer = fit(TwoGroups(), group=1, every_n_steps=2)
     assert float(trainer.callback_metrics[tags.STABILITY_THRESHOLD]) == pytest.approx(38 / 0.02)
+
+
+class WarmUpFromZero(TinyRegression):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.0 if step < 2 else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_a_zero_learning_rate_logs_the_sharpness_only(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(
+        max_steps=3, callbacks=[EdgeOfStabilityMonitor(every_n_steps=1)], logger=logger, **trainer_kwargs
+    )
+    with pytest.warns(RuntimeWarning, match=r"no threshold at step 1 .*must be > 0.*\(Warned once\.\)"):
+        trainer.fit(WarmUpFromZero(), make_loader(n=32))
+    s = read_scalars(logger.log_dir)
+    assert sorted(s[tags.STABILITY_SHARPNESS]) == [0, 1, 2]
+    assert s[tags.STABILITY_THRESHOLD] == {1: pytest.approx(2 / 0.05), 2: pytest.approx(2 / 0.05)}
 
 
 @pytest.mark.parametrize(
