@@ -5,6 +5,8 @@ refusals; training bit-identical with and without it; tags read back from Tensor
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +320,46 @@ def test_state_roundtrip_and_keys() -> None:
     assert b.warm_vectors is not None and torch.equal(b.warm_vectors, torch.ones(1, 5))
     assert EdgeOfStabilityMonitor(optimizer=1).state_key != EdgeOfStabilityMonitor().state_key
     assert tags.stability_tag(tags.RATIO, "d") == "stability/d/ratio"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(
+    tmp_path: Path, trainer_kwargs: dict[str, Any], subprocess_env: dict[str, str]
+) -> None:
+    """Adam under DDP: the all-reduced preconditioned sharpness equals one process's on the same 8 samples;
+    the batch sharpness is the mean of the two ranks' 4-sample shards, against dense float64 per shard."""
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "_ddp_stability.py"), str(tmp_path / "ddp")],
+        env=subprocess_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 probes 3" in proc.stdout and "rank 1 probes 3" in proc.stdout, proc.stdout
+    ddp = read_scalars(tmp_path / "ddp")
+
+    pl.seed_everything(11)
+    logger = TensorBoardLogger(tmp_path / "single", name="tb")
+    monitor = EdgeOfStabilityMonitor(every_n_steps=2, num_batches=1, tol=1e-10)
+    trainer = pl.Trainer(max_steps=6, callbacks=[monitor], logger=logger, **trainer_kwargs)
+    model = AdamRegression()
+    loader = make_loader(n=48, batch_size=8)
+    trainer.fit(model, loader)
+    single = read_scalars(logger.log_dir)
+    for tag in (tags.STABILITY_SHARPNESS, tags.STABILITY_THRESHOLD, tags.STABILITY_RATIO):
+        assert sorted(ddp[tag]) == sorted(single[tag]) == [1, 3, 5], tag
+        for step, value in single[tag].items():
+            assert ddp[tag][step] == pytest.approx(value, rel=1e-6), (tag, step)
+    # The last probe's batch sharpness: each rank's shard of the first batch (samples r, r + 2, ...).
+    x, y = next(iter(loader))
+    params = [p for p in model.parameters() if p.requires_grad]
+    values = []
+    for rank in (0, 1):
+        shard = (x[rank::2], y[rank::2])
+        H = dense_hessian(model, _mse, [shard])
+        model.eval()
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(_mse(model, shard), params)])
+        values.append(float(g @ H @ g / (g @ g)))
+    assert ddp[tags.STABILITY_BATCH_SHARPNESS][5] == pytest.approx(sum(values) / 2, rel=1e-6)
