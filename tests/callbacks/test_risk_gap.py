@@ -248,3 +248,20 @@ def test_the_removed_optimality_of_argument_is_refused() -> None:
     gaps to ``optimal_risk`` have their own tags)."""
     with pytest.raises(TypeError, match="optimality_of"):
         RiskGapMonitor(optimality_of="train")  # type: ignore[call-arg]
+
+
+def test_epochs_without_validation_log_the_training_risk_alone(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(
+        max_epochs=4,
+        check_val_every_n_epoch=2,
+        callbacks=[RiskGapMonitor(optimal_risk=0.0)],
+        logger=logger,
+        **trainer_kwargs,
+    )
+    trainer.fit(TinyRegression(), make_loader(n=40), make_loader(n=16, seed=1))
+    s = read_scalars(logger.log_dir)
+    assert sorted(s[_tags.RISK_TRAIN]) == sorted(s[_tags.RISK_OPTIMALITY_GAP]) == [4, 9, 14, 19]
+    assert sorted(s[_tags.RISK_GENERALIZATION_GAP]) == sorted(s["val_loss"]) == [9, 19]
