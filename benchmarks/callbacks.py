@@ -13,6 +13,10 @@ Configurations (same model, data, seed, Trainer options and TensorBoardLogger; o
 * ``pyhessian_top1``: pyhessian 0.1's ``hessian(...).eigenvalues(top_n=1)``, same place, same batch;
 * ``noise_scale``: :class:`~lightning_landscape.GradientNoiseScaleMonitor` at default settings (every 50
   steps, the batch cut into 8 chunks; target <= 1.05x), its hook time measured like the Hessian probes'.
+* ``stability``: :class:`~lightning_landscape.EdgeOfStabilityMonitor` at default settings (every 100 steps,
+  one probe batch, top-1 of H for SGD; same probe as ``hessian_top1`` plus the threshold), hook time likewise.
+
+``--configs`` runs a subset (``none`` is always included, as the reference).
 
 Each configuration is fitted ``--repeats`` times, interleaved round-robin so that load on the machine hits all
 alike; the fastest fit of each (the least disturbed by other load) is reported with its ratio to ``none``.
@@ -39,7 +43,12 @@ from lightning.pytorch.utilities import grad_norm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_landscape import GradientNoiseScaleMonitor, GradientNormMonitor, HessianEigenMonitor
+from lightning_landscape import (
+    EdgeOfStabilityMonitor,
+    GradientNoiseScaleMonitor,
+    GradientNormMonitor,
+    HessianEigenMonitor,
+)
 
 
 class MLP(LightningModule):
@@ -103,6 +112,17 @@ class TimedNoiseScaleMonitor(GradientNoiseScaleMonitor):
         self.hook_seconds += time.perf_counter() - start
 
 
+class TimedEdgeOfStabilityMonitor(EdgeOfStabilityMonitor):
+    """:class:`EdgeOfStabilityMonitor` with the time spent in its step hook (where it probes) recorded."""
+
+    hook_seconds = 0.0
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        super().on_train_batch_end(*args, **kwargs)
+        self.hook_seconds += time.perf_counter() - start
+
+
 def make_loader(n: int, batch_size: int) -> DataLoader:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, 32, generator=gen)
@@ -153,6 +173,7 @@ CONFIGS: dict[str, tuple[Callable[[DataLoader], list[Callback]], bool]] = {
     ),
     "pyhessian_top1": (lambda loader: [PyHessianTop1(100, first_batch(loader))], False),
     "noise_scale": (lambda loader: [TimedNoiseScaleMonitor()], False),
+    "stability": (lambda loader: [TimedEdgeOfStabilityMonitor()], False),
 }
 
 
@@ -163,17 +184,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args()
+    configs = {name: CONFIGS[name] for name in CONFIGS if name == "none" or name in args.configs}
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    hooks: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    hooks: dict[str, list[float]] = {name: [] for name in configs}
     fit_time(50, CONFIGS["none"][0], False)  # warm-up: imports, allocator
     for _ in range(args.repeats):
-        for name, (callbacks, lightning_route) in CONFIGS.items():
+        for name, (callbacks, lightning_route) in configs.items():
             elapsed, in_hooks = fit_time(args.steps, callbacks, lightning_route)
             times[name].append(elapsed)
             hooks[name].append(in_hooks)
@@ -183,26 +206,30 @@ def main() -> None:
     for name, ts in times.items():
         med = min(ts)
         print(f"{name:34s} {med:8.3f} {med / base:8.3f}")
-    ours = min(times["grad_norm_every_step"]) - base
-    theirs = min(times["lightning_grad_norm_every_step"]) - base
-    print(f"per-step logging overhead, ours vs Lightning grad_norm+log_dict: {ours / max(theirs, 1e-9):.2f}x")
-    print(f"  ({1e3 * ours / args.steps:.3f} ms vs {1e3 * theirs / args.steps:.3f} ms per step)")
-    ratio = {
-        name: min(times[name]) / base for name in ("hessian_top1", "hessian_top1_cold", "pyhessian_top1")
-    }
-    probe = {name: 1 + min(hooks[name]) / base for name in ratio}
-    print(
-        f"Hessian top-1 every 100 steps, fit time x none: ours {ratio['hessian_top1']:.3f}x "
-        f"(cold start {ratio['hessian_top1_cold']:.3f}x), pyhessian {ratio['pyhessian_top1']:.3f}x"
-    )
-    print(
-        f"  time in the probing hook, as 1 + share of the none fit: ours {probe['hessian_top1']:.3f}x "
-        f"(cold start {probe['hessian_top1_cold']:.3f}x), pyhessian {probe['pyhessian_top1']:.3f}x"
-    )
-    print(
-        f"gradient noise scale at defaults, fit time x none: {min(times['noise_scale']) / base:.3f}x; "
-        f"time in its hook as 1 + share of the none fit: {1 + min(hooks['noise_scale']) / base:.3f}x"
-    )
+    if {"grad_norm_every_step", "lightning_grad_norm_every_step"} <= set(times):
+        ours = min(times["grad_norm_every_step"]) - base
+        theirs = min(times["lightning_grad_norm_every_step"]) - base
+        versus = ours / max(theirs, 1e-9)
+        print(f"per-step logging overhead, ours vs Lightning grad_norm+log_dict: {versus:.2f}x")
+        print(f"  ({1e3 * ours / args.steps:.3f} ms vs {1e3 * theirs / args.steps:.3f} ms per step)")
+    hessian = ("hessian_top1", "hessian_top1_cold", "pyhessian_top1")
+    if set(hessian) <= set(times):
+        ratio = {name: min(times[name]) / base for name in hessian}
+        probe = {name: 1 + min(hooks[name]) / base for name in ratio}
+        print(
+            f"Hessian top-1 every 100 steps, fit time x none: ours {ratio['hessian_top1']:.3f}x "
+            f"(cold start {ratio['hessian_top1_cold']:.3f}x), pyhessian {ratio['pyhessian_top1']:.3f}x"
+        )
+        print(
+            f"  time in the probing hook, as 1 + share of the none fit: ours {probe['hessian_top1']:.3f}x "
+            f"(cold start {probe['hessian_top1_cold']:.3f}x), pyhessian {probe['pyhessian_top1']:.3f}x"
+        )
+    for name, what in (("noise_scale", "gradient noise scale"), ("stability", "edge of stability")):
+        if name in times:
+            print(
+                f"{what} at defaults, fit time x none: {min(times[name]) / base:.3f}x; "
+                f"time in its hook as 1 + share of the none fit: {1 + min(hooks[name]) / base:.3f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     # What a static type checker reads, since it does not run __getattr__ (tests/test_imports.py checks
     # that these are exactly the names of __all__, and the objects __getattr__ returns).
     from lightning_landscape.callbacks import (
+        EdgeOfStabilityMonitor,
         GradientNoiseScaleMonitor,
         GradientNormMonitor,
         HessianEigenMonitor,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "__version__",
     # callbacks
+    "EdgeOfStabilityMonitor",
     "GradientNoiseScaleMonitor",
     "GradientNormMonitor",
     "HessianEigenMonitor",

@@ -27,6 +27,7 @@ from lightning_landscape.callbacks._probe import (
 )
 from lightning_landscape.callbacks._tensorboard import write_layout
 from lightning_landscape.callbacks.tags import (
+    LANDSCAPE_ADAPTIVE_SHARPNESS,
     LANDSCAPE_CENTER_LOSS,
     LANDSCAPE_CURVATURE,
     LANDSCAPE_IMAGE,
@@ -38,6 +39,7 @@ from lightning_landscape.curvature import LossFn
 from lightning_landscape.landscape import (
     LineResult,
     PlaneResult,
+    adaptive_sharpness,
     hessian_directions,
     loss_line,
     loss_plane,
@@ -64,7 +66,11 @@ class LossLandscapeMonitor(Callback):
     :math:`= \max_{|\alpha|, |\beta| \le r} L - L(\theta_t)` at radius :math:`r` = ``sharpness_radius``
     (default ``span``), ``landscape/center_loss`` and, in line mode, ``landscape/curvature``
     :math:`= d_1^\top H d_1` (the eigenvalue for ``"hessian"``), to every logger and to
-    ``trainer.callback_metrics``; the figure to every logger (``landscape/surface``, rank zero: TensorBoard's
+    ``trainer.callback_metrics``; with ``sharpness_rho``, ``landscape/adaptive_sharpness``, the worst-case (or
+    average) adaptive sharpness of :func:`~lightning_landscape.landscape.adaptive_sharpness` on the probe
+    batches at radius ``sharpness_rho`` (invariant to the rescaling symmetries of ReLU networks, unlike
+    ``landscape/sharpness``; under DDP each rank measures its own shard of the probe batches and the logged
+    value is the mean over ranks); the figure to every logger (``landscape/surface``, rank zero: TensorBoard's
     images, an MLflow artifact, a W&B image, a PNG under ``<log_dir>/figures/`` for others); the result
     as ``epoch_<e>.npz`` and ``.png`` under ``<log_dir>/landscape/``. At fit end, with ``trajectory``, the
     plane of the first two PCA directions of the weights seen at the probes (tomgoldstein's trajectory plot)
@@ -89,7 +95,12 @@ class LossLandscapeMonitor(Callback):
         loss_fn: Import path ``"pkg.module:function"`` of ``loss_fn(model, batch) -> Tensor``; ``None`` uses
             the module's ``training_step`` with its logging silenced.
         trajectory: At fit end, draw the trajectory plane of the probed iterates (needs 3 of them).
-        seed: Seeds the probe batches' draw and the random directions.
+        seed: Seeds the probe batches' draw, the random directions and the adaptive sharpness' start.
+        sharpness_rho: Radius :math:`\rho > 0` of ``landscape/adaptive_sharpness``; ``None`` logs none.
+        sharpness_p: Norm of its element-wise scaled ball: ``2`` or ``"inf"``.
+        sharpness_kind: ``"worst"`` (projected gradient ascent, ``sharpness_steps`` gradients) or
+            ``"average"`` (random perturbations in antithetic pairs).
+        sharpness_steps: Ascent steps of the worst case.
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``); when training starts, if
@@ -119,6 +130,10 @@ class LossLandscapeMonitor(Callback):
         loss_fn: str | None = None,
         trajectory: bool = True,
         seed: int = 0,
+        sharpness_rho: float | None = None,
+        sharpness_p: Literal[2, "inf"] = 2,
+        sharpness_kind: Literal["worst", "average"] = "worst",
+        sharpness_steps: int = 10,
     ) -> None:
         check_int("every_n_epochs", every_n_epochs)
         check_int("steps", steps, minimum=3)
@@ -129,6 +144,11 @@ class LossLandscapeMonitor(Callback):
         check_dataloader(dataloader)
         check_float("span", span, positive=True)
         check_float("sharpness_radius", sharpness_radius, optional=True, positive=True)
+        check_float("sharpness_rho", sharpness_rho, optional=True, positive=True)
+        if isinstance(sharpness_p, bool) or sharpness_p not in (2, "inf"):
+            raise ValueError(f"`sharpness_p` must be 2 or 'inf', got {sharpness_p!r}.")
+        check_choice("sharpness_kind", sharpness_kind, ("worst", "average"))
+        check_int("sharpness_steps", sharpness_steps)
         self.every_n_epochs = every_n_epochs
         self.mode = mode
         self.directions = directions
@@ -140,6 +160,10 @@ class LossLandscapeMonitor(Callback):
         self.loss_fn = loss_fn
         self.trajectory = bool(trajectory)
         self.seed = seed
+        self.sharpness_rho = None if sharpness_rho is None else float(sharpness_rho)
+        self.sharpness_p: Literal[2, "inf"] = sharpness_p
+        self.sharpness_kind: Literal["worst", "average"] = sharpness_kind
+        self.sharpness_steps = sharpness_steps
         self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
         self._batches: list[Any] | None = None
         self._directions: list[Tensor] | None = None  # flat, CPU
@@ -249,10 +273,29 @@ class LossLandscapeMonitor(Callback):
         metrics = {LANDSCAPE_SHARPNESS: sharp, LANDSCAPE_CENTER_LOSS: result.center_loss}
         if isinstance(result, LineResult) and result.curvature is not None:
             metrics[LANDSCAPE_CURVATURE] = result.curvature
+        if self.sharpness_rho is not None:
+            metrics[LANDSCAPE_ADAPTIVE_SHARPNESS] = self._adaptive_sharpness(trainer, pl_module)
         step = epoch_end_logging_step(trainer)
         log_scalars(trainer, metrics, step)
         self._write(trainer, result, name, LANDSCAPE_IMAGE, step)
         return metrics
+
+    def _adaptive_sharpness(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        assert self._batches is not None and self.sharpness_rho is not None
+        value = adaptive_sharpness(
+            pl_module,
+            self._loss(),
+            self._batches,
+            rho=self.sharpness_rho,
+            p=self.sharpness_p,
+            kind=self.sharpness_kind,
+            steps=self.sharpness_steps,
+            seed=self.seed,
+        ).value
+        if trainer.world_size > 1:
+            local = torch.tensor(value, dtype=torch.float64, device=pl_module.device)
+            value = float(trainer.strategy.reduce(local, reduce_op="mean"))
+        return value
 
     def _write(
         self, trainer: pl.Trainer, result: LineResult | PlaneResult, name: str, tag: str, step: int

@@ -1,19 +1,21 @@
-r"""Training and validation risk, the generalization gap and the gaps to a known optimal risk, per epoch."""
+r"""Training and validation risk at one set of weights, the generalization gap and the gaps to a known optimal
+risk, at every validation run."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
-from lightning_landscape.callbacks._checks import check_float, check_int, check_str
+from lightning_landscape.callbacks._checks import check_choice, check_float, check_int, check_str
 from lightning_landscape.callbacks._lightning import (
     generate_state_key,
     running_epoch_metrics,
@@ -23,30 +25,33 @@ from lightning_landscape.callbacks._probe import (
     MethodLoss,
     TrainingStepLoss,
     batch_size_of,
+    draw_batches,
     epoch_end_logging_step,
     fixed_data_rng,
     iterate_fresh,
+    logging_step,
     probe_dataloader,
     resolve_loss_fn,
 )
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
 from lightning_landscape.curvature import LossFn
-from lightning_landscape.curvature._model_state import kept_modes
+from lightning_landscape.curvature._model_state import probe_context
 
 
 class RiskGapMonitor(Callback):
-    r"""Log the empirical risks of an epoch and the gaps between them and to a known optimum.
+    r"""Log the training and validation risk at the weights the validation ran at, and the gaps between them.
 
     With :math:`\ell(\theta; z)` the loss of one sample, the training and validation risks at the weights
     :math:`\theta` are :math:`\hat R_{\mathrm{train}}(\theta) = \frac{1}{n}\sum_{i=1}^{n} \ell(\theta; z_i)`
-    and :math:`\hat R_{\mathrm{val}}(\theta)` (the same mean over the validation set). Logged once per
-    training epoch:
+    and :math:`\hat R_{\mathrm{val}}(\theta)` (the same mean over the validation set). Logged at every
+    validation run of ``fit`` (so with ``val_check_interval < 1`` each validation run gets its own gap):
 
     .. math::
 
-        \texttt{risk/generalization\_gap} = \hat R_{\mathrm{val}} - \hat R_{\mathrm{train}}, \qquad
-        \texttt{risk/optimality\_gap} = \hat R_{\mathrm{train}} - R^\star, \qquad
-        \texttt{risk/excess\_risk} = \hat R_{\mathrm{val}} - R^\star,
+        \texttt{risk/generalization\_gap} = \hat R_{\mathrm{val}}(\theta) - \hat R_{\mathrm{train}}(\theta),
+        \qquad
+        \texttt{risk/optimality\_gap} = \hat R_{\mathrm{train}}(\theta) - R^\star, \qquad
+        \texttt{risk/excess\_risk} = \hat R_{\mathrm{val}}(\theta) - R^\star,
 
     where :math:`R^\star` is ``optimal_risk``, the infimum of the risk over the model class when it is known
     (e.g. ``0`` for a realizable teacher-student task). ``risk/optimality_gap`` always uses the *training*
@@ -54,40 +59,57 @@ class RiskGapMonitor(Callback):
     this), ``risk/excess_risk`` the validation risk (an estimate of the excess population risk). This is the
     risk decomposition used in arXiv 2212.13111.
 
-    The risks work with the module as it is. :math:`\hat R_{\mathrm{train}}` is the batch-size-weighted mean
-    of the losses ``training_step`` returned during the epoch (the tensor or a dict's ``"loss"``; under
-    automatic optimization with the accumulation factor undone), which the monitor keeps itself in a
-    torchmetrics ``MeanMetric``: summed over DDP ranks, saved in its ``state_dict`` for a mid-epoch resume,
-    and independent of how the module logs (Lightning's default ``self.log(..., on_step=True,
-    on_epoch=False)`` needs no change). A manual-optimization ``training_step`` that returns nothing
-    contributes the value it logged under ``train_key`` in that batch; failing both, the epoch mean Lightning
-    computed for ``train_key`` (logged with ``on_epoch=True``; rank-local unless ``sync_dist=True``).
-    :math:`\hat R_{\mathrm{val}}` likewise: the mean of the scalar losses ``validation_step`` returned (the
-    tensor, or a dict's ``val_key`` or ``"loss"``), else the epoch mean of ``val_key`` as logged (for
-    ``self.log`` in ``validation_step`` ``on_epoch=True`` is the default). The training mean averages over
-    weights that changed during the epoch; ``full_train_risk=True`` instead evaluates the risk on the whole
-    training set at the weights of the epoch's end (eval mode, no gradients, the module's ``training_step``
-    with logging silenced or ``loss_fn``, batches weighted by their size, summed over DDP ranks).
+    **Both risks at one** :math:`\theta` (``train_risk="batches"``, the default). The training risk
+    :math:`\hat R_{\mathrm{train}}` is evaluated at the weights the validation just ran at, on a fixed set of
+    ``train_batches`` training batches (the first batches of a fresh pass over the train dataloader under
+    ``seed``, drawn once when training starts, like the Hessian monitor's probe batches), or on the whole
+    training set with ``full_train_risk=True``: the module's own ``training_step`` (logging silenced,
+    optimizer calls inert) or ``loss_fn``, eval mode as validation, no gradients, batches weighted by their
+    size, summed over DDP ranks. A full-batch model whose validation data are its training data has a gap of
+    exactly 0. Epochs without a validation run (``val_key=None``, ``check_val_every_n_epoch > 1``) log
+    ``risk/train`` and ``risk/optimality_gap`` at the epoch's end weights. A manual-optimization module needs
+    ``loss_fn`` (its ``training_step`` steps the optimizers and may return nothing): it is refused in
+    ``setup`` without one.
 
-    The values go to every logger at the step of Lightning's epoch metrics and to ``trainer.callback_metrics``
-    (via ``pl_module.log(..., logger=False)``), so they can be monitored. With ``name`` the tags are
-    ``risk/<name>/...``, so two monitors (say on two keys) do not overwrite each other.
+    **The running mean** (``train_risk="running_mean"``, an explicit choice): the batch-size-weighted mean of
+    the losses ``training_step`` returned during the epoch (the tensor or a dict's ``"loss"``; under automatic
+    optimization with the accumulation factor undone; summed over DDP ranks and kept in the ``state_dict`` for
+    a mid-epoch resume); failing that, the value logged under ``train_key`` in the batch, or Lightning's epoch
+    mean of ``train_key``. It averages over weights that moved during the epoch, so it is *not* the risk at
+    the weights the validation ran at; its tags say so: ``risk/train_running_mean``,
+    ``risk/generalization_gap_running_mean`` and ``risk/optimality_gap_running_mean``, logged once per epoch
+    with the epoch's last validation risk.
+
+    :math:`\hat R_{\mathrm{val}}` is the mean of the scalar losses ``validation_step`` returned (the tensor,
+    or a dict's ``val_key`` or ``"loss"``), else the epoch mean of ``val_key`` as logged (for ``self.log`` in
+    ``validation_step`` ``on_epoch=True`` is the default).
+
+    The values go to every logger (at the step of the validation run's metrics, or of Lightning's epoch
+    metrics) and to ``trainer.callback_metrics`` (via ``pl_module.log(..., logger=False)``), so they can be
+    monitored. With ``name`` the tags are ``risk/<name>/...``, so two monitors do not overwrite each other.
 
     Args:
-        train_key: The key the module logs its training loss under (used when it is logged on epoch).
+        train_key: For ``train_risk="running_mean"``: the key the module logs its training loss under (used
+            when ``training_step`` returns no loss).
         val_key: The key the module logs its validation loss under; ``None`` logs no validation risk and
             no gap that needs it.
-        full_train_risk: Evaluate the training risk over the whole training set at the end of each epoch.
+        full_train_risk: Evaluate the training risk over the whole training set instead of ``train_batches``.
         optimal_risk: The known optimal risk :math:`R^\star`; ``None`` logs neither gap to it.
-        loss_fn: For ``full_train_risk``: import path ``"pkg.module:function"`` of ``loss_fn(model, batch)``
-            (or ``"self.<method>"`` for ``module.<method>(batch)``) returning the mean loss of the batch;
-            ``None`` uses the module's ``training_step``.
-        seed: For ``full_train_risk``: the seed the training set is iterated under (random augmentations).
+        loss_fn: Import path ``"pkg.module:function"`` of ``loss_fn(model, batch)`` (or ``"self.<method>"``
+            for ``module.<method>(batch)``) returning the mean loss of the batch; ``None`` uses the module's
+            ``training_step``. Not used with ``train_risk="running_mean"``.
+        seed: The seed the training batches are drawn (or the training set iterated) under.
         name: Tags under ``risk/<name>/`` instead of ``risk/`` (letters, digits, ``_``, ``.``, ``-``).
+        train_risk: ``"batches"``: at the validation's weights (see above); ``"running_mean"``: the epoch's
+            running mean of the step losses, under its own tags.
+        train_batches: How many training batches form the training risk (``train_risk="batches"``, unless
+            ``full_train_risk``).
 
     Raises:
         ValueError: If an argument is invalid; at the end of the first epoch (or the sanity check) if a risk
             is neither logged with ``on_epoch=True`` nor returned by the step.
+        MisconfigurationException: In ``setup``, for ``train_risk="batches"`` on a manual-optimization module
+            without ``loss_fn``, or a ``loss_fn="self.<method>"`` the module does not have.
 
     Example::
 
@@ -95,6 +117,8 @@ class RiskGapMonitor(Callback):
         >>> from lightning_landscape import RiskGapMonitor
         >>> monitor = RiskGapMonitor(train_key="train_loss", val_key="val_loss", optimal_risk=0.0)
         >>> trainer = Trainer(callbacks=[monitor], logger=False, enable_checkpointing=False)
+        >>> RiskGapMonitor(train_risk="running_mean").running_mean
+        True
     """
 
     _landscape_family = _tags.RISK_SECTION
@@ -108,12 +132,23 @@ class RiskGapMonitor(Callback):
         loss_fn: str | None = None,
         seed: int = 0,
         name: str | None = None,
+        train_risk: Literal["batches", "running_mean"] = "batches",
+        train_batches: int = 8,
     ) -> None:
         check_str("train_key", train_key)
         check_str("val_key", val_key, optional=True)
         check_float("optimal_risk", optimal_risk, optional=True)
-        if loss_fn is not None and not full_train_risk:
-            raise ValueError(f"`loss_fn`={loss_fn!r} is only used with `full_train_risk`=True")
+        check_choice("train_risk", train_risk, ("batches", "running_mean"))
+        check_int("train_batches", train_batches)
+        if train_risk == "running_mean" and full_train_risk:
+            raise ValueError(
+                "`full_train_risk`=True evaluates the risk at the current weights: it cannot be combined "
+                "with `train_risk`='running_mean'"
+            )
+        if loss_fn is not None and train_risk == "running_mean":
+            raise ValueError(
+                f"`loss_fn`={loss_fn!r} is not used with `train_risk`='running_mean' (the step losses are)"
+            )
         check_int("seed", seed, minimum=0)
         _tags.check_name(name)
         self.train_key = train_key
@@ -123,7 +158,11 @@ class RiskGapMonitor(Callback):
         self.loss_fn = loss_fn
         self.seed = seed
         self.name = name
+        self.train_risk = train_risk
+        self.train_batches = train_batches
         self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
+        self._batches: list[Any] | None = None
+        self._logged_step = -1  # global step of the last at-weights log
         self._val_risk: float | None = None
         self._val_epoch = -1
         self._num_logged = 0
@@ -141,13 +180,29 @@ class RiskGapMonitor(Callback):
         named = {} if self.name is None else {"name": self.name}
         return generate_state_key(self, **named, train_key=self.train_key, val_key=self.val_key)
 
+    @property
+    def running_mean(self) -> bool:
+        """Whether the training risk is the epoch's running mean (``train_risk="running_mean"``)."""
+        return self.train_risk == "running_mean"
+
     def _tag(self, quantity: str) -> str:
         return _tags.risk_tag(quantity, self.name)
+
+    def _train_tag(self, quantity: str) -> str:
+        """The tag of a quantity made from the training risk: ``..._running_mean`` when it is that."""
+        return self._tag(f"{quantity}_{_tags.RUNNING_MEAN}" if self.running_mean else quantity)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if isinstance(self._loss_fn, MethodLoss):
             self._loss_fn.check(pl_module)
+        if not self.running_mean and not pl_module.automatic_optimization and self._loss_fn is None:
+            raise MisconfigurationException(
+                f"RiskGapMonitor cannot evaluate {type(pl_module).__name__}.training_step at fixed weights: "
+                "it uses manual optimization (it steps the optimizers and may return no loss). Pass the "
+                "training loss as `loss_fn` ('self.<method>' or 'pkg.module:function'), or choose "
+                "`train_risk`='running_mean'."
+            )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -162,9 +217,19 @@ class RiskGapMonitor(Callback):
             self._pending_train_state = None
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.running_mean and not self.full_train_risk:
+            loader = probe_dataloader(trainer, "train")
+            self._batches = draw_batches(
+                loader, self.train_batches, self.seed, to_device=trainer.strategy.batch_to_device
+            )
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if not self.running_mean:
+            return
         loss = _scalar(outputs)
         if loss is None:
             # Manual optimization may return nothing: take what the module logged in this batch.
@@ -208,51 +273,74 @@ class RiskGapMonitor(Callback):
             value = _epoch_value(trainer, self.val_key)
         if value is None:
             raise ValueError(_missing_message(trainer, "val_key", self.val_key, "validation_step"))
-        if not trainer.sanity_checking:
-            self._val_risk = value
-            self._val_epoch = trainer.current_epoch
+        if trainer.sanity_checking:
+            return
+        self._val_risk = value
+        self._val_epoch = trainer.current_epoch
+        if not self.running_mean:
+            # The validation ran at these weights: the training risk is taken at them too, now.
+            self._log(
+                trainer, pl_module, self._train_risk_now(trainer, pl_module), value, logging_step(trainer)
+            )
+            self._logged_step = trainer.global_step
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.full_train_risk:
-            train: float | None = self._full_train_risk(trainer, pl_module)
-        else:
-            train = _mean(self._train_mean)
-            if train is None:
-                train = _epoch_value(trainer, self.train_key)
-            if train is None:
-                if self._num_logged == 0:
-                    raise ValueError(_missing_message(trainer, "train_key", self.train_key, "training_step"))
-                return
-        assert train is not None
+        if not self.running_mean:
+            if self._logged_step != trainer.global_step:  # no validation at these weights: the risk alone
+                train_now = self._train_risk_now(trainer, pl_module)
+                self._log(trainer, pl_module, train_now, None, epoch_end_logging_step(trainer))
+                self._logged_step = trainer.global_step
+            return
+        train = _mean(self._train_mean)
+        if train is None:
+            train = _epoch_value(trainer, self.train_key)
+        if train is None:
+            if self._num_logged == 0:
+                raise ValueError(_missing_message(trainer, "train_key", self.train_key, "training_step"))
+            return
         self._train_mean.reset()
-        metrics = {self._tag(_tags.TRAIN): train}
         val = self._val_risk if self._val_epoch == trainer.current_epoch else None
+        self._log(trainer, pl_module, train, val, epoch_end_logging_step(trainer))
+
+    def _log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, train: float, val: float | None, step: int
+    ) -> None:
+        metrics = {self._train_tag(_tags.TRAIN): train}
         if val is not None:
             metrics[self._tag(_tags.VAL)] = val
-            metrics[self._tag(_tags.GENERALIZATION_GAP)] = val - train
+            metrics[self._train_tag(_tags.GENERALIZATION_GAP)] = val - train
         if self.optimal_risk is not None:
-            metrics[self._tag(_tags.OPTIMALITY_GAP)] = train - self.optimal_risk
+            metrics[self._train_tag(_tags.OPTIMALITY_GAP)] = train - self.optimal_risk
             if val is not None:
                 metrics[self._tag(_tags.EXCESS_RISK)] = val - self.optimal_risk
-        log_scalars(trainer, metrics, epoch_end_logging_step(trainer))
+        log_scalars(trainer, metrics, step)
         for tag, value in metrics.items():
             pl_module.log(tag, value, logger=False, sync_dist=False)
         self._num_logged += 1
 
-    @torch.no_grad()
-    def _full_train_risk(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
-        """Mean loss over the whole (this rank's share of the) training set, summed over ranks."""
+    def _train_risk_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        """Mean loss at the current weights over the fixed batches or the whole (this rank's share of the)
+        training set, summed over ranks; eval mode, no gradients, RNG and buffers untouched."""
         loss_fn = TrainingStepLoss(self._loss_fn)
-        dataloader = probe_dataloader(trainer, "train")
         total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
         count = torch.zeros((), dtype=torch.float64, device=pl_module.device)
-        with kept_modes(pl_module), fixed_data_rng(dataloader, self.seed):
-            for batch in iterate_fresh(dataloader):
-                batch = trainer.strategy.batch_to_device(batch)
-                size = batch_size_of(batch)
+
+        def add(batch: Any) -> None:
+            nonlocal total, count
+            size = batch_size_of(batch)
+            with probe_context(pl_module, train_mode=False, grad=False):
                 total += loss_fn(pl_module, batch).detach().to(torch.float64) * size
-                count += size
+            count += size
+
+        if self._batches is not None:
+            for batch in self._batches:
+                add(batch)
+        else:
+            dataloader = probe_dataloader(trainer, "train")
+            with fixed_data_rng(dataloader, self.seed):
+                for batch in iterate_fresh(dataloader):
+                    add(trainer.strategy.batch_to_device(batch))
         if trainer.world_size > 1:
             total = trainer.strategy.reduce(total, reduce_op="sum")
             count = trainer.strategy.reduce(count, reduce_op="sum")
@@ -267,6 +355,7 @@ class RiskGapMonitor(Callback):
             "val_risk": self._val_risk,
             "val_epoch": self._val_epoch,
             "num_logged": self._num_logged,
+            "logged_step": self._logged_step,
             "train_sum": total,
             "train_weight": weight,
         }
@@ -276,6 +365,7 @@ class RiskGapMonitor(Callback):
         self._val_risk = state_dict.get("val_risk")
         self._val_epoch = int(state_dict.get("val_epoch", -1))
         self._num_logged = int(state_dict.get("num_logged", 0))
+        self._logged_step = int(state_dict.get("logged_step", -1))
         self._train_mean.reset()
         weight = float(state_dict.get("train_weight", 0.0))
         self._pending_train_state = (float(state_dict.get("train_sum", 0.0)), weight) if weight > 0 else None

@@ -55,11 +55,17 @@ RISK_VAL = f"{RISK_SECTION}/{VAL}"
 RISK_GENERALIZATION_GAP = f"{RISK_SECTION}/{GENERALIZATION_GAP}"
 RISK_OPTIMALITY_GAP = f"{RISK_SECTION}/{OPTIMALITY_GAP}"
 RISK_EXCESS_RISK = f"{RISK_SECTION}/{EXCESS_RISK}"
+RUNNING_MEAN = "running_mean"
+"""Suffix of a risk taken as the epoch's running mean of the step losses (weights moving during the epoch)."""
+RISK_TRAIN_RUNNING_MEAN = f"{RISK_SECTION}/{TRAIN}_{RUNNING_MEAN}"
+RISK_GENERALIZATION_GAP_RUNNING_MEAN = f"{RISK_SECTION}/{GENERALIZATION_GAP}_{RUNNING_MEAN}"
+RISK_OPTIMALITY_GAP_RUNNING_MEAN = f"{RISK_SECTION}/{OPTIMALITY_GAP}_{RUNNING_MEAN}"
 
 LANDSCAPE_SECTION = "landscape"
 LANDSCAPE_SHARPNESS = f"{LANDSCAPE_SECTION}/sharpness"
 LANDSCAPE_CENTER_LOSS = f"{LANDSCAPE_SECTION}/center_loss"
 LANDSCAPE_CURVATURE = f"{LANDSCAPE_SECTION}/curvature"
+LANDSCAPE_ADAPTIVE_SHARPNESS = f"{LANDSCAPE_SECTION}/adaptive_sharpness"
 LANDSCAPE_IMAGE = f"{LANDSCAPE_SECTION}/surface"
 LANDSCAPE_TRAJECTORY_IMAGE = f"{LANDSCAPE_SECTION}/trajectory"
 
@@ -76,6 +82,22 @@ RAW = "raw"
 NOISE_SCALE_B_SIMPLE = f"{NOISE_SCALE_SECTION}/{B_SIMPLE}"
 NOISE_SCALE_GRAD_SQ = f"{NOISE_SCALE_SECTION}/{GRAD_SQ}"
 NOISE_SCALE_TRACE_COV = f"{NOISE_SCALE_SECTION}/{TRACE_COV}"
+
+STABILITY_SECTION = "stability"
+SHARPNESS = "sharpness"
+"""lambda_1 of H (SGD) or of P^-1 H (Adam, AdamW, RMSprop): the curvature the optimizer's update sees."""
+THRESHOLD = "threshold"
+"""The largest stable sharpness of the optimizer's update at its current learning rate (2 / lr for GD)."""
+RATIO = "ratio"
+"""Sharpness / threshold: about 1 at the edge of stability."""
+BATCH_SHARPNESS = "batch_sharpness"
+"""Mean over the probe mini-batches of g_b' H_b g_b / |g_b|^2."""
+
+STABILITY_SHARPNESS = f"{STABILITY_SECTION}/{SHARPNESS}"
+STABILITY_THRESHOLD = f"{STABILITY_SECTION}/{THRESHOLD}"
+STABILITY_RATIO = f"{STABILITY_SECTION}/{RATIO}"
+STABILITY_BATCH_SHARPNESS = f"{STABILITY_SECTION}/{BATCH_SHARPNESS}"
+STABILITY_CONVERGED = f"{STABILITY_SECTION}/{CONVERGED}"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -143,6 +165,17 @@ def noise_scale_tag(quantity: str, name: str | None = None, raw: bool = False) -
         ('noise_scale/b_simple', 'noise_scale/fine/raw/grad_sq')
     """
     return tag(NOISE_SCALE_SECTION, quantity, name, RAW if raw else None)
+
+
+def stability_tag(quantity: str, name: str | None = None) -> str:
+    """Tag of an edge-of-stability ``quantity`` (:data:`SHARPNESS`, :data:`THRESHOLD`, :data:`RATIO`, ...).
+
+    Example::
+
+        >>> stability_tag(RATIO), stability_tag(SHARPNESS, name="d")
+        ('stability/ratio', 'stability/d/sharpness')
+    """
+    return tag(STABILITY_SECTION, quantity, name)
 
 
 def risk_tag(quantity: str, name: str | None = None) -> str:

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.nn import functional as F
 
 from lightning_landscape.callbacks import tags as _tags
@@ -18,22 +19,89 @@ from tests.callbacks._cb_helpers import TinyRegression, make_data, make_loader
 from tests.callbacks._events import read_layout_categories, read_scalars
 
 
-def test_epoch_risks_and_gaps(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
+def test_running_mean_risks_and_gaps(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
+    """The running mean is an explicit choice, under tags that say so (it was the default before issue 20)."""
     logger = TensorBoardLogger(tmp_path, name="tb")
-    monitor = RiskGapMonitor(optimal_risk=0.25)
+    monitor = RiskGapMonitor(optimal_risk=0.25, train_risk="running_mean")
     trainer = pl.Trainer(max_epochs=3, callbacks=[monitor], logger=logger, **trainer_kwargs)
     trainer.fit(TinyRegression(), make_loader(n=40), make_loader(n=16, seed=1))
     s = read_scalars(logger.log_dir)
-    steps = sorted(s[_tags.RISK_TRAIN])
+    steps = sorted(s[_tags.RISK_TRAIN_RUNNING_MEAN])
     assert steps == sorted(s["train_loss_epoch"]) == sorted(s["val_loss"]) == [4, 9, 14]
     for step in steps:
         train, val = s["train_loss_epoch"][step], s["val_loss"][step]
-        assert s[_tags.RISK_TRAIN][step] == pytest.approx(train, rel=1e-6)
+        assert s[_tags.RISK_TRAIN_RUNNING_MEAN][step] == pytest.approx(train, rel=1e-6)
         assert s[_tags.RISK_VAL][step] == pytest.approx(val, rel=1e-6)
-        assert s[_tags.RISK_GENERALIZATION_GAP][step] == pytest.approx(val - train, rel=1e-5, abs=1e-7)
-        assert s[_tags.RISK_OPTIMALITY_GAP][step] == pytest.approx(train - 0.25, rel=1e-5, abs=1e-7)
+        gap = s[_tags.RISK_GENERALIZATION_GAP_RUNNING_MEAN][step]
+        assert gap == pytest.approx(val - train, rel=1e-5, abs=1e-7)
+        optimality = s[_tags.RISK_OPTIMALITY_GAP_RUNNING_MEAN][step]
+        assert optimality == pytest.approx(train - 0.25, rel=1e-5, abs=1e-7)
+    assert _tags.RISK_TRAIN not in s and _tags.RISK_GENERALIZATION_GAP not in s
     assert read_layout_categories(logger.log_dir) == [["risk"]]
     assert float(trainer.callback_metrics[_tags.RISK_VAL]) == pytest.approx(s["val_loss"][14], rel=1e-6)
+
+
+class Memorizer(TinyRegression):
+    """Full batch, and the validation data are the training data: the gap at one set of weights is 0."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.loss_on(batch))
+
+
+def test_gap_at_one_set_of_weights_is_zero_when_val_is_train(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    # Issue 20: the running mean logged -0.136, -0.116, ..., -0.064 here; at one set of weights it is 0.
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    loader = make_loader(n=16, batch_size=16)
+    trainer = pl.Trainer(
+        max_epochs=6, callbacks=[RiskGapMonitor(optimal_risk=0.0)], logger=logger, **trainer_kwargs
+    )
+    model = Memorizer(lr=0.2)
+    trainer.fit(model, loader, loader)
+    s = read_scalars(logger.log_dir)
+    assert sorted(s[_tags.RISK_GENERALIZATION_GAP]) == sorted(s["val_loss"]) == [0, 1, 2, 3, 4, 5]
+    assert all(abs(gap) <= 1e-6 for gap in s[_tags.RISK_GENERALIZATION_GAP].values())
+    assert s[_tags.RISK_TRAIN] == pytest.approx(s["val_loss"], rel=1e-6)
+    assert s[_tags.RISK_TRAIN] == pytest.approx(s[_tags.RISK_OPTIMALITY_GAP], rel=1e-6)
+    # The risk is the loss of the final weights, not a mean over the epoch (the running mean differs).
+    with torch.no_grad():
+        final = float(F.mse_loss(model.net(make_data(16)[0]), make_data(16)[1]))
+    assert s[_tags.RISK_TRAIN][5] == pytest.approx(final, rel=1e-6)
+    assert abs(s["train_loss_epoch"][5] - final) > 1e-3
+
+
+def test_each_validation_run_gets_its_own_gap(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
+    class Recorder(pl.Callback):
+        """The training risk over the first 2 batches at the weights of each validation run, by hand."""
+
+        def __init__(self) -> None:
+            self.risks: list[float] = []
+
+        def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            if trainer.sanity_checking:
+                return
+            x, y = make_data(40)
+            with torch.no_grad():
+                self.risks.append(float(F.mse_loss(pl_module.net(x[:16]), y[:16])))
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        val_check_interval=0.5,
+        callbacks=[RiskGapMonitor(train_batches=2), recorder],
+        logger=logger,
+        **trainer_kwargs,
+    )
+    trainer.fit(TinyRegression(), make_loader(n=40), make_loader(n=16, seed=1))
+    s = read_scalars(logger.log_dir)
+    steps = sorted(s[_tags.RISK_GENERALIZATION_GAP])
+    assert steps == sorted(s["val_loss"]) and len(steps) == 4  # two validation runs per epoch, two epochs
+    assert [s[_tags.RISK_TRAIN][k] for k in steps] == pytest.approx(recorder.risks, rel=1e-6)
+    for k in steps:
+        gap = s["val_loss"][k] - s[_tags.RISK_TRAIN][k]
+        assert s[_tags.RISK_GENERALIZATION_GAP][k] == pytest.approx(gap, rel=1e-5, abs=1e-7)
 
 
 class FullRiskRecorder(pl.Callback):
@@ -83,11 +151,17 @@ def test_missing_train_risk_is_a_clear_error(trainer_kwargs: dict[str, Any]) -> 
 
     trainer = pl.Trainer(
         max_epochs=1,
-        callbacks=[RiskGapMonitor(train_key="loss/train", val_key=None)],
+        callbacks=[RiskGapMonitor(train_key="loss/train", val_key=None, train_risk="running_mean")],
         logger=False,
         **trainer_kwargs,
     )
     with pytest.raises(ValueError, match=r"`train_key`='loss/train' was not logged.*Logged: \['train_loss"):
+        trainer.fit(Silent(), make_loader(n=16))
+    # At fixed weights (the default) a manual-optimization training_step cannot be evaluated: refused.
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[RiskGapMonitor(val_key=None)], logger=False, **trainer_kwargs
+    )
+    with pytest.raises(MisconfigurationException, match=r"manual optimization.*`train_risk`='running_mean'"):
         trainer.fit(Silent(), make_loader(n=16))
 
 
@@ -118,14 +192,15 @@ def test_lightning_default_step_only_logging_works_as_is(
     model.losses = []
     logger = TensorBoardLogger(tmp_path, name="tb")
     # Accumulation: Lightning divides the loss it hands on by 2, the monitor must undo it.
+    monitor = RiskGapMonitor(train_risk="running_mean")
     trainer = pl.Trainer(
-        max_epochs=1, callbacks=[RiskGapMonitor()], logger=logger, accumulate_grad_batches=2, **trainer_kwargs
+        max_epochs=1, callbacks=[monitor], logger=logger, accumulate_grad_batches=2, **trainer_kwargs
     )
     x, y = make_data(16, seed=1)
     trainer.fit(model, make_loader(n=20, batch_size=8), make_loader(n=16, seed=1))
     s = read_scalars(logger.log_dir)
     want = sum(v * n for v, n in model.losses) / sum(n for _, n in model.losses)  # sizes 8, 8, 4
-    assert list(s[_tags.RISK_TRAIN].values()) == [pytest.approx(want, rel=1e-6)]  # event files hold float32
+    assert list(s[_tags.RISK_TRAIN_RUNNING_MEAN].values()) == [pytest.approx(want, rel=1e-6)]  # float32
     with torch.no_grad():
         model.eval()
         val = float(F.mse_loss(model.net(x), y))
@@ -153,7 +228,13 @@ def test_state_roundtrip() -> None:
         ({"optimal_risk": "zero"}, "`optimal_risk`"),
         ({"name": "a/b"}, "`name` must be None or a non-empty str"),
         ({"seed": -1}, "`seed` must be an integer >= 0, got -1."),
-        ({"loss_fn": "tests.callbacks._cb_helpers:mse_loss_fn"}, "only used with `full_train_risk`=True"),
+        (
+            {"loss_fn": "tests.callbacks._cb_helpers:mse_loss_fn", "train_risk": "running_mean"},
+            "is not used with `train_risk`='running_mean'",
+        ),
+        ({"full_train_risk": True, "train_risk": "running_mean"}, "cannot be combined with `train_risk`"),
+        ({"train_risk": "mean"}, "`train_risk`"),
+        ({"train_batches": 0}, "`train_batches` must be"),
         ({"full_train_risk": True, "loss_fn": "nope_mod_zz:f"}, "could not be imported"),
     ],
 )
@@ -167,3 +248,20 @@ def test_the_removed_optimality_of_argument_is_refused() -> None:
     gaps to ``optimal_risk`` have their own tags)."""
     with pytest.raises(TypeError, match="optimality_of"):
         RiskGapMonitor(optimality_of="train")  # type: ignore[call-arg]
+
+
+def test_epochs_without_validation_log_the_training_risk_alone(
+    tmp_path: Path, trainer_kwargs: dict[str, Any]
+) -> None:
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(
+        max_epochs=4,
+        check_val_every_n_epoch=2,
+        callbacks=[RiskGapMonitor(optimal_risk=0.0)],
+        logger=logger,
+        **trainer_kwargs,
+    )
+    trainer.fit(TinyRegression(), make_loader(n=40), make_loader(n=16, seed=1))
+    s = read_scalars(logger.log_dir)
+    assert sorted(s[_tags.RISK_TRAIN]) == sorted(s[_tags.RISK_OPTIMALITY_GAP]) == [4, 9, 14, 19]
+    assert sorted(s[_tags.RISK_GENERALIZATION_GAP]) == sorted(s["val_loss"]) == [9, 19]

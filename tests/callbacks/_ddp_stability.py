@@ -1,0 +1,44 @@
+"""Run by test_stability.py: EdgeOfStabilityMonitor (Adam, batch sharpness) under strategy='ddp' on 2 CPU
+processes (gloo).
+
+Usage: python _ddp_stability.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_landscape import EdgeOfStabilityMonitor
+from tests.callbacks._cb_helpers import TinyRegression
+from tests.callbacks._ddp_hessian import ShardedData
+
+
+class AdamRegression(TinyRegression):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-4)
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    pl.seed_everything(11)
+    model = AdamRegression()
+    monitor = EdgeOfStabilityMonitor(every_n_steps=2, num_batches=1, batch_sharpness=True, tol=1e-10)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=6,
+        callbacks=[monitor],
+        logger=TensorBoardLogger(out, name="tb", version=0),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(model, datamodule=ShardedData())
+    print(f"rank {trainer.global_rank} probes {monitor.num_probes}", flush=True)
