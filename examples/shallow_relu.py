@@ -341,7 +341,8 @@ class ShallowReLU(pl.LightningModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.loss_on_batch(self.net, batch)
-        # on_epoch too: RiskGapMonitor reads the epoch mean.
+        # on_epoch too: the epoch mean in the progress bar and the loggers (RiskGapMonitor takes its own
+        # training risk at the weights each validation ran at).
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 

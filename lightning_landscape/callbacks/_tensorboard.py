@@ -68,13 +68,43 @@ def _charts(family: str, name: str | None, others: list[str], monitors: list[Any
         }
         if any(getattr(m, "mode", None) == "line" for m in monitors):
             charts["curvature"] = ["Multiline", [rf"^{re.escape(_tags.LANDSCAPE_CURVATURE)}$"]]
+        if any_of("sharpness_rho"):
+            charts["adaptive sharpness"] = [
+                "Multiline",
+                [rf"^{re.escape(_tags.LANDSCAPE_ADAPTIVE_SHARPNESS)}$"],
+            ]
         return charts
+    if family == _tags.STABILITY_SECTION:
+        # Custom scalars draw no constant lines: the threshold series beside the sharpness is the edge,
+        # and the ratio chart's edge is 1.
+        charts = {
+            "sharpness vs threshold": [
+                "Multiline",
+                [rf"^{p}/{_tags.SHARPNESS}$", rf"^{p}/{_tags.THRESHOLD}$"],
+            ],
+            "ratio": ["Multiline", [rf"^{p}/{_tags.RATIO}$"]],
+        }
+        if any_of("batch_sharpness"):
+            charts["batch sharpness"] = ["Multiline", [rf"^{p}/{_tags.BATCH_SHARPNESS}$"]]
+        return charts
+    if family == _tags.NOISE_SCALE_SECTION:
+        # Custom scalars have no log axis; B_simple spans decades, so it has a chart of its own.
+        return {
+            "b_simple": ["Multiline", [rf"^{p}/{_tags.B_SIMPLE}$"]],
+            "gradient and noise": ["Multiline", [rf"^{p}/{_tags.GRAD_SQ}$", rf"^{p}/{_tags.TRACE_COV}$"]],
+        }
     val = any_of("val_key", "val_loss")
     optimal = any_of("optimal_risk")
-    risks = [_tags.TRAIN, *([_tags.VAL] if val else [])]
+    # The running mean is an explicit choice whose tags say so (RiskGapMonitor(train_risk="running_mean")).
+    suffix = (
+        f"_{_tags.RUNNING_MEAN}"
+        if all(getattr(m, "train_risk", "batches") == "running_mean" for m in monitors)
+        else ""
+    )
+    risks = [_tags.TRAIN + suffix, *([_tags.VAL] if val else [])]
     gaps = [
-        *([_tags.GENERALIZATION_GAP] if val else []),
-        *([_tags.OPTIMALITY_GAP] if optimal else []),
+        *([_tags.GENERALIZATION_GAP + suffix] if val else []),
+        *([_tags.OPTIMALITY_GAP + suffix] if optimal else []),
         *([_tags.EXCESS_RISK] if val and optimal else []),
     ]
     charts = {"risk": ["Multiline", [rf"^{p}/{r}$" for r in risks]]}
@@ -88,7 +118,14 @@ def _charts(family: str, name: str | None, others: list[str], monitors: list[Any
 _LAYOUT_WRITTEN = "_lightning_landscape_layout_written"
 
 # The families with a layout category, in the order of the categories.
-_FAMILIES = (_tags.GRAD_NORM_SECTION, _tags.HESSIAN_SECTION, _tags.RISK_SECTION, _tags.LANDSCAPE_SECTION)
+_FAMILIES = (
+    _tags.GRAD_NORM_SECTION,
+    _tags.HESSIAN_SECTION,
+    _tags.RISK_SECTION,
+    _tags.LANDSCAPE_SECTION,
+    _tags.STABILITY_SECTION,
+    _tags.NOISE_SCALE_SECTION,
+)
 
 
 def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:

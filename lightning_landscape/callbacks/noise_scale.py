@@ -22,6 +22,7 @@ from lightning_landscape.callbacks._noise_estimators import (
     unbiased_estimates,
 )
 from lightning_landscape.callbacks._probe import TrainingStepLoss, batch_size_of
+from lightning_landscape.callbacks._tensorboard import write_layout
 from lightning_landscape.curvature._checks import check_int
 
 
@@ -92,6 +93,8 @@ class GradientNoiseScaleMonitor(Callback):
         >>> trainer = Trainer(callbacks=[monitor], logger=False, enable_checkpointing=False)
     """
 
+    _landscape_family = _tags.NOISE_SCALE_SECTION
+
     def __init__(
         self,
         every_n_steps: int = 50,
@@ -137,6 +140,7 @@ class GradientNoiseScaleMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_layout(trainer)
         micro = trainer.world_size * trainer.accumulate_grad_batches > 1
         self._source = "micro_batches" if micro else "split"
         self._remove_hooks()

@@ -17,7 +17,14 @@ import torch
 from lightning.pytorch import Trainer, loggers
 from matplotlib.image import imread
 
-from lightning_landscape import GradientNormMonitor, HessianEigenMonitor, LossLandscapeMonitor, RiskGapMonitor
+from lightning_landscape import (
+    EdgeOfStabilityMonitor,
+    GradientNoiseScaleMonitor,
+    GradientNormMonitor,
+    HessianEigenMonitor,
+    LossLandscapeMonitor,
+    RiskGapMonitor,
+)
 from lightning_landscape.callbacks import _loggers, _tensorboard, tags
 from lightning_landscape.callbacks._loggers import figure_path, log_figure, logger_kind
 from tests.callbacks._cb_helpers import TinyRegression, make_loader
@@ -246,6 +253,16 @@ def test_log_figure_dispatches_once_per_logger_and_only_on_rank_zero(tmp_path: P
         ([RiskGapMonitor()], {"risk": ["risk", "gaps"]}),
         ([LossLandscapeMonitor()], {"landscape": ["sharpness", "center loss", "curvature"]}),
         ([LossLandscapeMonitor(mode="plane")], {"landscape": ["sharpness", "center loss"]}),
+        (
+            [LossLandscapeMonitor(mode="plane", sharpness_rho=0.05)],
+            {"landscape": ["sharpness", "center loss", "adaptive sharpness"]},
+        ),
+        ([EdgeOfStabilityMonitor()], {"stability": ["sharpness vs threshold", "ratio"]}),
+        (
+            [EdgeOfStabilityMonitor(batch_sharpness=True)],
+            {"stability": ["sharpness vs threshold", "ratio", "batch sharpness"]},
+        ),
+        ([GradientNoiseScaleMonitor()], {"noise_scale": ["b_simple", "gradient and noise"]}),
     ],
 )
 def test_layout_holds_the_charts_with_data(callbacks: list[Any], expected: dict[str, list[str]]) -> None:
@@ -258,6 +275,8 @@ def test_risk_gaps_chart_has_the_gaps_that_are_logged() -> None:
         return charts["risk"][1] + charts.get("gaps", [None, []])[1]
 
     assert gaps(val_key=None, optimal_risk=0.0) == ["^risk/train$", "^risk/optimality_gap$"]
+    assert gaps(val_key=None, train_risk="running_mean") == ["^risk/train_running_mean$"]
+    assert gaps(train_risk="running_mean")[2] == "^risk/generalization_gap_running_mean$"
     assert gaps(optimal_risk=0.0) == [
         "^risk/train$",
         "^risk/val$",
