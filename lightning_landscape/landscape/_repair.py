@@ -1,4 +1,4 @@
-r"""REPAIR (Jordan et al. 2023): rescale an interpolated network's preactivations to the endpoints' statistics.
+r"""REPAIR (Jordan et al. 2023): move an interpolated network's preactivations onto the endpoints' statistics.
 
 Interpolating two (aligned) networks shrinks the variance of their hidden preactivations ("variance
 collapse"), which inflates the barrier between them. REPAIR measures, for every hidden unit :math:`u`,
@@ -7,7 +7,8 @@ endpoints and moves the interpolated network's preactivation at :math:`t` onto
 
 .. math::
 
-    \mu^\star_u(t) = (1-t)\,\mu^a_u + t\,\mu^b_u, \qquad \sigma^\star_u(t) = (1-t)\,\sigma^a_u + t\,\sigma^b_u,
+    \mu^\star_u(t) = (1-t)\,\mu^a_u + t\,\mu^b_u, \qquad
+    \sigma^\star_u(t) = (1-t)\,\sigma^a_u + t\,\sigma^b_u,
 
 by folding an affine map into the producing layer: ``weight *= s`` and ``bias = (bias - mu) * s + mu*``
 with :math:`s = \sigma^\star / \sigma`, layer after layer in forward order (each measured after the layers

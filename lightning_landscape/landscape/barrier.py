@@ -19,7 +19,8 @@ from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.curvature._model_state import rng_devices
 from lightning_landscape.landscape import _repair
 from lightning_landscape.landscape._evaluate import GridEvaluator, check_finite, state_tensors
-from lightning_landscape.landscape.align import AlignMethod, align as align_models
+from lightning_landscape.landscape.align import AlignMethod
+from lightning_landscape.landscape.align import align as align_models
 from lightning_landscape.landscape.directions import difference, named_trainable
 from lightning_landscape.landscape.results import BarrierResult
 
@@ -73,13 +74,14 @@ def linear_barrier(
     too so that the chord compares like with like. Neither model is modified.
 
     With ``align="weights"`` or ``"activations"``, ``model_b`` is first replaced by
-    :func:`~lightning_landscape.landscape.align` ``(model_a, model_b, align, batches, loss_fn).model``: the same
-    function with its hidden units permuted (and rescaled) to match ``model_a``, so the barrier no longer
-    counts permutation symmetry (Entezari et al. 2022; Ainsworth et al. 2023). ``loss_b`` is unchanged by it.
-    With ``repair=True`` every interpolated point's hidden preactivations are moved to the interpolation of the
-    endpoints' per-unit mean and standard deviation on ``batches`` (REPAIR, Jordan et al. 2023; see
-    :mod:`~lightning_landscape.landscape._repair`: Linear/Conv outputs on hidden axes are corrected layer by
-    layer; LayerNorm keeps no statistics, so nothing of it is repaired; for BatchNorm use
+    :func:`~lightning_landscape.landscape.align` ``(model_a, model_b, align, batches, loss_fn).model``:
+    the same function with its hidden units permuted (and rescaled) to match ``model_a``, so the barrier no
+    longer counts permutation symmetry (Entezari et al. 2022; Ainsworth et al. 2023); ``loss_b`` is
+    unchanged by it. With ``repair=True`` every interpolated point's hidden preactivations are moved to the
+    interpolation of the endpoints' per-unit mean and standard deviation on ``batches`` (REPAIR, Jordan et
+    al. 2023; see :mod:`~lightning_landscape.landscape._repair`: Linear/Conv outputs on hidden axes are
+    corrected layer by layer; LayerNorm normalizes each example by its own statistics and keeps no buffers,
+    so nothing of it is repaired; for BatchNorm use
     ``buffers="reestimate"``). ``meta`` records ``buffers``, ``align`` (``None`` or the method), ``repair``
     and, when aligned, ``align_sweeps``.
 

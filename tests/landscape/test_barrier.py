@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_landscape.landscape import linear_barrier
-from lightning_landscape.landscape import _repair
+from lightning_landscape.landscape import _repair, linear_barrier
 from lightning_landscape.landscape.barrier import BUFFER_MODES, _point, reestimated
 from lightning_landscape.landscape.directions import difference
 from tests._shared import mse_loss
@@ -168,7 +167,7 @@ def one_thread() -> Iterator[None]:
 
 
 def test_repair_lowers_the_aligned_barrier_of_trained_networks_without_batchnorm(one_thread: None) -> None:
-    # Two 8-32-32-1 ReLU nets fitted to one teacher: interpolating shrinks the hidden variance (Jordan et al.).
+    # Two 8-32-32-1 ReLU nets fitted to one teacher; interpolating shrinks the hidden variance (Jordan et al.)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(512, 8, generator=gen)
     hidden = torch.tanh(x @ torch.randn(8, 16, generator=gen) / 8**0.5)
@@ -189,7 +188,8 @@ def test_repair_lowers_the_aligned_barrier_of_trained_networks_without_batchnorm
     # Measured: end losses 0.012 and 0.009, aligned barrier 0.033, repaired 0.012.
     assert plain.barrier > 2 * max(plain.loss_a, plain.loss_b)  # a real barrier after alignment
     assert repaired.barrier < 0.6 * plain.barrier
-    assert all(torch.equal(p, q) for p, q in zip(before, [p for net in nets for p in net.parameters()]))
+    after = [p for net in nets for p in net.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(before, after, strict=True))
 
 
 def test_align_and_repair_arguments_are_named() -> None:
