@@ -198,6 +198,16 @@ class MultiSeedConfig:
             first 4 train batches: the ``barriers`` block of ``summary.json``, ``barriers.png`` (heatmap),
             ``interpolation.png`` (the segments) and one summary line (seeds sharing the best basin).
         barrier_tol: the barrier (loss units) below which a seed shares the best seed's basin.
+        align: with ``barriers``, also the barriers after aligning each other seed to the compared one
+            up to permutation (and ReLU rescaling) symmetry: ``"weights"`` (weight matching, no data;
+            default), ``"activations"`` (activation matching on the barrier batches) or ``None`` (raw
+            only). A module that cannot be aligned keeps the raw barriers, and the record says why.
+        soup: after the selection, average the finished seeds' weights: ``"uniform"`` (all, aligned to
+            the best seed first where the module allows), ``"greedy"`` (in order of validation score, a
+            seed kept while the soup's validation score improves) or ``"none"``; written as
+            ``soup.ckpt`` and scored on validation and test beside the best seed.
+        ensemble: average the predictions of the top-``ensemble`` seeds (no new training; probabilities
+            for classifiers, outputs for regression) and score it on validation and test (0: off).
         trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -236,6 +246,10 @@ class MultiSeedConfig:
     quiet: bool = False
     barriers: bool | Literal["best", "all"] = False
     barrier_tol: float = BARRIER_TOL
+    # Issue 18: symmetry-aware barriers, soups and ensembles of all K seeds.
+    align: Literal["weights", "activations"] | None = "weights"
+    soup: Literal["none", "uniform", "greedy"] = "none"
+    ensemble: int = 0
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -283,6 +297,12 @@ class MultiSeedConfig:
         tol = self.barrier_tol
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise ValueError(f"`barrier_tol` must be a number >= 0, got {tol!r}")
+        if self.align not in (None, "weights", "activations"):
+            raise ValueError(f"`align` must be None, 'weights' or 'activations', got {self.align!r}")
+        if self.soup not in ("none", "uniform", "greedy"):
+            raise ValueError(f"`soup` must be one of ('none', 'uniform', 'greedy'), got {self.soup!r}")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 0:
+            raise ValueError(f"`ensemble` must be an integer >= 0 (0: no ensemble), got {self.ensemble!r}")
 
     @property
     def seed_list(self) -> list[int]:

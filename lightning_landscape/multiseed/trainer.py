@@ -357,7 +357,9 @@ class MultiSeedTrainer:
             plot_best_of_k(self.root_dir, curve, config.monitor)
         if config.barriers_which is not None:
             which, tol = config.barriers_which, float(config.barrier_tol)
-            block = barriers_after_selection(job, result.runs, result.best_seed, self.root_dir, which, tol)
+            block = barriers_after_selection(
+                job, result.runs, result.best_seed, self.root_dir, which, tol, align=config.align
+            )
             if block is not None:
                 record.extra["barriers"] = block
                 rank_zero_info(f"MultiSeedTrainer: {block['summary']}")
