@@ -1,6 +1,6 @@
 """Soup and ensemble vs the best seed on the digits MLP: K seeds, a short run, held-out test split.
 
-    python benchmarks/soups.py --seeds 8 --max_epochs 4
+    python benchmarks/soups.py --seeds 8 --max_epochs 15
 
 Prints one row per model (best seed, uniform soup, greedy soup, ensemble of the top m) with the module's
 validation/test loss and the averaged-prediction NLL and accuracy on validation and test, and the wall time.
@@ -18,9 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from examples.digits import DigitsDataModule, DigitsMLP  # noqa: E402
-
-from lightning_landscape.multiseed import MultiSeedTrainer  # noqa: E402
+from examples.digits import DigitsDataModule, DigitsMLP
+from lightning_landscape.multiseed import MultiSeedTrainer
 
 
 class HeldOut(DigitsDataModule):
@@ -42,16 +41,36 @@ class HeldOut(DigitsDataModule):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=8)
-    p.add_argument("--max_epochs", type=int, default=4)
+    p.add_argument("--max_epochs", type=int, default=15)
     p.add_argument("--ensemble", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp())
-    common = dict(seeds=args.seeds, root_dir=root, monitor="val_loss", quiet=True, max_epochs=args.max_epochs,
-                  enable_progress_bar=False, enable_model_summary=False, logger=False, accelerator="cpu")
+    common = dict(
+        seeds=args.seeds,
+        root_dir=root,
+        monitor="val_loss",
+        quiet=True,
+        max_epochs=args.max_epochs,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        accelerator="cpu",
+    )
     t0 = time.time()
-    MultiSeedTrainer(**common).fit(DigitsMLP, datamodule=HeldOut())
+    first = MultiSeedTrainer(**common, barriers="all").fit(DigitsMLP, datamodule=HeldOut())
     train = time.time() - t0
+    import json
+
+    block = json.loads((root / "summary.json").read_text())["barriers"]
+    raw = [v for row in block["matrix"] for v in row if v]
+    aligned = [v for row in block["aligned_matrix"] for v in row if v]
+    dist = [v for row in block["functional_distance"]["matrix"] for v in row if v]
+    print(f"# best seed {first.best_seed}; {block['summary']}")
+    print(
+        f"# raw barriers {min(raw):.3g}-{max(raw):.3g}, aligned {min(aligned):.3g}-{max(aligned):.3g},"
+        f" disagreement {min(dist):.3g}-{max(dist):.3g} (all pairs)"
+    )
     for soup in ("greedy", "uniform"):
         t0 = time.time()
         res = MultiSeedTrainer(**common, soup=soup, ensemble=args.ensemble, allow_config_change=True).fit(
