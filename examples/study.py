@@ -723,7 +723,7 @@ def make_figures(
         ax.set_yticks(range(len(seeds)), [str(s) for s in seeds])
         ax.set_xlabel("seed (lowest final risk first)")
         ax.set_title(f"{title} barriers between end points", fontsize=9)
-    fig.colorbar(im, ax=list(axes), label="linear barrier (risk units)")
+    fig.colorbar(im, ax=axes[1], label="linear barrier (risk units, both panels)")
     save(fig, "barriers.png")
 
 
