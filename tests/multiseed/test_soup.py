@@ -99,3 +99,31 @@ def test_prediction_scores_of_a_classifier_average_probabilities() -> None:
     assert scores["accuracy"] == pytest.approx(float((prob.argmax(-1) == y).float().mean()))
     with pytest.raises(ValueError, match="`states`"):
         average_states([])
+
+
+@pytest.mark.parametrize("method", ["weights", "activations"])
+def test_a_soup_of_a_seed_and_its_permuted_copy_is_the_seed(method: str) -> None:
+    # Without alignment the average of two permuted copies is another network; aligned, it is the seed.
+    from lightning_landscape.multiseed.soup import Members, _soup_model, aligned_members
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).double()
+    twin = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).double()
+    perm = torch.randperm(6)
+    with torch.no_grad():
+        twin[0].weight.copy_(net[0].weight[perm])
+        twin[0].bias.copy_(net[0].bias[perm])
+        twin[2].weight.copy_(net[2].weight[:, perm])
+        twin[2].bias.copy_(net[2].bias)
+    members = Members.__new__(Members)
+    members.models, members.template = [net, twin], net
+    x = torch.randn(32, 3, dtype=torch.float64)
+    aligned, error = aligned_members(members, method, [(x, None)])
+    assert error is None
+    soup = _soup_model(net, aligned)
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(soup.state_dict()[name], value, rtol=0, atol=1e-12)
+    raw = _soup_model(net, [net, twin])
+    assert not torch.allclose(raw(x), net(x), atol=1e-3)
+    unaligned, reason = aligned_members(members, None, [])
+    assert unaligned == [net, twin] and reason == "align=None"
