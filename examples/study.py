@@ -487,8 +487,16 @@ def risk_levels(risks: list[float], rtol: float) -> list[list[float]]:
 
 def measure_landscape(cfg: StudyConfig, root: Path, ends: list[Endpoint]) -> None:
     """The loss plane around the best end point along its top-2 Hessian eigenvectors (``plane_best.npz``)
-    and the linear barriers between the lowest end points, pairwise (``barriers.csv``)."""
-    from lightning_landscape.landscape import hessian_directions, linear_barrier, loss_plane
+    and, between the lowest end points pairwise (``barriers.csv``): the raw linear barrier, the barrier after
+    aligning the second network's hidden units to the first's (weight matching with ReLU rescaling: the same
+    function, see :func:`~lightning_landscape.landscape.align`) and the RMS distance between their outputs
+    on the grid."""
+    from lightning_landscape.landscape import (
+        functional_distance,
+        hessian_directions,
+        linear_barrier,
+        loss_plane,
+    )
 
     seeds, nets, _ = load_members(root, cfg)
     by_seed = dict(zip(seeds, nets, strict=True))
@@ -505,16 +513,19 @@ def measure_landscape(cfg: StudyConfig, root: Path, ends: list[Endpoint]) -> Non
     chosen = ranked[:BARRIER_SEEDS]
     with open(root / BARRIERS, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["seed_a", "seed_b", "barrier"])
+        writer.writerow(["seed_a", "seed_b", "barrier", "aligned_barrier", "output_rms"])
         for i, a in enumerate(chosen):
             for b in chosen[i + 1 :]:
-                writer.writerow(
-                    [a, b, linear_barrier(by_seed[a], by_seed[b], _mse, [grid], steps=25).barrier]
-                )
+                pair = (by_seed[a], by_seed[b], _mse, [grid])
+                raw = linear_barrier(*pair, steps=25).barrier
+                aligned = linear_barrier(*pair, steps=25, align="weights").barrier
+                rms = functional_distance(by_seed[a], by_seed[b], [grid], kind="rms").value
+                writer.writerow([a, b, raw, aligned, rms])
 
 
-def read_barriers(root: Path) -> tuple[list[int], Any]:
-    """The seeds of ``barriers.csv`` (lowest risk first) and the symmetric matrix of their barriers."""
+def read_barriers(root: Path, column: str = "barrier") -> tuple[list[int], Any]:
+    """The seeds of ``barriers.csv`` (lowest risk first) and the symmetric matrix of one of its columns
+    (``barrier``, ``aligned_barrier`` or ``output_rms``)."""
     import numpy as np
 
     rows = _read_rows(root / BARRIERS)
@@ -526,8 +537,43 @@ def read_barriers(root: Path) -> tuple[list[int], Any]:
     matrix = np.zeros((len(seeds), len(seeds)))
     for r in rows:
         i, j = seeds.index(int(r["seed_a"])), seeds.index(int(r["seed_b"]))
-        matrix[i, j] = matrix[j, i] = float(r["barrier"])
+        matrix[i, j] = matrix[j, i] = float(r[column])
     return seeds, matrix
+
+
+def valley_line(root: Path, ends: list[Endpoint]) -> str:
+    """One sentence worded from ``barriers.csv``: raw and aligned barriers, each aligned barrier against the
+    larger end-point risk of its own pair, and the RMS distances between the networks' outputs."""
+    import numpy as np
+
+    rows = _read_rows(root / BARRIERS)
+    risk = {e.seed: e.final_risk for e in ends}
+    raw = np.array([float(r["barrier"]) for r in rows])
+    aligned = np.array([float(r["aligned_barrier"]) for r in rows])
+    rms = np.array([float(r["output_rms"]) for r in rows])
+    ends_max = np.array([max(risk[int(r["seed_a"])], risk[int(r["seed_b"])]) for r in rows])
+    share = 1 - float(np.clip(aligned, 0, None).sum()) / max(float(np.clip(raw, 0, None).sum()), 1e-300)
+    seeds = {int(r[k]) for r in rows for k in ("seed_a", "seed_b")}
+    line = (
+        f"Between the {len(seeds)} lowest end points ({len(rows)} pairs): raw linear barriers median "
+        f"{np.median(raw):.3g} (max {raw.max():.3g}); after aligning the hidden units (a permutation and "
+        f"ReLU rescaling: the same function) median {np.median(aligned):.3g} (max {aligned.max():.3g}), so "
+        f"{share:.0%} of the raw height is permutation symmetry; RMS distance between the networks' outputs "
+        f"{rms.min():.2g}-{rms.max():.2g}."
+    )
+    above = int((aligned > ends_max).sum())
+    if above == 0:
+        return line + (
+            " Every aligned barrier is below the larger end-point risk of its pair: as far as straight"
+            " segments show, one basin up to symmetry."
+        )
+    ratio = float(np.median(aligned / np.maximum(ends_max, 1e-300)))
+    return line + (
+        f" {above}/{len(rows)} aligned barriers still exceed the larger end-point risk of their pair"
+        f" (median aligned barrier / end-point risk {ratio:.3g}): even up to symmetry (as weight matching"
+        " finds it) these end points are not linearly connected"
+        + (", though most of the raw height is symmetry, not separate valleys." if share >= 0.5 else ".")
+    )
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -666,15 +712,18 @@ def make_figures(
     ax.set_title(f"risk around the best end point (seed {plane.meta.get('seed')})", fontsize=9)
     save(fig, "plane_best.png")
 
-    # 8. the barrier heatmap between the lowest end points
+    # 8. the barrier heatmaps between the lowest end points: raw and aligned, one colour scale
     seeds, matrix = read_barriers(root)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    im = ax.imshow(matrix, cmap="magma")
-    fig.colorbar(im, ax=ax, label="linear barrier (risk units)")
-    ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
-    ax.set_yticks(range(len(seeds)), [str(s) for s in seeds])
-    ax.set_xlabel("seed (lowest final risk first)")
-    ax.set_title("barriers on the segments between end points", fontsize=9)
+    _, aligned = read_barriers(root, "aligned_barrier")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    vmax = max(float(matrix.max()), float(aligned.max()), 1e-12)
+    for ax, values, title in ((axes[0], matrix, "raw"), (axes[1], aligned, "aligned (weight matching)")):
+        im = ax.imshow(values, cmap="magma", vmin=min(0.0, float(aligned.min())), vmax=vmax)
+        ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
+        ax.set_yticks(range(len(seeds)), [str(s) for s in seeds])
+        ax.set_xlabel("seed (lowest final risk first)")
+        ax.set_title(f"{title} barriers between end points", fontsize=9)
+    fig.colorbar(im, ax=axes[1], label="linear barrier (risk units, both panels)")
     save(fig, "barriers.png")
 
 
@@ -710,6 +759,8 @@ def answer_lines(
         f"{saddles} saddles (minimum: lambda_min >= -{args.eig_rtol:g}*|lambda_max|); "
         f"{moving} not critical yet; median lambda_min/lambda_max = {median_ratio:.2g}.",
     ]
+    if (root / BARRIERS).is_file():
+        lines.append(valley_line(root, ends))
     if cfg.target == "teacher":
         lines.append(f"The optimal risk is 0 (teacher target): the best init is {best:.3g} above it.")
     lines.append(f"Report: {root / 'report.md'}; logs: tensorboard --logdir {root}")
@@ -762,8 +813,10 @@ risk R(θ) = ∫₀¹ (N_θ(x) - f(x))² dx by the {cfg.grid_size}-point midpoin
 ![best of k](best_of_k.png)
 
 The risk around the best end point along its top-2 Hessian eigenvectors, and the linear barriers
-max_t R((1-t)θ_a + tθ_b) - ((1-t)R(θ_a) + tR(θ_b)) between the {BARRIER_SEEDS} lowest end points
-(`{PLANE}`, `{BARRIERS}`):
+max_t R((1-t)θ_a + tθ_b) - ((1-t)R(θ_a) + tR(θ_b)) between the {BARRIER_SEEDS} lowest end points, raw
+(left) and after aligning θ_b's hidden units to θ_a's (right; a permutation and ReLU rescaling, so the same
+function: a raw barrier alone cannot tell two valleys from two copies of one) (`{PLANE}`, `{BARRIERS}`,
+which also holds the RMS distance between the networks' outputs):
 
 ![plane around the best end point](plane_best.png) ![barriers](barriers.png)
 

@@ -144,6 +144,26 @@ def test_every_panel_has_its_data_file_with_numbers_that_check_out(tiny_run):
             )
         )
     assert float(row["barrier"]) == pytest.approx(max(gaps), rel=1e-6, abs=1e-12)
+    # Aligned barrier: the aligned copy computes b's function; its segment recomputed point by point.
+    from lightning_landscape.landscape import align
+
+    moved = align(a, b, "weights").model
+    with torch.no_grad():
+        torch.testing.assert_close(moved(x), b(x), rtol=0, atol=1e-10)
+        rms = float((a(x) - b(x)).pow(2).mean().sqrt())
+    assert float(row["output_rms"]) == pytest.approx(rms, rel=1e-9)
+    pm = torch.cat([p.detach().reshape(-1) for p in moved.parameters()])
+    aligned_gaps = []
+    for t, gap in zip(torch.linspace(0, 1, 25, dtype=torch.float64).tolist(), gaps, strict=True):
+        torch.nn.utils.vector_to_parameters((1 - t) * pa + t * pb, probe.parameters())
+        with torch.no_grad():
+            chord = float(nn.functional.mse_loss(probe(x), y)) - gap
+        torch.nn.utils.vector_to_parameters((1 - t) * pa + t * pm, probe.parameters())
+        with torch.no_grad():
+            risk_t_of = float(nn.functional.mse_loss(probe(x), y))
+        aligned_gaps.append(risk_t_of - chord)
+    assert float(row["aligned_barrier"]) == pytest.approx(max(aligned_gaps), rel=1e-6, abs=1e-12)
+    assert "raw linear barriers median" in out and "permutation symmetry" in out
 
     # The printed median is the statistical one (an even count: the mean of the middle two).
     assert f"median {statistics.median(risks):.4g}" in out

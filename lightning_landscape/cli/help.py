@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Any
 
 from lightning_landscape.multiseed import MultiSeedResult
 
@@ -109,9 +110,29 @@ def format_result(result: MultiSeedResult) -> str:
             if row["expected_test"] is not None:
                 text += f"  test {row['expected_test']:.6g}"
             rows.append(text)
+    if result.combined:
+        rows.append("using all seeds (val/test: the module's metrics; prediction: averaged outputs):")
+        for row in result.combined:
+            rows.append("  " + _combined_row(row))
     rows.append(f"best checkpoint: {result.best_model_path}")
     rows.append(f"summary: {os.path.join(result.root_dir, 'summary.json')}")
     return "\n".join(rows)
+
+
+def _combined_row(row: dict[str, Any]) -> str:
+    """One row of the soup/ensemble table: name, seeds, cost, scores."""
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:.6g}"
+
+    def pred(scores: Any) -> str:
+        return "-" if not scores else ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+
+    return (
+        f"{row['name']:<20} seeds {row['seeds']}  x{row['forward_passes']} forward  val {num(row.get('val'))}"
+        f"  test {num(row.get('test'))}  prediction val [{pred(row.get('val_prediction'))}]"
+        f" test [{pred(row.get('test_prediction'))}]"
+    )
 
 
 __all__ = ["CALLBACKS", "callbacks_help", "format_result"]

@@ -1,4 +1,5 @@
-r"""The loss barrier between two models of one architecture, and the BatchNorm re-estimation it may need.
+r"""The loss barrier between two models of one architecture: optionally aligned first (permutation symmetry),
+with BatchNorm re-estimation or REPAIR for the interpolated points.
 
 Conventions of :mod:`~.lines`; neither model is modified.
 """
@@ -16,12 +17,16 @@ from lightning_landscape._torch import BatchNormBase
 from lightning_landscape.curvature._checks import check_choice, check_int
 from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.curvature._model_state import rng_devices
+from lightning_landscape.landscape import _repair
 from lightning_landscape.landscape._evaluate import GridEvaluator, check_finite, state_tensors
+from lightning_landscape.landscape.align import AlignMethod
+from lightning_landscape.landscape.align import align as align_models
 from lightning_landscape.landscape.directions import difference, named_trainable
 from lightning_landscape.landscape.results import BarrierResult
 
 BufferMode = Literal["interpolate", "reestimate"]
 BUFFER_MODES = ("interpolate", "reestimate")
+ALIGN_METHODS = (None, "weights", "activations")
 
 
 def reestimated(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any], seed: int) -> nn.Module:
@@ -51,6 +56,8 @@ def linear_barrier(
     memory_budget: int | None = None,
     vectorize: bool = True,
     seed: int = 0,
+    align: AlignMethod | None = None,
+    repair: bool = False,
 ) -> BarrierResult:
     r"""The loss along the segment from ``model_a`` to ``model_b`` (one architecture) and its barrier
 
@@ -66,6 +73,18 @@ def linear_barrier(
     statistics overstate barriers of BatchNorm networks), point by point, and the endpoints are re-estimated
     too so that the chord compares like with like. Neither model is modified.
 
+    With ``align="weights"`` or ``"activations"``, ``model_b`` is first replaced by
+    :func:`~lightning_landscape.landscape.align` ``(model_a, model_b, align, batches, loss_fn).model``:
+    the same function with its hidden units permuted (and rescaled) to match ``model_a``, so the barrier no
+    longer counts permutation symmetry (Entezari et al. 2022; Ainsworth et al. 2023); ``loss_b`` is
+    unchanged by it. With ``repair=True`` every interpolated point's hidden preactivations are moved to the
+    interpolation of the endpoints' per-unit mean and standard deviation on ``batches`` (REPAIR, Jordan et
+    al. 2023; see :mod:`~lightning_landscape.landscape._repair`: Linear/Conv outputs on hidden axes are
+    corrected layer by layer; LayerNorm normalizes each example by its own statistics and keeps no buffers,
+    so nothing of it is repaired; for BatchNorm use
+    ``buffers="reestimate"``). ``meta`` records ``buffers``, ``align`` (``None`` or the method), ``repair``
+    and, when aligned, ``align_sweeps``.
+
     Args:
         model_a: the start (:math:`t = 0`).
         model_b: the end (:math:`t = 1`), same parameter and buffer names and shapes.
@@ -73,13 +92,19 @@ def linear_barrier(
         batches: a non-empty list of batches on the models' device.
         steps: points on the segment (``>= 2``; odd includes the midpoint).
         buffers: ``"interpolate"`` or ``"reestimate"``.
+        align: ``None`` (raw segment), ``"weights"`` or ``"activations"`` (align ``model_b`` to ``model_a``
+            first; ``"activations"`` runs ``loss_fn`` on ``batches`` for the hidden activations).
+        repair: rescale each interpolated point's hidden preactivations to the interpolated endpoint
+            statistics (REPAIR); point by point.
         train_mode, chunk_size, memory_budget, vectorize, seed: as in :func:`loss_line`.
 
     Returns:
         A :class:`BarrierResult`.
 
     Raises:
-        TypeError, ValueError: for bad arguments or models of different architectures.
+        TypeError, ValueError: for bad arguments or models of different architectures; ``ValueError`` when
+            ``align`` or ``repair`` needs the permutation structure and it cannot be derived (the message
+            names the module and why).
         NonFiniteError: if the loss is not finite at any point.
 
     Example::
@@ -89,9 +114,22 @@ def linear_barrier(
         >>> res = linear_barrier(a, b, lambda m, x: (m(x) ** 2).mean(), [x], steps=5)
         >>> res.barrier <= 1e-12  # a convex loss: the segment stays under the chord
         True
+        >>> twin = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+        >>> perm = copy.deepcopy(twin)
+        >>> with torch.no_grad():  # the same function, hidden units reversed
+        ...     _ = perm[0].weight.copy_(twin[0].weight.flip(0)), perm[0].bias.copy_(twin[0].bias.flip(0))
+        ...     _ = perm[2].weight.copy_(twin[2].weight.flip(1))
+        >>> loss = lambda m, x: (m(x) ** 2).mean()
+        >>> res = linear_barrier(twin, perm, loss, [x], steps=5, align="weights")
+        >>> abs(res.barrier) < 1e-6, res.meta["align"]
+        (True, 'weights')
     """
     check_int("steps", steps, minimum=2)
     check_choice("buffers", buffers, BUFFER_MODES)
+    if align not in ALIGN_METHODS:
+        raise ValueError(f"`align` must be one of {ALIGN_METHODS}, got {align!r}")
+    if not isinstance(repair, bool):
+        raise TypeError(f"`repair` must be a bool, got {type(repair).__name__}")
     options: dict[str, Any] = {
         "train_mode": train_mode,
         "chunk_size": chunk_size,
@@ -99,9 +137,16 @@ def linear_barrier(
         "vectorize": vectorize,
         "seed": seed,
     }
+    meta: dict[str, Any] = {"buffers": buffers, "align": align, "repair": repair}
+    difference(model_a, model_b)  # one architecture, checked before any alignment work
+    if align is not None:
+        aligned = align_models(model_a, model_b, align, batches, loss_fn, seed=seed)
+        model_b, meta["align_sweeps"] = aligned.model, aligned.sweeps
     delta, buffer_delta = difference(model_a, model_b)
     ts = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
-    if buffers == "interpolate":
+    if repair:
+        losses = _repaired_losses(model_a, model_b, loss_fn, batches, ts, buffers, options)
+    elif buffers == "interpolate":
         evaluator = GridEvaluator(model_a, loss_fn, batches, **options)
         weights, bufs = state_tensors(model_a)
         losses = evaluator.losses(weights, [delta], ts[:, None], bufs, [buffer_delta])
@@ -122,9 +167,50 @@ def linear_barrier(
     loss_a, loss_b = float(losses[0]), float(losses[-1])
     excess = losses - ((1 - ts) * loss_a + ts * loss_b)
     index = int(torch.nan_to_num(excess, nan=-torch.inf).argmax())
-    return BarrierResult(
-        ts, losses, loss_a, loss_b, float(excess[index]), float(ts[index]), meta={"buffers": buffers}
-    )
+    return BarrierResult(ts, losses, loss_a, loss_b, float(excess[index]), float(ts[index]), meta=meta)
 
 
-__all__ = ["BUFFER_MODES", "BufferMode", "linear_barrier", "reestimated"]
+def _point(model_a: nn.Module, delta: dict[str, Any], buffer_delta: dict[str, Any], t: float) -> nn.Module:
+    """A copy of ``model_a`` moved by ``t`` along the weights and the floating buffers."""
+    point = copy.deepcopy(model_a)
+    buffers = dict(point.named_buffers())
+    with torch.no_grad():
+        for n, p in named_trainable(point).items():
+            p.add_(delta[n], alpha=t)
+        for n, d in buffer_delta.items():
+            buffers[n].add_(d, alpha=t)
+    return point
+
+
+def _repaired_losses(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    ts: torch.Tensor,
+    buffers: BufferMode,
+    options: dict[str, Any],
+) -> torch.Tensor:
+    """The loss at each REPAIRed point of the segment (see :mod:`~._repair`), point by point."""
+    evaluator = GridEvaluator(model_a, loss_fn, batches, **options)  # validates the arguments
+    data = evaluator.batches
+    names = _repair.repair_layers(model_a)
+    if buffers == "reestimate":
+        model_a, model_b = (reestimated(m, loss_fn, data, options["seed"]) for m in (model_a, model_b))
+    stats_a = _repair.statistics(model_a, names, loss_fn, data)
+    stats_b = _repair.statistics(model_b, names, loss_fn, data)
+    delta, buffer_delta = difference(model_a, model_b)
+    values = []
+    for t in ts.tolist():
+        point = _point(model_a, delta, buffer_delta, t)
+        if buffers == "reestimate":
+            point = reestimated(point, loss_fn, data, options["seed"])
+        targets = _repair.interpolated_targets(stats_a, stats_b, t)
+        point = _repair.repaired(point, names, targets, loss_fn, data)
+        single = GridEvaluator(point, loss_fn, data, **options)
+        w, b = state_tensors(point)
+        values.append(single.losses(w, [], torch.zeros(1, 0, dtype=torch.float64), b))
+    return torch.cat(values)
+
+
+__all__ = ["ALIGN_METHODS", "BUFFER_MODES", "BufferMode", "linear_barrier", "reestimated"]

@@ -200,6 +200,16 @@ class MultiSeedConfig:
         barrier_tol: the barrier (loss units) below which a seed shares the best seed's basin.
         datamodule_kwargs: keyword arguments for a datamodule class or factory (recorded in the
             fingerprint, as ``model_kwargs`` are; the CLI passes the ``data`` section's ``init_args``).
+        align: with ``barriers``, also the barriers after aligning each other seed to the compared one
+            up to permutation (and ReLU rescaling) symmetry: ``"weights"`` (weight matching, no data;
+            default), ``"activations"`` (activation matching on the barrier batches) or ``None`` (raw
+            only). A module that cannot be aligned keeps the raw barriers, and the record says why.
+        soup: after the selection, average the finished seeds' weights: ``"uniform"`` (all, aligned to
+            the best seed first where the module allows), ``"greedy"`` (in order of validation score, a
+            seed kept while the soup's validation score improves) or ``"none"``; written as
+            ``soup.ckpt`` and scored on validation and test beside the best seed.
+        ensemble: average the predictions of the top-``ensemble`` seeds (no new training; probabilities
+            for classifiers, outputs for regression) and score it on validation and test (0: off).
         trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -239,6 +249,9 @@ class MultiSeedConfig:
     barriers: bool | Literal["best", "all"] = False
     barrier_tol: float = BARRIER_TOL
     datamodule_kwargs: dict[str, Any] | None = None
+    align: Literal["weights", "activations"] | None = "weights"
+    soup: Literal["none", "uniform", "greedy"] = "none"
+    ensemble: int = 0
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -290,6 +303,12 @@ class MultiSeedConfig:
         tol = self.barrier_tol
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise ValueError(f"`barrier_tol` must be a number >= 0, got {tol!r}")
+        if self.align not in (None, "weights", "activations"):
+            raise ValueError(f"`align` must be None, 'weights' or 'activations', got {self.align!r}")
+        if self.soup not in ("none", "uniform", "greedy"):
+            raise ValueError(f"`soup` must be one of ('none', 'uniform', 'greedy'), got {self.soup!r}")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 0:
+            raise ValueError(f"`ensemble` must be an integer >= 0 (0: no ensemble), got {self.ensemble!r}")
 
     @property
     def seed_list(self) -> list[int]:

@@ -123,6 +123,8 @@ class MultiSeedResult:
         best_test_score: the winner's score on the held-out test set, ``None`` if not tested.
         selection: the optimism of the selection (see
             :class:`~lightning_landscape.multiseed.selection.SelectionOptimism`), ``None`` if not tested.
+        combined: the soup and ensemble rows beside the best seed (``soup``/``ensemble``; see
+            :mod:`~lightning_landscape.multiseed.soup`), empty when not asked for.
     """
 
     runs: list[SeedRun]
@@ -134,6 +136,7 @@ class MultiSeedResult:
     root_dir: str
     best_test_score: float | None = None
     selection: dict[str, Any] | None = None
+    combined: list[dict[str, Any]] = field(default_factory=list)
 
     def best_of_k(self, quantiles: tuple[float, float] = (0.1, 0.9)) -> BestOfK | None:
         """The exact expected best ``monitor`` of k seeds drawn from the finished ones, k = 1..K, with its

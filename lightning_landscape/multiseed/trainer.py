@@ -61,6 +61,7 @@ from lightning_landscape.multiseed.report import (
     write_summary_csv,
 )
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
+from lightning_landscape.multiseed.soup import soup_and_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,8 @@ class MultiSeedTrainer:
         of the winner (or of every seed), ``still_improving``, the best-of-k curve and the optimism; with
         ``barriers``: the loss barriers between the best seed's best checkpoint and the others'
         (``record.extra["barriers"]``, ``barriers.png``, ``interpolation.png``; see
-        :mod:`~lightning_landscape.multiseed.barriers`).
+        :mod:`~lightning_landscape.multiseed.barriers`); with ``soup``/``ensemble``: ``soup.ckpt`` and the
+        ``combined`` block (:mod:`~lightning_landscape.multiseed.soup`).
         """
         if not is_rank_zero():
             return
@@ -356,10 +358,20 @@ class MultiSeedTrainer:
             plot_best_of_k(self.root_dir, curve, config.monitor)
         if config.barriers_which is not None:
             which, tol = config.barriers_which, float(config.barrier_tol)
-            block = barriers_after_selection(job, result.runs, result.best_seed, self.root_dir, which, tol)
+            block = barriers_after_selection(
+                job, result.runs, result.best_seed, self.root_dir, which, tol, align=config.align
+            )
             if block is not None:
                 record.extra["barriers"] = block
                 rank_zero_info(f"MultiSeedTrainer: {block['summary']}")
+        combined = soup_and_ensemble(
+            job, result, soup=config.soup, ensemble=config.ensemble, align=config.align,
+            monitor=config.monitor, test_monitor=config.test_metric, test_dataloaders=test_dataloaders,
+            trainer_kwargs=self.trainer_kwargs,
+        )  # fmt: skip
+        if combined is not None:
+            record.extra["combined"] = combined
+            result.combined = combined["rows"]
 
 
 _SIGNATURE = inspect.Signature(

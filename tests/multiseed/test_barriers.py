@@ -85,7 +85,16 @@ def test_multiseed_trainer_writes_the_barrier_block_and_figures(tmp_path: Path) 
     best_row = block["matrix"][block["seeds"].index(result.best_seed)]
     shared = [s for s, v in zip(block["seeds"], best_row, strict=True) if s == result.best_seed or v < 1e-3]
     assert block["connected"] == shared
-    head = f"seeds {', '.join(map(str, shared))} share" if len(shared) > 1 else "no other seed"
+    aligned = block["aligned_matrix"]
+    assert block["align"] == "weights" and block["align_error"] is None  # aligned by default
+    best_aligned = aligned[block["seeds"].index(result.best_seed)]
+    up_to_perm = [
+        s for s, v in zip(block["seeds"], best_aligned, strict=True) if s == result.best_seed or v < 1e-3
+    ]
+    assert block["connected_up_to_permutation"] == up_to_perm
+    head = (
+        f"seeds {', '.join(map(str, up_to_perm))} are one basin" if len(up_to_perm) > 1 else "no other seed"
+    )
     assert block["summary"].startswith(head)
     # The recorded value, recomputed from the checkpoints with the library on the same batches.
     train, _ = _tiny.loaders()
@@ -100,5 +109,65 @@ def test_multiseed_trainer_writes_the_barrier_block_and_figures(tmp_path: Path) 
     i, j = block["seeds"].index(result.best_seed), block["seeds"].index(other)
     assert block["matrix"][i][j] == pytest.approx(want, rel=1e-6, abs=1e-9)
     assert block["lines"][str(other)]["barrier"] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    want = linear_barrier(a, b, TrainingStepLoss(), batches, steps=11, align="weights").barrier
+    assert aligned[i][j] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    # The RMS distance between the two seeds' outputs on those batches, by hand.
+    with torch.no_grad():
+        diff = torch.cat([(a.net(x) - b.net(x)).double() for x, _ in batches])
+    rms = float(diff.pow(2).mean().sqrt())
+    dist = block["functional_distance"]
+    assert dist["kind"] == "rms" and dist["matrix"][i][j] == pytest.approx(rms, rel=1e-6)
     record = read_record(tmp_path)  # the record module validates the file with the block in it
     assert record is not None and record.extra["barriers"]["best_seed"] == result.best_seed
+
+
+class _Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class _Sorted(_Mlp):
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net[2](torch.sort(self.net[1](self.net[0](x)), dim=-1).values)  # no permutation symmetry
+
+
+def _mse(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    return nn.functional.mse_loss(model(batch[0]), batch[1])
+
+
+def test_a_permuted_copy_is_one_basin_up_to_permutation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    best, other = _Mlp().to(DT), _Mlp().to(DT)
+    twin = _Mlp().to(DT)
+    perm = torch.randperm(5)
+    with torch.no_grad():
+        twin.net[0].weight.copy_(best.net[0].weight[perm])
+        twin.net[0].bias.copy_(best.net[0].bias[perm])
+        twin.net[2].weight.copy_(best.net[2].weight[:, perm])
+        twin.net[2].bias.copy_(best.net[2].bias)
+    paths = {}
+    for seed, m in ((0, best), (1, twin), (2, other)):
+        paths[seed] = tmp_path / f"{seed}.ckpt"
+        torch.save(m.state_dict(), paths[seed])
+    x = torch.randn(64, 2, dtype=DT)
+    with torch.no_grad():
+        batches = [(x, best(x))]  # the best seed's function is the target: loss 0 at both ends
+    res = seed_barriers(paths, _Mlp().to(DT), _mse, batches, best=0, full=True, align="weights", tol=1e-6)
+    assert res.matrix[0, 1] > 1e-3 and abs(float(res.aligned[0, 1])) < 1e-9  # type: ignore[index]
+    assert res.distances is not None and float(res.distances[0, 1]) < 1e-12 and res.distance_kind == "rms"
+    want = float((best(x) - other(x)).pow(2).mean().sqrt())
+    assert float(res.distances[0, 2]) == pytest.approx(want, rel=1e-12)
+    assert 1 not in res.connected() and res.connected(aligned=True)[:2] == [0, 1]
+    assert res.summary().startswith("seeds 0, 1")
+    assert "are one basin up to permutation: aligned barrier < 1e-06" in res.summary()
+    block = json.loads(json.dumps(res.to_dict()))
+    assert block["aligned_matrix"][0][1] == pytest.approx(0.0, abs=1e-9) and block["align"] == "weights"
+    assert (res.save_figures(tmp_path)[0]).stat().st_size > 1000
+    # A module whose hidden units cannot be permuted: raw barriers, and the reason recorded.
+    refused = seed_barriers(paths, _Sorted().to(DT), _mse, batches, best=0, align="weights")
+    assert refused.aligned is None and refused.align is None and "sort" in str(refused.align_error)
+    assert "raw barriers only" in refused.summary() or refused.connected() == [0, 1, 2]

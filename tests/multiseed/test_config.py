@@ -86,6 +86,11 @@ def test_bad_seed_lists_are_refused(seeds: Any, error: type[Exception], match: s
         ({"cpus_per_seed": float("nan")}, TypeError, "`cpus_per_seed` must be a number"),
         ({"barriers": "some"}, ValueError, "`barriers` must be False, True, 'best' or 'all'"),
         ({"barrier_tol": -0.1}, ValueError, "`barrier_tol` must be a number >= 0"),
+        ({"align": "rebasin"}, ValueError, "`align` must be None, 'weights' or 'activations'"),
+        ({"align": None}, None, None),
+        ({"soup": "best"}, ValueError, "`soup` must be one of"),
+        ({"ensemble": -1}, ValueError, "`ensemble` must be an integer >= 0"),
+        ({"ensemble": True}, ValueError, "`ensemble` must be an integer >= 0"),
         ({"trainer_kwargs": {"plugins": []}}, None, None),
     ],
 )
