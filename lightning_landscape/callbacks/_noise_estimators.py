@@ -22,7 +22,7 @@ estimators, since the ratio of two noisy estimates is biased.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-LossFn = Callable[[nn.Module, Any], Tensor]
+from lightning_landscape.curvature._inputs import LossFn
 
 
 def unbiased_estimates(small_sq: float, big_sq: float, b_small: float, b_big: float) -> tuple[float, float]:

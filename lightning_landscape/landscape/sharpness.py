@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,8 +46,8 @@ from torch.func import functional_call
 
 from lightning_landscape.curvature import batch_size
 from lightning_landscape.curvature._checks import check_choice, check_int, check_positive
+from lightning_landscape.curvature._inputs import LossFn
 
-LossFn = Callable[[nn.Module, Any], Tensor]
 Norm = Literal[2, "inf"]
 Kind = Literal["worst", "average"]
 

@@ -43,6 +43,7 @@ from lightning_landscape.curvature._checks import check_int
 from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import linear_barrier
 from lightning_landscape.landscape.directions import named_trainable
+from lightning_landscape.multiseed.barriers import DEFAULT_TOL as BARRIER_TOL
 from lightning_landscape.multiseed.instability_result import InstabilityResult
 
 #: Trainer arguments :func:`instability` sets itself.
@@ -224,7 +225,7 @@ def instability(
     loss_fn: LossFn | None = None,
     num_batches: int | None = 4,
     barrier_steps: int = 11,
-    tol: float = 0.01,
+    tol: float = BARRIER_TOL,
     rtol: float = 0.0,
     root_dir: str | Path | None = None,
     quiet: bool = True,

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lightning_landscape.multiseed.barriers import DEFAULT_TOL as BARRIER_TOL
+
 
 @dataclasses.dataclass(frozen=True)
 class InstabilityResult:
@@ -59,7 +61,7 @@ class InstabilityResult:
     total_steps: int
     seed: int
     child_seeds: tuple[int, int]
-    tol: float = 0.01
+    tol: float = BARRIER_TOL
     rtol: float = 0.0
 
     def thresholds(self) -> tuple[float, ...]:
