@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from lightning_landscape.curvature._inputs import LossFn
+from lightning_landscape.curvature._inputs import LossFn, LossOf
 
 
 def unbiased_estimates(small_sq: float, big_sq: float, b_small: float, b_big: float) -> tuple[float, float]:
@@ -105,20 +105,6 @@ class ChunkNorms:
     b_big: int
 
 
-class _LossOf(nn.Module):
-    """``loss_fn(model, batch)`` as a module whose only child is ``model``, for ``functional_call``."""
-
-    _loss_fn: LossFn
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.model = model
-        object.__setattr__(self, "_loss_fn", loss_fn)
-
-    def forward(self, batch: Any) -> Tensor:
-        return self._loss_fn(self.model, batch).reshape(())
-
-
 class _Leaf:
     def __init__(self, index: int) -> None:
         self.index = index
@@ -189,7 +175,7 @@ def chunk_gradient_norms(
     b_small = size // chunks
     used = b_small * chunks
     split = [t[:used].reshape(chunks, b_small, *t.shape[1:]) for t in leaves]
-    wrapper = _LossOf(model, loss_fn)
+    wrapper = LossOf(model, loss_fn)
     named = [(f"model.{n}", p) for n, p in model.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
     params = tuple(p.detach() for _, p in named)

@@ -89,3 +89,21 @@ def make_generator(seed: int) -> torch.Generator:
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
     return gen
+
+
+class LossOf(nn.Module):
+    """``loss_fn(model, batch)`` as a module whose only child is ``model``, for ``functional_call``."""
+
+    _loss_fn: LossFn
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "_loss_fn", loss_fn)  # not a submodule, even if it is a Module
+
+    def forward(self, batch: Any) -> Tensor:
+        loss = self._loss_fn(self.model, batch)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape}.")
+        return loss.reshape(())

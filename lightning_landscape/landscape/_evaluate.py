@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.curvature._inputs import LossFn, batch_size, validate_inputs
+from lightning_landscape.curvature._inputs import LossFn, LossOf, batch_size, validate_inputs
 from lightning_landscape.curvature._memory import SavedBytes, available_bytes
 from lightning_landscape.curvature._model_state import probe_context
 from lightning_landscape.curvature.operators.hessian import NonFiniteError
@@ -43,24 +43,6 @@ _MAX_CHUNK = 256
 # 16-32 points of the 784-256-256-10 MLP at batch 512 measured 1.5x faster than 256.
 _MAX_CHUNK_CPU = 32
 _warned: set[str] = set()
-
-
-class LossOf(nn.Module):
-    """``loss_fn(model, batch)`` as a module whose only child is ``model``, for ``functional_call``."""
-
-    _loss_fn: LossFn
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.model = model
-        object.__setattr__(self, "_loss_fn", loss_fn)  # not a submodule, even if it is a Module
-
-    def forward(self, batch: Any) -> Tensor:
-        loss = self._loss_fn(self.model, batch)
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape}.")
-        return loss.reshape(())
 
 
 def _warn_once(message: str) -> None:
@@ -295,4 +277,4 @@ def linspace(span: Any, steps: int, name: str = "span") -> Tensor:
     return torch.where(grid.abs() <= 1e-12 * (hi - lo), 0.0, grid)
 
 
-__all__ = ["GridEvaluator", "LossOf", "check_finite", "linspace", "state_tensors"]
+__all__ = ["GridEvaluator", "check_finite", "linspace", "state_tensors"]

@@ -16,11 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_landscape.curvature._checks import check_int
-from lightning_landscape.curvature._inputs import LossFn, batch_size
+from lightning_landscape.curvature._inputs import LossFn, LossOf, batch_size
 from lightning_landscape.curvature._model_state import probe_context
 from lightning_landscape.landscape._evaluate import (
     GridEvaluator,
-    LossOf,
     check_finite,
     linspace,
     state_tensors,

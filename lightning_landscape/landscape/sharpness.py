@@ -46,7 +46,7 @@ from torch.func import functional_call
 
 from lightning_landscape.curvature import batch_size
 from lightning_landscape.curvature._checks import check_choice, check_int, check_positive
-from lightning_landscape.curvature._inputs import LossFn
+from lightning_landscape.curvature._inputs import LossFn, LossOf
 
 Norm = Literal[2, "inf"]
 Kind = Literal["worst", "average"]
@@ -76,24 +76,6 @@ class SharpnessResult:
     kind: Kind
     elementwise_scale: Literal["abs"] | None
     num_evaluations: int
-
-
-class _LossOf(nn.Module):
-    """``loss_fn(model, batch)`` as a module whose only child is ``model``, for ``functional_call``."""
-
-    _loss_fn: LossFn
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.model = model
-        object.__setattr__(self, "_loss_fn", loss_fn)  # not a submodule, even if it is a Module
-
-    def forward(self, batch: Any) -> Tensor:
-        loss = self._loss_fn(self.model, batch)
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape}.")
-        return loss.reshape(())
 
 
 @contextlib.contextmanager
@@ -143,7 +125,7 @@ class _Probe:
     """The loss at :math:`w + c \\odot u` over the fixed batches, with its gradient in :math:`u` on demand."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: list[Any], scale: Literal["abs"] | None):
-        self.wrapper = _LossOf(model, loss_fn)
+        self.wrapper = LossOf(model, loss_fn)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [f"model.{n}" for n, _ in named]
         self.w = [p.detach() for _, p in named]
