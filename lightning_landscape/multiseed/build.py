@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lightning.pytorch import LightningDataModule, LightningModule
 from torch import nn
 
+from lightning_landscape._namespace import loaded_types
 from lightning_landscape.multiseed._lightning import saved_hparams
 
 BuildKind = Literal["class", "factory", "rebuild", "reset", "copy"]
@@ -102,12 +102,12 @@ def model_builder(model: Any, model_kwargs: dict[str, Any] | None) -> ObjectBuil
         TypeError: ``model`` is none of these, or an instance cannot be re-created per seed.
     """
     if isinstance(model, type):
-        if not issubclass(model, LightningModule):
+        if not issubclass(model, loaded_types("LightningModule")):
             raise TypeError(
                 f"`model` must be a LightningModule class, factory or instance, got class {model!r}"
             )
         return ObjectBuilder("class", model, dict(model_kwargs or {}))
-    if isinstance(model, LightningModule):
+    if isinstance(model, loaded_types("LightningModule")):
         if model_kwargs:
             raise TypeError(
                 "`model_kwargs` applies to a LightningModule class or factory, not to an instance; pass"
@@ -142,13 +142,13 @@ def datamodule_builder(datamodule: Any) -> ObjectBuilder | None:
     if datamodule is None:
         return None
     if isinstance(datamodule, type):
-        if not issubclass(datamodule, LightningDataModule):
+        if not issubclass(datamodule, loaded_types("LightningDataModule")):
             raise TypeError(
                 "`datamodule` must be a LightningDataModule class, factory or instance,"
                 f" got class {datamodule!r}"
             )
         return ObjectBuilder("class", datamodule)
-    if isinstance(datamodule, LightningDataModule):
+    if isinstance(datamodule, loaded_types("LightningDataModule")):
         kwargs = _rebuild_kwargs(datamodule)
         return ObjectBuilder("rebuild", type(datamodule), kwargs) if kwargs is not None else (
             ObjectBuilder("copy", datamodule)

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_landscape._namespace import loaded_types
 from lightning_landscape.multiseed._lightning import SIGTERMException, is_rank_zero
 from lightning_landscape.multiseed.after_selection import after_selection
 from lightning_landscape.multiseed.barriers import barriers_after_selection
@@ -245,7 +245,9 @@ class MultiSeedTrainer:
         runs = record.runs
         done = len(self.seeds) - len(tasks)
         # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
-        own_checkpoints = any(isinstance(c, ModelCheckpoint) for c in job.trainer_args()[1])
+        own_checkpoints = any(
+            isinstance(c, loaded_types("callbacks.ModelCheckpoint")) for c in job.trainer_args()[1]
+        )
 
         def on_start(task: SeedTask) -> None:
             run = runs[task.seed]
@@ -277,7 +279,10 @@ class MultiSeedTrainer:
         try:
             executor.run(job, tasks, on_start, on_result)
         except (KeyboardInterrupt, SystemExit) as err:
-            code = EXIT_INTERRUPTED_SIGTERM if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED_SIGINT
+            sigterm = isinstance(
+                err, (SIGTERMException, *loaded_types("utilities.exceptions.SIGTERMException"))
+            )
+            code = EXIT_INTERRUPTED_SIGTERM if sigterm else EXIT_INTERRUPTED_SIGINT
             unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed")]
             self._write(record)
             signal_name = "SIGTERM" if code == EXIT_INTERRUPTED_SIGTERM else "Ctrl-C"
