@@ -1,4 +1,4 @@
-"""The monitors as ``pytorch_lightning.Callback`` subclasses, for ``pytorch_lightning``'s LightningCLI.
+"""The callbacks as ``pytorch_lightning.Callback`` subclasses, for ``pytorch_lightning``'s LightningCLI.
 
 ``from lightning_landscape import HessianEigenMonitor`` works in a ``pytorch_lightning.Trainer`` as it is:
 the Trainer calls a callback's hooks by name. What checks the *type* of a callback against
@@ -24,7 +24,8 @@ import pytorch_lightning  # noqa: F401 - the namespace these classes are for; fa
 from lightning_landscape import callbacks as _callbacks
 from lightning_landscape._namespace import in_namespace
 
-__all__ = list(_callbacks.__all__)
+# Every callback class of lightning_landscape.callbacks (the monitors, LineProgressBar).
+__all__ = [name for name in _callbacks.__all__ if isinstance(getattr(_callbacks, name), type)]
 
 
 def __getattr__(name: str) -> Any:

@@ -48,6 +48,7 @@ from lightning_landscape.multiseed.paths import (
     seed_dir,
     seed_name,
 )
+from lightning_landscape.multiseed.progress import display_callbacks
 from lightning_landscape.multiseed.result import SeedRun
 
 log = logging.getLogger(__name__)
@@ -233,10 +234,12 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
         plugins = kwargs.pop("plugins", None) or []
         plugins = [plugins] if not isinstance(plugins, (list, tuple)) else list(plugins)
         checkpoint_io = in_namespace(SafeCheckpointIO, namespace.__name__)(dirpath=best.dirpath)
+        rng_state_callback = in_namespace(_GlobalRNGState, namespace.__name__)()
+        display = display_callbacks(namespace, kwargs, user_callbacks)
         trainer: Trainer = namespace.Trainer(
             **kwargs,
             default_root_dir=str(folder),
-            callbacks=[best, last, in_namespace(_GlobalRNGState, namespace.__name__)(), *user_callbacks],
+            callbacks=[best, last, rng_state_callback, *user_callbacks, *display],
             logger=job.logger(seed_name(seed), namespace),
             plugins=[*plugins, checkpoint_io],
         )
