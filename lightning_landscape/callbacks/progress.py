@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 class LineProgressBar(ProgressBar):
     """Plain progress lines on standard output: at most ``lines_per_epoch`` per training epoch.
 
-    Each line reads ``Epoch 3/10  50% 25/50 batches  4.1s  train_loss=0.123``; the one at an epoch's end
-    carries everything the progress bar would show (the validation metrics included). A run of ``E``
-    epochs prints at most ``E * lines_per_epoch`` lines, whatever its number of batches. An epoch of
-    unknown length (an iterable dataset) prints its end line only.
+    Each line reads ``Epoch 2/9   50% 25/50 batches  4.1s`` (Lightning's numbering: the third of ten epochs);
+    the one at an epoch's end adds the metrics a progress bar shows (``self.log(..., prog_bar=True)``, the
+    validation ones included). A run of ``E`` epochs prints at most ``E * lines_per_epoch`` lines, whatever
+    its number of batches; an epoch of unknown length (an iterable dataset) prints its end line only.
 
     Args:
         lines_per_epoch: lines per training epoch, the last at its end (1: one line per epoch; 4: every
@@ -70,8 +70,11 @@ class LineProgressBar(ProgressBar):
 
     def _line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, done: int, metrics: bool) -> None:
         total = self.total_train_batches
-        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs not in (None, -1) else ""
-        parts = [f"Epoch {trainer.current_epoch + 1}{epochs}"]
+        # Lightning's numbering: epochs count from 0, "Epoch 2/9" is the third of ten.
+        last = (
+            f"/{trainer.max_epochs - 1}" if trainer.max_epochs is not None and trainer.max_epochs > 0 else ""
+        )
+        parts = [f"Epoch {trainer.current_epoch}{last}"]
         if math.isfinite(total) and total > 0:
             parts.append(f"{100 * done / total:3.0f}% {done}/{int(total)} batches")
         else:
@@ -114,8 +117,9 @@ def output_is_terminal() -> bool:
 
     Example:
         >>> import contextlib, io
-        >>> with contextlib.redirect_stdout(io.StringIO()):
-        ...     output_is_terminal()
+        >>> with contextlib.redirect_stdout(io.StringIO()):  # a file, a pipe
+        ...     terminal = output_is_terminal()
+        >>> terminal
         False
     """
     isatty = getattr(sys.stdout, "isatty", None)
@@ -139,8 +143,9 @@ def progress_bar(namespace: str = "lightning.pytorch", lines_per_epoch: int = 1)
 
     Example:
         >>> import contextlib, io
-        >>> with contextlib.redirect_stdout(io.StringIO()):
-        ...     type(progress_bar()).__name__
+        >>> with contextlib.redirect_stdout(io.StringIO()):  # a file, a pipe
+        ...     bar = progress_bar()
+        >>> type(bar).__name__
         'LineProgressBar'
     """
     check_choice("namespace", namespace, tuple(NAMESPACES))

@@ -66,8 +66,9 @@ def display_callbacks(
 
     Example:
         >>> import contextlib, io, lightning.pytorch
-        >>> with contextlib.redirect_stdout(io.StringIO()):
-        ...     [type(c).__name__ for c in display_callbacks(lightning.pytorch, {}, [])]
+        >>> with contextlib.redirect_stdout(io.StringIO()):  # a file, a pipe
+        ...     added = display_callbacks(lightning.pytorch, {}, [])
+        >>> [type(c).__name__ for c in added]
         ['LineProgressBar', 'ModelSummary']
     """
     added: list[Any] = []
