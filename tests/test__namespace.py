@@ -147,7 +147,8 @@ def test_pl_monitors_are_pytorch_lightning_callbacks_with_the_same_state_key() -
 
     from lightning_landscape import pl
 
-    assert sorted(pl.__all__) == sorted({*MONITORS, "LineProgressBar"})
+    # Every callback class of lightning_landscape.callbacks (monitors added later join by themselves).
+    assert {*MONITORS, "LineProgressBar"} <= set(pl.__all__) <= set(callbacks.__all__)
     for name in pl.__all__:
         cls = getattr(pl, name)
         assert issubclass(cls, getattr(callbacks, name))
@@ -275,3 +276,13 @@ def test_importing_for_lightning_pytorch_never_imports_pytorch_lightning(tmp_pat
         "assert 'pytorch_lightning' not in sys.modules, 'pytorch_lightning imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+@pytest.mark.parametrize("monitor", ["HessianEigenMonitor", "LossLandscapeMonitor"])
+def test_sharded_strategies_of_either_package_are_refused(namespace: str, monitor: str) -> None:
+    ns = importlib.import_module(namespace)
+    trainer = ns.Trainer(accelerator="cpu", devices=1, logger=False, **QUIET)
+    trainer._accelerator_connector.strategy = object.__new__(ns.strategies.FSDPStrategy)
+    with pytest.raises(misconfiguration_types(), match="does not support sharded models"):
+        getattr(callbacks, monitor)().setup(trainer, _module_class(namespace)(), "fit")
