@@ -43,7 +43,6 @@ from lightning_landscape.multiseed.checkpoints import SafeCheckpointIO
 from lightning_landscape.multiseed.paths import (
     LAST_CHECKPOINT,
     checkpoint_dir,
-    last_checkpoint,
     relative,
     seed_dir,
     seed_name,
@@ -214,7 +213,9 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
     seed = task.seed
     folder = seed_dir(job.root_dir, seed)
     # Where ModelCheckpoint(dirpath=...) puts last.ckpt (it resolves its folder with realpath).
-    resume_from = Path(os.path.realpath(last_checkpoint(job.root_dir, seed)))
+    resume_from = (
+        Path(os.path.realpath(os.path.expanduser(checkpoint_dir(job.root_dir, seed)))) / LAST_CHECKPOINT
+    )
     resumed = resume_from.is_file()
     prior_wall_time = task.prior_wall_time if resumed else 0.0
     run = SeedRun(seed=seed, status="running", log_dir=str(folder))
