@@ -11,13 +11,16 @@ from __future__ import annotations
 import csv
 import importlib
 import importlib.util
+import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
+import lightning.pytorch
 import pytest
 import torch
 from torch import Tensor, nn
@@ -286,3 +289,39 @@ def test_sharded_strategies_of_either_package_are_refused(namespace: str, monito
     trainer._accelerator_connector.strategy = object.__new__(ns.strategies.FSDPStrategy)
     with pytest.raises(misconfiguration_types(), match="does not support sharded models"):
         getattr(callbacks, monitor)().setup(trainer, _module_class(namespace)(), "fit")
+
+
+class _InterruptAt(lightning.pytorch.Callback):
+    """Ctrl-C (SIGINT to this process) at a global step of one seed."""
+
+    def __init__(self, seed: int, step: int) -> None:
+        self.seed, self.step = seed, step
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        if int(os.environ.get("PL_GLOBAL_SEED", "-1")) == self.seed and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_an_interrupted_seed_resumes_to_the_uninterrupted_score(namespace: str, tmp_path: Path) -> None:
+    from lightning_landscape import MultiSeedInterrupted, MultiSeedTrainer
+
+    tiny = _module_class(namespace)
+    data = {"train_dataloaders": _loader(0), "val_dataloaders": _loader(1)}
+
+    def trainer(root: Path, *callbacks: Any) -> MultiSeedTrainer:
+        return MultiSeedTrainer(
+            seeds=[0, 1], monitor="val_loss", root_dir=root, max_epochs=3, quiet=True, test="none",
+            enable_progress_bar=False, callbacks=list(callbacks),
+        )  # fmt: skip
+
+    expected = trainer(tmp_path / "uninterrupted").fit(tiny, **data).scores
+    handler = signal.getsignal(signal.SIGINT)
+    try:  # 4 batches an epoch: stopped in epoch 1, last.ckpt is from the end of epoch 0
+        with pytest.raises(MultiSeedInterrupted):
+            trainer(tmp_path / "run", _InterruptAt(seed=1, step=6)).fit(tiny, **data)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a Ctrl-C
+    result = trainer(tmp_path / "run").fit(tiny, **data)
+    assert result.runs[1].extra["resumed_from"].endswith("last.ckpt")
+    assert result.scores == pytest.approx(expected, rel=1e-6)
