@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import importlib
-import importlib.util
 import os
 import pickle
 import signal
@@ -33,7 +32,12 @@ from lightning_landscape._namespace import in_namespace, loaded_types, misconfig
 from lightning_landscape.callbacks._lightning import is_sharded
 from tests._shared import QUIET
 
-HAS_PL = importlib.util.find_spec("pytorch_lightning") is not None
+try:  # a real difference between environments: `make test-min` installs `lightning` only
+    import pytorch_lightning  # noqa: F401
+
+    HAS_PL = True
+except ImportError:
+    HAS_PL = False
 NO_PL = pytest.mark.skipif(not HAS_PL, reason="pytorch_lightning is not installed in this environment")
 NAMESPACES = [
     pytest.param("lightning.pytorch", id="lightning.pytorch"),
