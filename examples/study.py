@@ -63,6 +63,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 from typing_extensions import override  # noqa: E402
 
 from examples.shallow_relu import ShallowReLU, ShallowReLUDataModule  # noqa: E402
+from lightning_landscape.callbacks import progress_bar  # noqa: E402
 from lightning_landscape.multiseed.selection import BestOfK, best_of_k, classify_point  # noqa: E402
 from lightning_landscape.multiseed.vectorized import SeedEnsemble  # noqa: E402
 
@@ -333,7 +334,8 @@ def train(cfg: StudyConfig, root: Path, quiet: bool, accelerator: str) -> float:
         enable_checkpointing=False,
         enable_model_summary=not quiet,
         enable_progress_bar=not quiet,
-        callbacks=[probe],
+        # A live bar on a terminal, one line per epoch in `make demo > log` or CI.
+        callbacks=[probe] if quiet else [probe, progress_bar()],
         default_root_dir=str(root),
     )
     start = time.perf_counter()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_landscape._namespace import loaded_types
+
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks.callback import Callback
@@ -40,6 +42,18 @@ def running_logged_keys(trainer: pl.Trainer) -> set[str]:
     if results is None:
         return set()
     return {*results.metrics(False)["callback"], *results.metrics(True)["callback"]}
+
+
+def is_sharded(strategy: Any) -> bool:
+    """Whether ``strategy`` shards the parameters (FSDP, DeepSpeed, model parallel), of either package.
+
+    Example:
+        >>> from lightning.pytorch.strategies import SingleDeviceStrategy
+        >>> is_sharded(SingleDeviceStrategy("cpu"))
+        False
+    """
+    sharded = ("strategies.FSDPStrategy", "strategies.DeepSpeedStrategy", "strategies.ModelParallelStrategy")
+    return isinstance(strategy, tuple(t for path in sharded for t in loaded_types(path)))
 
 
 def generate_state_key(callback: Callback, **fields: Any) -> str:

@@ -8,7 +8,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
@@ -18,7 +17,7 @@ from lightning_landscape._torch import is_compiled_wrapper
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import Extremes, HessianProbe, mode_dependent_kinds
-from lightning_landscape.callbacks._lightning import generate_state_key
+from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
 from lightning_landscape.callbacks._loggers import log_scalars
 from lightning_landscape.callbacks._probe import (
     MethodLoss,
@@ -250,7 +249,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+        if is_sharded(trainer.strategy):
             raise MisconfigurationException(
                 f"HessianEigenMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
                 "Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "

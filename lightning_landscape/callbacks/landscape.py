@@ -9,13 +9,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
-from lightning_landscape.callbacks._lightning import generate_state_key
+from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
 from lightning_landscape.callbacks._loggers import log_figure, log_scalars
 from lightning_landscape.callbacks._probe import (
     TrainingStepLoss,
@@ -186,7 +185,7 @@ class LossLandscapeMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+        if is_sharded(trainer.strategy):
             raise MisconfigurationException(
                 f"LossLandscapeMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
                 "moving the weights needs every parameter on every rank. Use strategy='ddp' or one device."

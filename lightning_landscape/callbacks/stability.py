@@ -9,7 +9,6 @@ from typing import Any, Literal, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
@@ -19,7 +18,7 @@ from typing_extensions import override
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import HessianProbe
-from lightning_landscape.callbacks._lightning import generate_state_key
+from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
 from lightning_landscape.callbacks._probe import (
     MethodLoss,
     TrainingStepLoss,
@@ -204,7 +203,7 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+        if is_sharded(trainer.strategy):
             raise MisconfigurationException(
                 f"EdgeOfStabilityMonitor does not support sharded models ({type(trainer.strategy).__name__}):"
                 " Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "

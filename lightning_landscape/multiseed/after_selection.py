@@ -13,10 +13,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lightning_landscape._namespace import namespace_of
 from lightning_landscape.multiseed.checkpoints import load_checkpoint
 from lightning_landscape.multiseed.config import TestWhich
 from lightning_landscape.multiseed.executors import SeedJob
@@ -59,7 +60,9 @@ def _test_data(job: SeedJob, test_dataloaders: Any) -> TestData | None:
     if test_dataloaders is not None:
         return None, test_dataloaders
     datamodule, _ = job.build_data()
-    if datamodule is not None and is_overridden("test_dataloader", datamodule, LightningDataModule):
+    if datamodule is not None and is_overridden(
+        "test_dataloader", datamodule, namespace_of(datamodule).LightningDataModule
+    ):
         return datamodule, None
     return None
 
@@ -76,11 +79,12 @@ def score_on_test(
 
     # Built as the seed built it, with the global RNG left as it was; the weights come from the file.
     (model,) = build_seeded(job.build_model, [run.seed])
-    if not is_overridden("test_step", model, LightningModule):
+    namespace = namespace_of(model)
+    if not is_overridden("test_step", model, namespace.LightningModule):
         rank_zero_warn(f"MultiSeedTrainer: {type(model).__name__} has no test_step; the winner is not tested")
         return None
     model.load_state_dict(load_checkpoint(run.best_model_path)["state_dict"])
-    trainer = Trainer(
+    trainer: Trainer = namespace.Trainer(
         accelerator=trainer_kwargs.get("accelerator", "auto"),
         devices=1,
         precision=trainer_kwargs.get("precision"),

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lightning.pytorch import LightningDataModule, LightningModule
 from torch import nn
 
+from lightning_landscape._namespace import loaded_types
 from lightning_landscape.multiseed._lightning import saved_hparams
 
 BuildKind = Literal["class", "factory", "rebuild", "reset", "copy"]
@@ -132,13 +132,13 @@ def model_builder(model: Any, model_kwargs: dict[str, Any] | None) -> ObjectBuil
             ``model_kwargs`` names arguments the class or factory does not take.
     """
     if isinstance(model, type):
-        if not issubclass(model, LightningModule):
+        if not issubclass(model, loaded_types("LightningModule")):
             raise TypeError(
                 f"`model` must be a LightningModule class, factory or instance, got class {model!r}"
             )
         check_kwargs(model, model_kwargs, "model_kwargs")
         return ObjectBuilder("class", model, dict(model_kwargs or {}))
-    if isinstance(model, LightningModule):
+    if isinstance(model, loaded_types("LightningModule")):
         if model_kwargs:
             raise TypeError(
                 "`model_kwargs` applies to a LightningModule class or factory, not to an instance; pass"
@@ -181,14 +181,14 @@ def datamodule_builder(
         return None
     kwargs = dict(datamodule_kwargs or {})
     if isinstance(datamodule, type):
-        if not issubclass(datamodule, LightningDataModule):
+        if not issubclass(datamodule, loaded_types("LightningDataModule")):
             raise TypeError(
                 "`datamodule` must be a LightningDataModule class, factory or instance,"
                 f" got class {datamodule!r}"
             )
         check_kwargs(datamodule, kwargs, "datamodule_kwargs")
         return ObjectBuilder("class", datamodule, kwargs)
-    if isinstance(datamodule, LightningDataModule):
+    if isinstance(datamodule, loaded_types("LightningDataModule")):
         if kwargs:
             raise TypeError(
                 "`datamodule_kwargs` applies to a LightningDataModule class or factory, not to an instance"

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 
+from lightning_landscape._namespace import loaded_types
 from lightning_landscape.multiseed.barriers import DEFAULT_TOL as BARRIER_TOL
 from lightning_landscape.multiseed.result import is_seed
 from lightning_landscape.multiseed.selection import STILL_IMPROVING_FRACTION
@@ -147,12 +147,13 @@ def check_trainer_kwargs(trainer_kwargs: dict[str, Any]) -> None:
         )
     callbacks = trainer_kwargs.get("callbacks")
     if callbacks is not None:
-        items = [callbacks] if isinstance(callbacks, Callback) else callbacks
-        if not isinstance(items, (list, tuple)) or not all(isinstance(c, Callback) for c in items):
+        callback_types = loaded_types("Callback")  # lightning.pytorch's or pytorch_lightning's
+        items = [callbacks] if isinstance(callbacks, callback_types) else callbacks
+        if not isinstance(items, (list, tuple)) or not all(isinstance(c, callback_types) for c in items):
             raise TypeError(f"`callbacks` must be a Callback or a list of Callbacks, got {callbacks!r}")
     plugins = trainer_kwargs.get("plugins")
     items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
-    if any(isinstance(p, CheckpointIO) for p in items):
+    if any(isinstance(p, loaded_types("plugins.CheckpointIO")) for p in items):
         raise ValueError(
             "`plugins` must not hold a CheckpointIO: every seed writes its checkpoints atomically and"
             " reads them with weights_only=True through MultiSeedTrainer's own"

@@ -21,20 +21,22 @@ import copy
 import errno
 import logging
 import math
+import os
 import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
+from lightning_landscape._namespace import in_namespace, loaded_types, misconfiguration_types, namespace_of
 from lightning_landscape._rng import rng_state, set_rng_state
 from lightning_landscape.multiseed._lightning import plain_hparams
 from lightning_landscape.multiseed.build import ObjectBuilder
@@ -46,6 +48,7 @@ from lightning_landscape.multiseed.paths import (
     seed_dir,
     seed_name,
 )
+from lightning_landscape.multiseed.progress import display_callbacks
 from lightning_landscape.multiseed.result import SeedRun
 
 log = logging.getLogger(__name__)
@@ -129,9 +132,10 @@ class SeedJob:
     val_dataloaders: Any = None
 
     def build_model(self) -> LightningModule:
-        """A fresh model; call it right after ``seed_everything``."""
-        model = self.model.build()
-        if not isinstance(model, LightningModule):
+        """A fresh model (of ``lightning.pytorch`` or ``pytorch_lightning``); call it right after
+        ``seed_everything``."""
+        model: LightningModule = self.model.build()  # of either package
+        if not isinstance(model, loaded_types("LightningModule")):
             raise TypeError(f"`model` built a {type(model).__name__}, expected a LightningModule")
         return model
 
@@ -139,7 +143,7 @@ class SeedJob:
         """``(datamodule, train_dataloaders)`` for ``Trainer.fit``: a new datamodule or the shared loaders."""
         datamodule = self.datamodule.build() if self.datamodule is not None else None
         train = self.train_dataloaders
-        if isinstance(train, LightningDataModule):
+        if isinstance(train, loaded_types("LightningDataModule")):
             datamodule, train = train, None
         return datamodule, train
 
@@ -148,15 +152,17 @@ class SeedJob:
         kwargs = dict(self.trainer_kwargs)
         callbacks = kwargs.pop("callbacks", None) or []
         kwargs.pop("logger", None)
-        if isinstance(callbacks, Callback):
+        if isinstance(callbacks, loaded_types("Callback")):
             callbacks = [callbacks]
         return kwargs, copy.deepcopy(list(callbacks))
 
-    def logger(self, name: str) -> TensorBoardLogger | bool:
-        """A TensorBoardLogger writing into ``root_dir/<name>/``; ``False`` if logging is switched off."""
+    def logger(self, name: str, namespace: ModuleType | None = None) -> TensorBoardLogger | bool:
+        """A TensorBoardLogger (of ``namespace``, the model's Lightning package) writing into
+        ``root_dir/<name>/``; ``False`` if logging is switched off."""
         if self.trainer_kwargs.get("logger", True) is False:
             return False
-        return TensorBoardLogger(save_dir=self.root_dir, name=name, version="", default_hp_metric=False)
+        logger_class = namespace.loggers.TensorBoardLogger if namespace is not None else TensorBoardLogger
+        return logger_class(save_dir=self.root_dir, name=name, version="", default_hp_metric=False)
 
 
 @dataclass
@@ -172,15 +178,19 @@ OnStart = Callable[[SeedTask], None]
 OnResult = Callable[[SeedRun], None]
 
 
-def seed_checkpoints(job: SeedJob, seed: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+def seed_checkpoints(
+    job: SeedJob, seed: int, namespace: ModuleType | None = None
+) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """The two plain ``ModelCheckpoint`` s of a seed: the best on ``monitor``, and ``last.ckpt``.
 
     ``last.ckpt`` comes from its own callback without a monitor, so it is rewritten at every save point
-    (a ``save_last`` is rewritten only with the top-k file in Lightning >= 2.6).
+    (a ``save_last`` is rewritten only with the top-k file in Lightning >= 2.6). ``namespace`` is the
+    model's Lightning package (``lightning.pytorch`` if not given).
     """
     folder = checkpoint_dir(job.root_dir, seed)
-    best = ModelCheckpoint(dirpath=folder, monitor=job.monitor, mode=job.mode)
-    last = ModelCheckpoint(
+    checkpoint_class = namespace.callbacks.ModelCheckpoint if namespace is not None else ModelCheckpoint
+    best = checkpoint_class(dirpath=folder, monitor=job.monitor, mode=job.mode)
+    last = checkpoint_class(
         dirpath=folder, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None, save_top_k=1,
         enable_version_counter=False,
     )  # fmt: skip
@@ -204,27 +214,37 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
     start = time.perf_counter()
     seed = task.seed
     folder = seed_dir(job.root_dir, seed)
-    best, last = seed_checkpoints(job, seed)
-    resume_from = Path(last.dirpath or "") / LAST_CHECKPOINT
+    # Where ModelCheckpoint(dirpath=...) puts last.ckpt (it resolves its folder with realpath).
+    resume_from = (
+        Path(os.path.realpath(os.path.expanduser(checkpoint_dir(job.root_dir, seed)))) / LAST_CHECKPOINT
+    )
     resumed = resume_from.is_file()
     prior_wall_time = task.prior_wall_time if resumed else 0.0
     run = SeedRun(seed=seed, status="running", log_dir=str(folder))
     if resumed:
         run.extra["resumed_from"] = relative(resume_from, job.root_dir)  # as every path in the record
-    trainer: Trainer | None = None
+    best: ModelCheckpoint | None = None
+    last: ModelCheckpoint | None = None
     try:
         seed_everything(seed, workers=True, verbose=False)
         model = job.build_model()
+        # The Trainer and what it checks by type come from the model's package (lightning.pytorch or
+        # pytorch_lightning); seed_everything is the same in both (it sets the same global RNGs and env).
+        namespace = namespace_of(model)
+        best, last = seed_checkpoints(job, seed, namespace)
         datamodule, train_dataloaders = job.build_data()
         kwargs, user_callbacks = job.trainer_args()
         plugins = kwargs.pop("plugins", None) or []
         plugins = [plugins] if not isinstance(plugins, (list, tuple)) else list(plugins)
-        trainer = Trainer(
+        checkpoint_io = in_namespace(SafeCheckpointIO, namespace.__name__)(dirpath=best.dirpath)
+        rng_state_callback = in_namespace(_GlobalRNGState, namespace.__name__)()
+        display = display_callbacks(namespace, kwargs, user_callbacks)
+        trainer: Trainer = namespace.Trainer(
             **kwargs,
             default_root_dir=str(folder),
-            callbacks=[best, last, _GlobalRNGState(), *user_callbacks],
-            logger=job.logger(seed_name(seed)),
-            plugins=[*plugins, SafeCheckpointIO(dirpath=best.dirpath)],
+            callbacks=[best, last, rng_state_callback, *user_callbacks, *display],
+            logger=job.logger(seed_name(seed), namespace),
+            plugins=[*plugins, checkpoint_io],
         )
         trainer.fit(
             model,
@@ -250,7 +270,7 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
             run.extra["diverged"] = True
         run.status = "finished"
         run.score = score
-    except MisconfigurationException as err:
+    except misconfiguration_types() as err:
         run.status = "failed"
         run.error = f"{type(err).__name__}: {err}"
         if _MISSING_MONITOR_TEXT in str(err):
@@ -265,8 +285,8 @@ def run_seed(job: SeedJob, task: SeedTask) -> SeedRun:
         log.debug("seed %d failed:\n%s", seed, traceback.format_exc())
         run.status = "failed"
         run.error = f"{type(err).__name__}: {err}"
-    run.best_model_path = str(best.best_model_path or "")
-    run.last_model_path = str(last.best_model_path or "")
+    run.best_model_path = str(best.best_model_path or "") if best is not None else ""
+    run.last_model_path = str(last.best_model_path or "") if last is not None else ""
     run.wall_time = prior_wall_time + (time.perf_counter() - start)
     return run
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from lightning_landscape._namespace import loaded_types
 from lightning_landscape.multiseed._lightning import SIGTERMException
 
 EXIT_INTERRUPTED_SIGINT = 130
@@ -76,7 +77,8 @@ def interrupted(err: BaseException, root_dir: str | Path, unfinished: Sequence[i
         >>> interrupted(KeyboardInterrupt(), "runs/a", []).code
         130
     """
-    code = EXIT_INTERRUPTED_SIGTERM if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED_SIGINT
+    sigterm = isinstance(err, (SIGTERMException, *loaded_types("utilities.exceptions.SIGTERMException")))
+    code = EXIT_INTERRUPTED_SIGTERM if sigterm else EXIT_INTERRUPTED_SIGINT
     name = "SIGTERM" if code == EXIT_INTERRUPTED_SIGTERM else "Ctrl-C"
     if unfinished:
         state = f"with seeds {list(unfinished)} unfinished"

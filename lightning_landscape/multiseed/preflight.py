@@ -11,10 +11,10 @@ import copy
 import tempfile
 from pathlib import Path
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_landscape._namespace import loaded_types, misconfiguration_types, namespace_of
 from lightning_landscape.multiseed.config import MultiSeedConfig
 from lightning_landscape.multiseed.executors import SeedJob
 from lightning_landscape.multiseed.record import Record, RecordError
@@ -65,13 +65,13 @@ def preflight(job: SeedJob, config: MultiSeedConfig) -> None:
     trainer_kwargs = config.trainer_kwargs
     kwargs = {k: v for k, v in trainer_kwargs.items() if k not in _PREFLIGHT_DROP}
     callbacks = trainer_kwargs.get("callbacks") or []
-    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+    callbacks = [callbacks] if isinstance(callbacks, loaded_types("Callback")) else list(callbacks)
     with tempfile.TemporaryDirectory(dir=config.root, prefix=".preflight-") as scratch:
         try:
             seed_everything(config.seed_list[0], workers=True, verbose=False)
             model = job.build_model()
             datamodule, train = job.build_data()
-            trainer = Trainer(
+            trainer = namespace_of(model).Trainer(
                 **kwargs,
                 max_epochs=1,
                 limit_train_batches=1,
@@ -87,7 +87,7 @@ def preflight(job: SeedJob, config: MultiSeedConfig) -> None:
                 callbacks=copy.deepcopy(callbacks),
             )
             trainer.fit(model, train, job.val_dataloaders, datamodule=datamodule)
-        except MisconfigurationException as err:
+        except misconfiguration_types() as err:
             raise ValueError(f"the configuration cannot train (found before the first seed): {err}") from err
         except Exception as err:
             # Possibly seed-specific: let the seeds run and record their own errors.

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
+from lightning_landscape._namespace import NAMESPACES, loaded_types
+from lightning_landscape.callbacks.progress import progress_bar
 from lightning_landscape.multiseed._lightning import is_rank_zero
 from lightning_landscape.multiseed.result import SeedRun
 
-# Where Lightning prints its per-Trainer banners, notices and the model summary.
-_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.callbacks.model_summary")
+# Where Lightning (either package) prints its per-Trainer banners, notices and the model summary.
+_LOGGERS = tuple(
+    f"{package}.{name}"
+    for package in NAMESPACES
+    for name in ("utilities.rank_zero", "callbacks.model_summary")
+)
 _OWN_PREFIX = "[MultiSeedTrainer"
 
 
@@ -43,6 +51,36 @@ class OncePerRun(logging.Filter):
             return False
         self.seen.add(message)
         return True
+
+
+def display_callbacks(
+    namespace: ModuleType, trainer_kwargs: dict[str, Any], callbacks: Sequence[Any]
+) -> list[Any]:
+    """The progress bar and model summary a seed's Trainer (of ``namespace``) gets, unless switched off
+    (``enable_progress_bar``/``enable_model_summary=False``) or given among the user's ``callbacks``.
+
+    The bar suits standard output (:func:`~lightning_landscape.callbacks.progress.progress_bar`: a live bar
+    on a terminal, a few lines per epoch in a log). The summary is Lightning's plain ``ModelSummary``,
+    which logs through ``logging``, so :class:`RunDisplay` prints it once per run; Lightning's default with
+    ``rich`` installed, ``RichModelSummary``, prints through rich's console, once per seed.
+
+    Example:
+        >>> import contextlib, io, lightning.pytorch
+        >>> with contextlib.redirect_stdout(io.StringIO()):  # a file, a pipe
+        ...     added = display_callbacks(lightning.pytorch, {}, [])
+        >>> [type(c).__name__ for c in added]
+        ['LineProgressBar', 'ModelSummary']
+    """
+    added: list[Any] = []
+    has = {path: any(isinstance(c, loaded_types(path)) for c in callbacks) for path in _DISPLAY}
+    if trainer_kwargs.get("enable_progress_bar") is not False and not has["callbacks.ProgressBar"]:
+        added.append(progress_bar(namespace.__name__))
+    if trainer_kwargs.get("enable_model_summary") is not False and not has["callbacks.ModelSummary"]:
+        added.append(namespace.callbacks.ModelSummary())
+    return added
+
+
+_DISPLAY = ("callbacks.ProgressBar", "callbacks.ModelSummary")
 
 
 def progress_line(run: SeedRun, done: int, total: int, best: SeedRun | None, monitor: str) -> str:

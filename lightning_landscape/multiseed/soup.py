@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape._namespace import namespace_of
 from lightning_landscape.multiseed.checkpoints import load_weights
 from lightning_landscape.multiseed.executors import SeedJob
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
@@ -120,10 +121,8 @@ def prediction_scores(models: Sequence[nn.Module], batches: Iterable[Any]) -> di
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
-def _trainer(job: SeedJob, trainer_kwargs: dict[str, Any]) -> Any:
-    from lightning.pytorch import Trainer
-
-    return Trainer(
+def _trainer(job: SeedJob, trainer_kwargs: dict[str, Any], model: Any) -> Any:
+    return namespace_of(model).Trainer(
         accelerator=trainer_kwargs.get("accelerator", "auto"), devices=1,
         precision=trainer_kwargs.get("precision"), logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=job.root_dir,
@@ -141,7 +140,7 @@ def loop_score(
     """``metric`` as the module's own ``validation_step``/``test_step`` logs it on ``data`` (a
     ``(datamodule, dataloaders)`` pair), ``None`` when not logged."""
     datamodule, loaders = data
-    run = getattr(_trainer(job, kwargs), stage)
+    run = getattr(_trainer(job, kwargs, model), stage)
     results = run(model, dataloaders=loaders, datamodule=datamodule, verbose=False)
     values = [float(entry[metric]) for entry in results if metric in entry]
     return values[0] if values else None

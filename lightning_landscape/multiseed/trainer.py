@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_landscape._namespace import loaded_types
 from lightning_landscape.multiseed._lightning import is_rank_zero
 from lightning_landscape.multiseed.after_selection import after_selection
 from lightning_landscape.multiseed.barriers import barriers_after_selection
@@ -252,7 +252,9 @@ class MultiSeedTrainer:
         runs = record.runs
         done = len(self.seeds) - len(tasks)
         # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
-        own_checkpoints = any(isinstance(c, ModelCheckpoint) for c in job.trainer_args()[1])
+        own_checkpoints = any(
+            isinstance(c, loaded_types("callbacks.ModelCheckpoint")) for c in job.trainer_args()[1]
+        )
 
         def on_start(task: SeedTask) -> None:
             run = runs[task.seed]

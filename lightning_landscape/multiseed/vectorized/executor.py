@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning
+import lightning.pytorch
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
@@ -37,6 +38,7 @@ from lightning_landscape.multiseed.paths import (
     checkpoint_dir,
     seed_dir,
 )
+from lightning_landscape.multiseed.progress import display_callbacks
 from lightning_landscape.multiseed.result import SeedRun
 from lightning_landscape.multiseed.vectorized.engine import StackedEnsemble
 from lightning_landscape.multiseed.vectorized.members import build_seeded
@@ -162,9 +164,12 @@ def _train(job: SeedJob, seeds: Sequence[int]) -> list[SeedRun]:
     for owned in ("enable_checkpointing", "default_root_dir"):
         kwargs.pop(owned, None)
     logger = job.logger(ENSEMBLE_DIR)
+    # The ensemble is a lightning.pytorch module: its Trainer and display come from that package.
+    display = display_callbacks(lightning.pytorch, kwargs, [])
     trainer = Trainer(
-        **kwargs, default_root_dir=str(root / ENSEMBLE_DIR), logger=logger, enable_checkpointing=False
-    )
+        **kwargs, default_root_dir=str(root / ENSEMBLE_DIR), logger=logger, enable_checkpointing=False,
+        callbacks=display,
+    )  # fmt: skip
     start = time.perf_counter()
     trainer.fit(
         ensemble,

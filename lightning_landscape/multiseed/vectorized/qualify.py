@@ -117,7 +117,10 @@ def check_qualifies(module: Any) -> None:
     """Raise :class:`VectorizationError` naming why ``module`` cannot run as a vectorized ensemble."""
     name = type(module).__name__
     if not isinstance(module, LightningModule):
-        raise VectorizationError(f"`model` built a {name}, not a LightningModule. {SEQUENTIAL_HINT}")
+        raise VectorizationError(
+            f"`model` built a {name}, not a lightning.pytorch LightningModule (the vectorized ensemble is"
+            f" one; a pytorch_lightning module runs sequentially or on Ray). {SEQUENTIAL_HINT}"
+        )
     net = getattr(module, "net", None)
     if not isinstance(net, nn.Module):
         raise VectorizationError(
