@@ -92,6 +92,19 @@ def format_result(result: MultiSeedResult) -> str:
         f"{len(result.finished)}/{len(result.runs)} seeds finished; {result.monitor} ({result.mode}): "
         + ", ".join(f"{k} {v:.6g}" for k, v in stats.items())
     )
+    intervals = result.summary_intervals() if len(result.finished) > 1 else None
+    if intervals is not None:
+        rows.append(
+            "  intervals: "
+            + ", ".join(
+                f"{name} {_end(iv.low)} .. {_end(iv.high)} ({iv.confidence:.0%})"
+                for name, iv in (
+                    ("mean", intervals.mean),
+                    ("median", intervals.median),
+                    ("std", intervals.std),
+                )
+            )
+        )
     rows.append(f"best seed {result.best_seed}: {result.monitor} = {result.best_score:.6g}")
     if result.best_test_score is not None and result.selection is not None:
         sel = result.selection
@@ -102,16 +115,24 @@ def format_result(result: MultiSeedResult) -> str:
         )
     curve = result.best_of_k()
     if curve is not None:
-        rows.append(f"best of k seeds drawn at random (expected {result.monitor} [10%, 90%]):")
+        band = f"; {curve.confidence:.0%} band on the expected" if curve.confidence is not None else ""
+        rows.append(f"best of k seeds drawn at random (expected {result.monitor} [10%, 90%]{band}):")
         for k in curve.table_ks():
             row = curve.at(k)
             text = f"  k={k:<4} {row['expected']:.6g}  [{row['q_low']:.6g}, {row['q_high']:.6g}]"
+            if curve.confidence is not None:
+                text += f"  band {_end(row['expected_low'])} .. {_end(row['expected_high'])}"
             if row["expected_test"] is not None:
                 text += f"  test {row['expected_test']:.6g}"
             rows.append(text)
     rows.append(f"best checkpoint: {result.best_model_path}")
     rows.append(f"summary: {os.path.join(result.root_dir, 'summary.json')}")
     return "\n".join(rows)
+
+
+def _end(value: float | None) -> str:
+    """One end of a band: ``?`` where no finite bound exists."""
+    return "?" if value is None else f"{value:.6g}"
 
 
 __all__ = ["CALLBACKS", "callbacks_help", "format_result"]

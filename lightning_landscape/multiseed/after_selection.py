@@ -113,11 +113,14 @@ def after_selection(
     test_dataloaders: Any,
     trainer_kwargs: dict[str, Any],
     still_improving_fraction: float,
+    confidence: float = 0.9,
 ) -> BestOfK | None:
     """Test the winner (or every seed), flag seeds still improving, and store best-of-k and optimism.
 
     Writes ``run.test_score`` and ``run.still_improving`` per seed, ``result.best_test_score`` and
-    ``result.selection``, and the blocks ``extra["best_of_k"]`` and ``extra["selection"]`` of the record.
+    ``result.selection``, and the blocks ``extra["best_of_k"]`` (with its ``confidence`` band
+    ``expected_low``/``expected_high`` per k), ``extra["stats_intervals"]`` (mean, median and std of the
+    scores with their intervals, :func:`~.statistics.summary_intervals`) and ``extra["selection"]``.
 
     Returns:
         The best-of-k curve stored in ``extra["best_of_k"]`` (``None`` without a finished seed), for the
@@ -135,9 +138,12 @@ def after_selection(
                 if run.test_score is None:
                     break
     result.best_test_score = next((r.test_score for r in finished if r.seed == result.best_seed), None)
-    curve = result.best_of_k()
+    curve = result.best_of_k(confidence=confidence)
     if curve is not None:
         extra["best_of_k"] = curve.to_dict()
+        intervals = result.summary_intervals(confidence)
+        if intervals is not None:
+            extra["stats_intervals"] = intervals.to_dict()
     tested = [r.test_score for r in finished if r.test_score is not None]
     if result.best_test_score is not None and math.isfinite(result.best_score):
         numbers = selection_optimism(result.best_score, result.best_test_score, tested, result.mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import math
 import os
 import re
@@ -31,6 +32,8 @@ EXECUTORS = ("sequential", "ray", "vectorized")
 Mode = Literal["min", "max"]
 MODES = ("min", "max")
 TestWhich = Literal["best", "all", "none"]
+PruneUnit = Literal["epochs", "steps"]
+PRUNE_UNITS = ("epochs", "steps")
 TEST_CHOICES = ("best", "all", "none")
 # Trainer arguments the multi-seed trainer sets itself, with what to use instead.
 _OWNED_TRAINER_ARGS = {
@@ -112,6 +115,40 @@ def _check_resources(cpus_per_seed: Any, gpus_per_seed: Any, max_concurrent: Any
         raise ValueError(f"`max_concurrent` must be None or an integer >= 1, got {max_concurrent!r}")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
         raise ValueError(f"`max_retries` must be an integer >= 0 (or -1: retry forever), got {max_retries!r}")
+
+
+def _check_pruning(rungs: Any, keep: Any, unit: Any, executor: str, trainer_kwargs: dict[str, Any]) -> None:
+    if unit not in PRUNE_UNITS:
+        raise ValueError(f"`prune_unit` must be one of {PRUNE_UNITS}, got {unit!r}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ValueError(f"`prune_keep` must be a fraction in (0, 1], e.g. 1/3, got {keep!r}")
+    if rungs is None:
+        return
+    if isinstance(rungs, (str, bytes)) or not isinstance(rungs, Sequence) or not rungs:
+        raise ValueError(
+            f"`prune_rungs` must be None or a non-empty list of budgets in {unit}, got {rungs!r}"
+        )
+    if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rungs):
+        raise ValueError(f"`prune_rungs` must hold integers >= 1 ({unit}), got {list(rungs)!r}")
+    if any(b <= a for a, b in itertools.pairwise(rungs)):
+        raise ValueError(f"`prune_rungs` must be strictly increasing, got {list(rungs)!r}")
+    if executor == "vectorized":
+        raise ValueError(
+            "`prune_rungs` needs executor='sequential' or 'ray': the vectorized executor trains all seeds"
+            " as one ensemble and cannot stop some of them at a rung"
+        )
+    key, other = ("max_epochs", "max_steps") if unit == "epochs" else ("max_steps", "max_epochs")
+    end = trainer_kwargs.get(key)
+    if isinstance(end, bool) or not isinstance(end, int) or end <= rungs[-1]:
+        raise ValueError(
+            f"`prune_rungs={list(rungs)!r}` ({unit}) needs the Trainer's `{key}` set above the last rung"
+            f" (the survivors' full budget), got {key}={end!r}"
+        )
+    if trainer_kwargs.get(other) not in (None, -1):
+        raise ValueError(
+            f"`prune_unit={unit!r}` counts in {key}; leave `{other}` unset,"
+            f" got {other}={trainer_kwargs[other]!r}"
+        )
 
 
 def check_trainer_kwargs(trainer_kwargs: dict[str, Any]) -> None:
@@ -198,6 +235,16 @@ class MultiSeedConfig:
             first 4 train batches: the ``barriers`` block of ``summary.json``, ``barriers.png`` (heatmap),
             ``interpolation.png`` (the segments) and one summary line (seeds sharing the best basin).
         barrier_tol: the barrier (loss units) below which a seed shares the best seed's basin.
+        prune_rungs: successive halving of seeds: the budgets (in ``prune_unit``, strictly increasing,
+            below the Trainer's ``max_epochs``/``max_steps``) at which seeds are pruned. Every seed trains
+            to the first rung; the best ``ceil(prune_keep * n)`` (at least one) by their best ``monitor``
+            so far resume from their ``last.ckpt`` to the next rung, and so on; the survivors of the last
+            rung train to the end. Pruned seeds are recorded as ``"pruned"`` with their rung and score
+            (``extra["pruned_rung"]``, ``extra["rung_scores"]``); their folders are kept. ``None``: every
+            seed trains to the end. The schedule is part of the configuration fingerprint.
+        prune_keep: the fraction of seeds each rung keeps, in ``(0, 1]``.
+        prune_unit: ``"epochs"`` (rungs compare with ``max_epochs``) or ``"steps"`` (with ``max_steps``;
+            a seed is ranked by its last checkpoint, so let validation run at each rung's step).
         trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -236,6 +283,9 @@ class MultiSeedConfig:
     quiet: bool = False
     barriers: bool | Literal["best", "all"] = False
     barrier_tol: float = BARRIER_TOL
+    prune_rungs: list[int] | None = None
+    prune_keep: float = 1 / 3
+    prune_unit: PruneUnit = "epochs"
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -283,6 +333,7 @@ class MultiSeedConfig:
         tol = self.barrier_tol
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise ValueError(f"`barrier_tol` must be a number >= 0, got {tol!r}")
+        _check_pruning(self.prune_rungs, self.prune_keep, self.prune_unit, self.executor, self.trainer_kwargs)
 
     @property
     def seed_list(self) -> list[int]:
@@ -298,6 +349,15 @@ class MultiSeedConfig:
     def test_metric(self) -> str:
         """The metric recorded as ``test_score``: ``test_monitor``, else derived from ``monitor``."""
         return self.test_monitor or derive_test_monitor(self.monitor)
+
+    @property
+    def prune_schedule(self) -> list[int] | None:
+        """The budgets of successive halving, the end included (``prune_rungs + [max_epochs/max_steps]``),
+        in ``prune_unit``; ``None`` without pruning."""
+        if self.prune_rungs is None:
+            return None
+        key = "max_epochs" if self.prune_unit == "epochs" else "max_steps"
+        return [int(r) for r in self.prune_rungs] + [int(self.trainer_kwargs[key])]
 
     @property
     def barriers_which(self) -> Literal["best", "all"] | None:
@@ -328,6 +388,8 @@ __all__ = [
     "EXECUTORS",
     "TEST_CHOICES",
     "ExecutorName",
+    "PRUNE_UNITS",
+    "PruneUnit",
     "MultiSeedConfig",
     "TestWhich",
     "check_seeds",

@@ -40,6 +40,13 @@ from lightning_landscape.multiseed.executors import (
     SeedTask,
     SequentialExecutor,
 )
+from lightning_landscape.multiseed.halving import (
+    RUNG_SCORES,
+    after_rung,
+    halving_block,
+    run_halving,
+    schedule_counts,
+)
 from lightning_landscape.multiseed.lock import RunLock
 from lightning_landscape.multiseed.paths import BEST_CHECKPOINT, seed_dir
 from lightning_landscape.multiseed.plan import adopt, fingerprint, plan
@@ -226,6 +233,8 @@ class MultiSeedTrainer:
         if is_rank_zero():
             remove_stale_temporaries(self.root_dir)
         record = adopt(read_record(self.root_dir), self.config, fingerprint(self.config, job))
+        if self.config.prune_schedule is not None:
+            return self._run_halving(job, executor, record, test_dataloaders)
         tasks = plan(record, self.config)
         done = len(self.seeds) - len(tasks)
         with RunDisplay(len(self.seeds), done, self.config.monitor, self.config.quiet) as display:
@@ -239,11 +248,40 @@ class MultiSeedTrainer:
                 self._execute(job, executor, tasks, record, display)
             return self._finish(record, job, test_dataloaders)
 
+    def _run_halving(
+        self, job: SeedJob, executor: Executor, record: Record, test_dataloaders: Any
+    ) -> MultiSeedResult:
+        """Successive halving (:mod:`~lightning_landscape.multiseed.halving`): rung by rung, then the
+        selection among the seeds that reached the end."""
+        config = self.config
+        counts = schedule_counts(len(self.seeds), len(config.prune_rungs or []), float(config.prune_keep))
+        runs = [record.runs.get(s) for s in self.seeds]
+        done = sum(len(r.extra.get(RUNG_SCORES, [])) for r in runs if r is not None)
+        open_work = any(r is None or r.status not in ("finished", "pruned", "failed") for r in runs)
+        with RunDisplay(sum(counts), min(done, sum(counts)), config.monitor, config.quiet) as display:
+            if open_work:
+                executor.check(job)
+                if config.executor != "ray":
+                    preflight(job, config)
+
+            def execute(rung_job: SeedJob, tasks: list[SeedTask], rung: int, last: bool) -> None:
+                self._execute(rung_job, executor, tasks, record, display, rung=(rung, last))
+
+            run_halving(record, config, job, execute, lambda: self._write(record))
+            record.extra["halving"] = halving_block(record, config)
+            return self._finish(record, job, test_dataloaders)
+
     def _execute(
-        self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record, display: RunDisplay
+        self,
+        job: SeedJob,
+        executor: Executor,
+        tasks: list[SeedTask],
+        record: Record,
+        display: RunDisplay,
+        rung: tuple[int, bool] | None = None,
     ) -> None:
         runs = record.runs
-        done = len(self.seeds) - len(tasks)
+        done = display.done
         # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
         own_checkpoints = any(isinstance(c, ModelCheckpoint) for c in job.trainer_args()[1])
 
@@ -262,8 +300,11 @@ class MultiSeedTrainer:
                     f"`monitor={self.config.monitor!r}` is never logged (seed {run.seed}):"
                     f" {run.extra[CONFIG_ERROR_KEY]}"
                 )
+            if rung is not None:  # successive halving: a rung's result, pending until the next rung
+                after_rung(run, runs.get(run.seed), *rung)
             runs[run.seed] = run
             done += 1
+            display.done = done
             if run.status == "finished" and is_rank_zero():
                 folder = run.log_dir or seed_dir(self.root_dir, run.seed)
                 write_hparams(folder, run, self.config.monitor, self.config.mode)
@@ -271,14 +312,20 @@ class MultiSeedTrainer:
                     remove_stray_checkpoints(self.root_dir, run)
             self._write(record)
             best = select_best([runs[s] for s in self.seeds], self.config.mode)
-            rank_zero_info(progress_line(run, done, len(self.seeds), best, self.config.monitor))
+            if run.status == "pending" and rung is not None:
+                rank_zero_info(
+                    f"[MultiSeedTrainer {done}/{display.total}] seed {run.seed} reached rung {rung[0]}:"
+                    f" {self.config.monitor}={run.score:.6g} in {run.wall_time:.1f}s"
+                )
+            else:
+                rank_zero_info(progress_line(run, done, display.total, best, self.config.monitor))
             display.update(run.seed, best)
 
         try:
             executor.run(job, tasks, on_start, on_result)
         except (KeyboardInterrupt, SystemExit) as err:
             code = EXIT_INTERRUPTED_SIGTERM if isinstance(err, SIGTERMException) else EXIT_INTERRUPTED_SIGINT
-            unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed")]
+            unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed", "pruned")]
             self._write(record)
             signal_name = "SIGTERM" if code == EXIT_INTERRUPTED_SIGTERM else "Ctrl-C"
             message = (
