@@ -113,6 +113,11 @@ def format_result(result: MultiSeedResult) -> str:
             f" signed); mean test score of the {sel['seeds_tested']} tested seed(s)"
             f" {sel['mean_test_score']:.6g}"
         )
+    if result.noise_floor is not None and result.noise_floor.get("line"):
+        floor = result.noise_floor
+        rows.append(
+            f"noise floor (seed {floor['winner']} vs median seed {floor['median_seed']}): {floor['line']}"
+        )
     curve = result.best_of_k()
     if curve is not None:
         band = f"; {curve.confidence:.0%} band on the expected" if curve.confidence is not None else ""

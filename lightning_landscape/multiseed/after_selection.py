@@ -13,13 +13,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_landscape.multiseed.checkpoints import load_checkpoint
 from lightning_landscape.multiseed.config import TestWhich
 from lightning_landscape.multiseed.executors import SeedJob
+from lightning_landscape.multiseed.per_example import PerExampleCollector, judge, median_seed
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
 from lightning_landscape.multiseed.selection import BestOfK, selection_optimism, still_improving
 
@@ -65,9 +66,16 @@ def _test_data(job: SeedJob, test_dataloaders: Any) -> TestData | None:
 
 
 def score_on_test(
-    job: SeedJob, run: SeedRun, test_monitor: str, data: TestData, trainer_kwargs: dict[str, Any]
+    job: SeedJob,
+    run: SeedRun,
+    test_monitor: str,
+    data: TestData,
+    trainer_kwargs: dict[str, Any],
+    callbacks: list[Callback] | None = None,
 ) -> float | None:
     """The ``test_monitor`` that ``Trainer.test`` logs for ``run``'s best checkpoint (``weights_only`` load).
+
+    ``callbacks`` join the test's ``Trainer`` (the noise floor's per-example collector).
 
     ``None`` (with a warning) when the model has no ``test_step`` or its test loop does not log
     ``test_monitor``: the seeds are trained by then, and their record stands without a test score.
@@ -89,6 +97,7 @@ def score_on_test(
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=job.root_dir,
+        callbacks=callbacks or [],
     )
     datamodule, loaders = data
     results = trainer.test(model, dataloaders=loaders, datamodule=datamodule, verbose=False)
@@ -120,7 +129,8 @@ def after_selection(
     Writes ``run.test_score`` and ``run.still_improving`` per seed, ``result.best_test_score`` and
     ``result.selection``, and the blocks ``extra["best_of_k"]`` (with its ``confidence`` band
     ``expected_low``/``expected_high`` per k), ``extra["stats_intervals"]`` (mean, median and std of the
-    scores with their intervals, :func:`~.statistics.summary_intervals`) and ``extra["selection"]``.
+    scores with their intervals, :func:`~.statistics.summary_intervals`), ``extra["selection"]`` and,
+    with a test split and two finished seeds, ``extra["noise_floor"]`` (:func:`measure_noise_floor`).
 
     Returns:
         The best-of-k curve stored in ``extra["best_of_k"]`` (``None`` without a finished seed), for the
@@ -150,7 +160,46 @@ def after_selection(
         result.selection = {**numbers.to_dict(), "test_monitor": test_monitor, "seeds_tested": len(tested)}
         extra["selection"] = result.selection
     extra["still_improving"] = sorted(r.seed for r in finished if r.still_improving)
+    if data is not None and result.best_test_score is not None:
+        measure_noise_floor(result, extra, job, data, test_monitor, trainer_kwargs, confidence)
     return curve
 
 
-__all__ = ["after_selection", "mark_still_improving", "score_on_test"]
+def measure_noise_floor(
+    result: MultiSeedResult,
+    extra: dict[str, Any],
+    job: SeedJob,
+    data: TestData,
+    test_monitor: str,
+    trainer_kwargs: dict[str, Any],
+    confidence: float = 0.9,
+) -> None:
+    """The winner's test lead over the median seed against the test set's noise (:mod:`~.per_example`):
+    ``extra["noise_floor"]`` and ``result.noise_floor``; kept from the record when the same two seeds
+    were judged before. Nothing with fewer than two finished seeds."""
+    other = median_seed(result)
+    if other is None:
+        return
+    old = extra.get("noise_floor")
+    if (
+        isinstance(old, dict)
+        and old.get("winner") == result.best_seed
+        and old.get("median_seed") == other.seed
+    ):
+        result.noise_floor = old
+        return
+    best = next(r for r in result.finished if r.seed == result.best_seed)
+    measured = []
+    for run in (best, other):
+        collector = PerExampleCollector()
+        score = score_on_test(job, run, test_monitor, data, trainer_kwargs, callbacks=[collector])
+        measured.append((score, collector.per_example(), collector.examples))
+    floor = judge(measured[0], measured[1], test_monitor, result.mode, confidence)
+    block = {
+        **floor.to_dict(), "winner": best.seed, "median_seed": other.seed, "test_monitor": test_monitor,
+        "line": floor.verdict_line(),
+    }  # fmt: skip
+    extra["noise_floor"] = result.noise_floor = block
+
+
+__all__ = ["after_selection", "mark_still_improving", "measure_noise_floor", "score_on_test"]

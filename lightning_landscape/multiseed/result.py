@@ -126,6 +126,9 @@ class MultiSeedResult:
         best_test_score: the winner's score on the held-out test set, ``None`` if not tested.
         selection: the optimism of the selection (see
             :class:`~lightning_landscape.multiseed.selection.SelectionOptimism`), ``None`` if not tested.
+        noise_floor: the winner's test lead over the median seed against the test set's sampling noise
+            (the ``noise_floor`` block of ``summary.json``, with its one-line ``"line"``; see
+            :mod:`~lightning_landscape.multiseed.per_example`), ``None`` if not measured.
     """
 
     runs: list[SeedRun]
@@ -137,6 +140,7 @@ class MultiSeedResult:
     root_dir: str
     best_test_score: float | None = None
     selection: dict[str, Any] | None = None
+    noise_floor: dict[str, Any] | None = None
 
     def best_of_k(
         self, quantiles: tuple[float, float] = (0.1, 0.9), confidence: float | None = 0.9
@@ -213,5 +217,6 @@ class MultiSeedResult:
             "stats": self.summary_stats(),
             "best_test_score": self.best_test_score,
             "selection": self.selection,
+            "noise_floor": self.noise_floor,
             "runs": [r.to_dict() for r in self.runs],
         }

@@ -112,6 +112,22 @@ class MultiSeedTrainer:
     winner's best checkpoint, checked to load and to hold the recorded score first), ``summary.csv``,
     ``seeds.png`` and a TensorBoard hparams entry per seed.
 
+    After the selection, with a test split and two finished seeds, the winner and the median seed (by
+    validation) are tested once more for the **noise floor**: is the winner's test lead beyond the test
+    set's own sampling noise? The optional hook: a ``test_step`` that returns
+    ``{"per_example": values}`` (a 1-d tensor, one loss or 0/1 correctness per example of the batch)
+    gives a paired bootstrap over test examples; without it, a test metric named like an accuracy
+    (``"acc"`` in its name, ``mode="max"``) gets a binomial bound, anything else ``"unknown"``
+    (:mod:`~lightning_landscape.multiseed.per_example`). The verdict line is logged, printed by the CLI
+    and stored in ``summary.json`` (``noise_floor``), beside the best-of-k band
+    (``best_of_k.expected_low``/``expected_high``, 90%) and the intervals of the mean, median and std
+    (``stats_intervals``).
+
+    With ``prune_rungs``, seeds are pruned by **successive halving**
+    (:mod:`~lightning_landscape.multiseed.halving`): all train to the first rung, the best ``prune_keep``
+    share continues from its ``last.ckpt`` to the next, and so on; only the survivors of the last rung
+    train to the end and compete for the winner.
+
     A seed that raises or whose monitored value is never finite is recorded as ``"failed"`` and the
     others go on. A configuration that cannot work fails before the first seed trains. A SIGTERM or
     Ctrl-C stops the run with :class:`MultiSeedInterrupted` (exit code 143 or 130); rerun to resume.
@@ -402,6 +418,8 @@ class MultiSeedTrainer:
         )  # fmt: skip
         if curve is not None:
             plot_best_of_k(self.root_dir, curve, config.monitor)
+        if result.noise_floor is not None:
+            rank_zero_info(f"MultiSeedTrainer: noise floor: {result.noise_floor['line']}")
         if config.barriers_which is not None:
             which, tol = config.barriers_which, float(config.barrier_tol)
             block = barriers_after_selection(job, result.runs, result.best_seed, self.root_dir, which, tol)
