@@ -90,13 +90,14 @@ class PerExampleCollector(Callback):
 
 
 def median_seed(result: MultiSeedResult) -> SeedRun | None:
-    """The finished seed of median validation rank (the lower median), or the next one when that is the
-    winner; ``None`` with fewer than two finished seeds.
+    """The finished seed of median validation rank (0-based rank ``K // 2``, best first: of an even count,
+    the worse of the middle two), or the worst seed when that is the winner; ``None`` with fewer than two
+    finished seeds.
 
     Example:
         >>> runs = [SeedRun(s, "finished", v) for s, v in enumerate([0.3, 0.1, 0.2, 0.4])]
         >>> median_seed(MultiSeedResult(runs, "val_loss", "min", 1, 0.1, "", "")).seed
-        2
+        0
     """
     finished = [r for r in result.finished if r.score is not None]
     if len(finished) < 2:
