@@ -219,8 +219,8 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
     if args.steps is not None and preset_name(args) == "demo":
         # Keep the compressed schedule: twenty halvings over the run, as the paper's 10,000 / 500.
         values["lr_halve_every"] = max(1, args.steps // 20)
-        if args.prune_at is None:
-            values["prune_at"] = args.steps // 10
+    if args.steps is not None and args.prune_at is None and values.get("prune_at"):
+        values["prune_at"] = args.steps // 10  # the rung stays at 10% of the budget (0: too short to prune)
     values["target"] = args.target
     cfg = StudyConfig(**values)
     if cfg.prune_at >= cfg.steps:
