@@ -95,6 +95,10 @@ def report(
         )
 
 
+def _g(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3g}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=16)
@@ -145,9 +149,9 @@ def main() -> None:
     print(
         f"\nequal compute on the demo problem ({args.demo_seeds} initializations each):"
         f" best of {k} seeds x {args.steps // k} steps: expected final risk {best_short['expected']:.4g}"
-        f" (90% band {best_short['expected_low']}, {best_short['expected_high']});"
+        f" (90% band {_g(best_short['expected_low'])} to {_g(best_short['expected_high'])});"
         f" one seed x {args.steps} steps: {one_long['expected']:.4g}"
-        f" (90% band {one_long['expected_low']}, {one_long['expected_high']})"
+        f" (90% band {_g(one_long['expected_low'])} to {_g(one_long['expected_high'])})"
     )
     print(f"(short runs: {time.perf_counter() - start:.0f} s)")
 
