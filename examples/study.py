@@ -19,9 +19,10 @@ The demo keeps the paper's network, batch, optimizer and full schedule, and prun
 (:mod:`lightning_landscape.multiseed.halving`): all 64 initializations train to step 1,000 (10% of the
 budget) as one ensemble (``population_*`` files), the best 4 by population risk there train the paper's
 10,000 steps as a second ensemble (rebuilt from their seeds, on the same batches: the report says how far
-their risk at step 1,000 lies from the population's; 1.7% relative in one full run, 0 in the tiny test). The end points classified are those 4, with the paper's
-budget; best-of-k is given over the population at step 1,000 and over the survivors, labelled. An explicit
-``--steps`` compresses the schedule as before (halving every ``steps / 20``, the rung at ``steps / 10``).
+their risk at step 1,000 lies from the population's; 1.7% relative in one full run, 0 in the tiny test).
+The end points classified are those 4, with the paper's budget; best-of-k is given over the population at
+step 1,000 and over the survivors, labelled. An explicit ``--steps`` compresses the schedule as before
+(halving every ``steps / 20``, the rung at ``steps / 10``).
 
 What is written (``root_dir``), and read back by the analysis, which never uses what is in memory:
 
