@@ -83,6 +83,8 @@ def format_result(result: MultiSeedResult) -> str:
         test = f"  {'' if run.test_score is None else f'{run.test_score:.6g}':>12}" if tested else ""
         mark = "  <- best" if run.seed == result.best_seed and run.status == "finished" else ""
         mark += "  (still improving)" if run.still_improving else ""
+        if run.status == "pruned":
+            mark += f"  (pruned at rung {run.extra.get('pruned_rung')}: its score there)"
         rows.append(f"{run.seed:>6}  {run.status:<9} {score:>14}{test}  {run.wall_time:>9.1f}{mark}")
         if run.status == "failed" and run.error:
             rows.append(f"{'':>8}error: {run.error.strip().splitlines()[-1]}")

@@ -41,6 +41,7 @@ def test_table_shows_the_band_and_the_intervals() -> None:
     assert curve is not None and curve.expected_high is not None and curve.expected_low is not None
     assert f"band {curve.expected_low[0]:.6g} .. {curve.expected_high[0]:.6g}" in text
     assert "band ? .. " in text  # k = K: no finite better end
+    assert "pruned at rung 0" in text
     mean = summary_intervals(SCORES).mean
     assert f"mean {mean.low:.6g} .. {mean.high:.6g} (90%)" in text
 
