@@ -21,12 +21,10 @@ fails drops out of the schedule.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from lightning_landscape.multiseed._lightning import is_rank_zero
 from lightning_landscape.multiseed.checkpoints import check_checkpoint
 from lightning_landscape.multiseed.config import MultiSeedConfig
 from lightning_landscape.multiseed.executors import SeedJob, SeedTask
@@ -78,8 +76,8 @@ def rung_tasks(record: Record, config: MultiSeedConfig, rung: int) -> list[SeedT
     """The seeds that still have to reach ``rung`` (an index into the schedule), resumed where they can.
 
     A seed that completed the rung before, finished, failed or was pruned is skipped. A seed resumes from
-    its ``last.ckpt`` when it has trained before and the file loads; otherwise it starts afresh (its
-    unfinished folder cleared, a folder the record does not know set aside). Each planned seed is
+    its ``last.ckpt`` when it has trained before and the file loads; otherwise it starts afresh (a folder
+    already there is set aside as ``seed_<k>.orphan-<time>/``, never deleted). Each planned seed is
     entered in ``record.runs`` as ``"pending"`` with its earlier rungs kept.
     """
     root = config.root
@@ -97,10 +95,10 @@ def rung_tasks(record: Record, config: MultiSeedConfig, rung: int) -> list[SeedT
             if problem is not None:
                 set_aside(folder, problem)
         if not resume and folder.exists():
-            if old is None:
-                set_aside(folder, "summary.json has no entry for it")
-            elif is_rank_zero():
-                shutil.rmtree(folder)
+            # Never deleted: a fresh start sets the old folder aside (seed_<k>.orphan-<time>/).
+            set_aside(
+                folder, "no usable last.ckpt to continue the schedule from" if old else "no record entry"
+            )
         if old is not None and resume:
             prior = _prior_wall_time(old, last) if old.status == "running" else old.wall_time
         else:
