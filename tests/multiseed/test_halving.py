@@ -141,3 +141,21 @@ def test_halving_killed_twice_resumes_to_the_uninterrupted_result(tmp_path: Path
     assert {s: v[0] for s, v in got.items()} == {s: v[0] for s, v in expected.items()}
     for s, (_, score, rungs) in expected.items():
         assert got[s][1] == pytest.approx(score, rel=1e-6) and got[s][2] == pytest.approx(rungs, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_halving_on_ray_matches_sequential(tmp_path: Path) -> None:
+    """Each stage is one batch of Ray tasks: the same statuses, rung scores and winner as in-process."""
+    ray = pytest.importorskip("ray")
+    kwargs: dict[str, Any] = {"seeds": 4, "epochs": 3, "prune_rungs": [1], "prune_keep": 0.5, "quiet": True}
+    expected = fit(tmp_path / "seq", trainer=NO_LOG, **kwargs)
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        result = fit(tmp_path / "ray", executor="ray", max_concurrent=2, trainer=NO_LOG, **kwargs)
+    finally:
+        ray.shutdown()
+    assert [r.status for r in result.runs] == [r.status for r in expected.runs]
+    for got, want in zip(result.runs, expected.runs, strict=True):
+        assert got.extra["rung_scores"] == pytest.approx(want.extra["rung_scores"], rel=1e-6)
+    assert result.best_seed == expected.best_seed
