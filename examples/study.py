@@ -10,13 +10,19 @@ network (1, 50, 50, 1), He-normal weights and zero biases, fitted to :math:`f(x)
 ``seed_everything(s)``)::
 
     python examples/study.py --paper          # 300 x 10,000: tens of minutes on a CPU, ~a minute on a GPU
-    python examples/study.py                  # make demo: 64 x 1,500, the same schedule compressed, ~3 min
+    python examples/study.py                  # make demo: 64 to step 1,000, the best 4 to 10,000, ~4 min
     python examples/study.py --tiny           # seconds: the smoke test (its own folder, runs/demo_tiny)
     python examples/study.py --target teacher # a realizable target: the optimal risk is exactly 0
     tensorboard --logdir runs/demo
 
-The demo keeps the paper's network, batch and optimizer and compresses the schedule: the learning rate is
-halved every ``steps / 20`` steps, so it ends as small as the paper's after 10,000 and the iterates settle.
+The demo keeps the paper's network, batch, optimizer and full schedule, and prunes by successive halving
+(:mod:`lightning_landscape.multiseed.halving`): all 64 initializations train to step 1,000 (10% of the
+budget) as one ensemble (``population_*`` files), the best 4 by population risk there train the paper's
+10,000 steps as a second ensemble (rebuilt from their seeds, on the same batches: the report says how far
+their risk at step 1,000 lies from the population's; 1.7% relative in one full run, 0 in the tiny test).
+The end points classified are those 4, with the paper's budget; best-of-k is given over the population at
+step 1,000 and over the survivors, labelled. An explicit ``--steps`` compresses the schedule as before
+(halving every ``steps / 20``, the rung at ``steps / 10``).
 
 What is written (``root_dir``), and read back by the analysis, which never uses what is in memory:
 
@@ -86,6 +92,10 @@ FIGURES = (
     "plane_best.png",
     "barriers.png",
 )
+#: Successive halving's files (the demo only): the population's ensemble up to the rung, and the choice.
+POPULATION = "population_"
+HALVING_JSON = "halving.json"
+HALVING_FILES = (f"{POPULATION}{TRAJECTORIES}", f"{POPULATION}{FINAL_MEMBERS}", HALVING_JSON)
 DATA_FILES = (TRAJECTORIES, FINAL_MEMBERS, ENDPOINTS, CURVES, BEST_OF_K_CSV, PLANE, BARRIERS, "study.json")
 REPORT_FILES = ("report.md", *FIGURES, *DATA_FILES)
 
@@ -110,11 +120,23 @@ class StudyConfig:
     grid_size: int = 4096
     num_probes: int = 60
     data_seed: int = 5
+    #: Successive halving: every initialization trains to step ``prune_at`` (0: no pruning), the best
+    #: ``survivors_after(seeds, prune_keep)`` by population risk there continue to ``steps``.
+    prune_at: int = 0
+    prune_keep: float = 1.0
 
 
 # The three sizes; an explicit --seeds/--steps/--hidden overrides the preset's value.
 _PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {"seeds": 64, "steps": 1500, "hidden": [50, 50], "lr_halve_every": 75},
+    # The paper's schedule for the survivors of one halving rung at 10% of it: 64 to 1,000, 4 to 10,000.
+    "demo": {
+        "seeds": 64,
+        "steps": 10_000,
+        "hidden": [50, 50],
+        "lr_halve_every": 500,
+        "prune_at": 1000,
+        "prune_keep": 1 / 16,
+    },
     "paper": {"seeds": 300, "steps": 10_000, "hidden": [50, 50], "lr_halve_every": 500},
     "tiny": dict(
         seeds=6, steps=60, hidden=[8, 8], lr_halve_every=20, batch_size=128, grid_size=256, num_probes=12
@@ -147,6 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="Adam steps")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths, e.g. 50 50")
     p.add_argument("--num_probes", type=int, default=None, help="log-spaced steps recorded for the panels")
+    p.add_argument(
+        "--prune_at", type=int, default=None,
+        help="successive halving: all inits train to this step, the best --prune_keep to --steps (0: off)",
+    )  # fmt: skip
+    p.add_argument("--prune_keep", type=float, default=None, help="share of inits that pass the rung")
     p.add_argument("--target", default="quadratic", choices=("quadratic", "sin3", "x4sin", "teacher"))
     p.add_argument("--risk_rtol", type=float, default=0.05, help="one risk level: within best*(1+rtol)")
     p.add_argument("--grad_tol", type=float, default=1e-3, help="near-critical: ||grad R|| <= grad_tol")
@@ -166,6 +193,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be >= 1, got {value}")
+    if args.prune_at is not None and args.prune_at < 0:
+        p.error(f"--prune_at must be >= 0 (0: no pruning), got {args.prune_at}")
+    if args.prune_keep is not None and not 0 < args.prune_keep <= 1:
+        p.error(f"--prune_keep must be a fraction in (0, 1], got {args.prune_keep}")
     if args.hidden is not None and any(h < 1 for h in args.hidden):
         p.error(f"--hidden must be positive widths, got {args.hidden}")
     for name in ("risk_rtol", "grad_tol", "eig_rtol"):
@@ -182,14 +213,21 @@ def preset_name(args: argparse.Namespace) -> str:
 
 def study_config(args: argparse.Namespace) -> StudyConfig:
     values: dict[str, Any] = dict(_PRESETS[preset_name(args)])
-    for name in ("seeds", "steps", "hidden", "num_probes"):
+    if args.tiny and not args.paper:  # the demo's smoke test prunes too: 6 to step 20, the best 2 to 60
+        values.update(prune_at=20, prune_keep=1 / 3)
+    for name in ("seeds", "steps", "hidden", "num_probes", "prune_at", "prune_keep"):
         if getattr(args, name) is not None:
             values[name] = list(getattr(args, name)) if name == "hidden" else getattr(args, name)
     if args.steps is not None and preset_name(args) == "demo":
         # Keep the compressed schedule: twenty halvings over the run, as the paper's 10,000 / 500.
         values["lr_halve_every"] = max(1, args.steps // 20)
+    if args.steps is not None and args.prune_at is None and values.get("prune_at"):
+        values["prune_at"] = args.steps // 10  # the rung stays at 10% of the budget (0: too short to prune)
     values["target"] = args.target
-    return StudyConfig(**values)
+    cfg = StudyConfig(**values)
+    if cfg.prune_at >= cfg.steps:
+        raise SystemExit(f"study.py: error: --prune_at ({cfg.prune_at}) must lie below --steps ({cfg.steps})")
+    return cfg
 
 
 def default_root(args: argparse.Namespace) -> Path:
@@ -298,8 +336,17 @@ class PaperProbe(Callback):
         }
 
 
-def train(cfg: StudyConfig, root: Path, quiet: bool, accelerator: str) -> float:
-    """Train the ensemble, write ``trajectories.npz`` and ``final_members.pt``; returns the wall time."""
+def train(
+    cfg: StudyConfig,
+    root: Path,
+    quiet: bool,
+    accelerator: str,
+    seeds: list[int] | None = None,
+    steps: int | None = None,
+    prefix: str = "",
+) -> float:
+    """Train the ensemble of ``seeds`` (default: all ``cfg.seeds``) for ``steps`` (default ``cfg.steps``),
+    write ``<prefix>trajectories.npz`` and ``<prefix>final_members.pt``; returns the wall time."""
     import numpy as np
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -315,20 +362,26 @@ def train(cfg: StudyConfig, root: Path, quiet: bool, accelerator: str) -> float:
         model=member_net,
         model_kwargs={"hidden": cfg.hidden, "bias_init": cfg.bias_init},
         loss="mse",
-        seeds=cfg.seeds,
+        seeds=list(range(cfg.seeds)) if seeds is None else seeds,
         optimizer="adam",
         lr=cfg.lr,
         betas=(0.9, 0.999),
         eps=1e-8,
         optimal_risk=0.0 if cfg.target == "teacher" else None,
     )
-    probe = PaperProbe(probe_steps(cfg.steps, cfg.num_probes), midpoint_grid(cfg.grid_size, dm.target))
+    max_steps = cfg.steps if steps is None else steps
+    at = probe_steps(max_steps, cfg.num_probes)
+    if 0 < cfg.prune_at < max_steps:
+        at = sorted({*at, cfg.prune_at})  # the survivors' risk at the rung, to check against the population's
+    probe = PaperProbe(at, midpoint_grid(cfg.grid_size, dm.target))
     trainer = Trainer(
-        max_steps=cfg.steps,
+        max_steps=max_steps,
         accelerator=accelerator,
         devices=1,
-        logger=TensorBoardLogger(save_dir=str(root), name="ensemble", version="", default_hp_metric=False),
-        log_every_n_steps=max(1, cfg.steps // 50),
+        logger=TensorBoardLogger(
+            save_dir=str(root), name=f"{prefix}ensemble", version="", default_hp_metric=False
+        ),
+        log_every_n_steps=max(1, max_steps // 50),
         limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
@@ -343,9 +396,10 @@ def train(cfg: StudyConfig, root: Path, quiet: bool, accelerator: str) -> float:
     wall = time.perf_counter() - start
     arrays = probe.arrays()
     arrays["seeds"] = np.asarray(ensemble.seeds)
-    np.savez(root / TRAJECTORIES, **arrays)
+    np.savez(root / f"{prefix}{TRAJECTORIES}", **arrays)
     state = {name: t.detach().cpu().clone() for name, t in ensemble.members.state_dict().items()}
-    torch.save({"seeds": list(ensemble.seeds), "state": state, "wall_time": wall}, root / FINAL_MEMBERS)
+    saved = {"seeds": list(ensemble.seeds), "state": state, "wall_time": wall}
+    torch.save(saved, root / f"{prefix}{FINAL_MEMBERS}")
     return wall
 
 
@@ -452,11 +506,86 @@ def rms(values: Any, axis: int = 0) -> Any:
     return np.sqrt(np.mean(np.square(values), axis=axis))
 
 
-def read_trajectories(root: Path) -> dict[str, Any]:
+def read_trajectories(root: Path, prefix: str = "") -> dict[str, Any]:
     import numpy as np
 
-    with np.load(root / TRAJECTORIES, allow_pickle=False) as data:
+    with np.load(root / f"{prefix}{TRAJECTORIES}", allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
+
+
+def select_survivors(root: Path, cfg: StudyConfig) -> dict[str, Any]:
+    """The rung of successive halving, read from the population's files: every initialization's
+    population risk at step ``prune_at`` and the best ``survivors_after(seeds, prune_keep)`` of them
+    (ties: the lower seed)."""
+    from lightning_landscape.multiseed.halving_simulation import survivors_after
+    from lightning_landscape.multiseed.selection import rank_by_validation
+
+    traj = read_trajectories(root, POPULATION)
+    assert int(traj["steps"][-1]) == cfg.prune_at, "the population's last probe is the rung"
+    seeds = [int(s) for s in traj["seeds"]]
+    risks = [float(r) for r in traj["risk"][:, -1]]
+    order = rank_by_validation(risks, "min")
+    kept = survivors_after(len(seeds), cfg.prune_keep)
+    return {
+        "rung": cfg.prune_at,
+        "keep": cfg.prune_keep,
+        "seeds": seeds,
+        "risk_at_rung": risks,
+        "survivors": sorted(seeds[i] for i in order[:kept]),
+    }
+
+
+def halving_lines(
+    cfg: StudyConfig, root: Path, ends: list[Endpoint], halving: dict[str, Any], traj: dict[str, Any]
+) -> list[str]:
+    """What successive halving cost and kept: the population's best-of-k at the rung (with its 90% band),
+    the compute against training every initialization to the end, the survivors' check at the rung, and
+    the noise floor of the winner's lead over the median survivor on the grid (the demo's test set)."""
+    import numpy as np
+
+    from lightning_landscape.multiseed.noise_floor import noise_floor
+
+    pop = halving["risk_at_rung"]
+    n_pop, n_surv, rung = len(pop), len(halving["survivors"]), halving["rung"]
+    curve = best_of_k(pop, mode="min", confidence=0.9)
+    band = "; ".join(
+        f"k={k}: {curve.expected[k - 1]:.3g} [{_fmt(curve.expected_low, k)}, {_fmt(curve.expected_high, k)}]"
+        for k in curve.table_ks()
+    )
+    spent = n_pop * rung + n_surv * cfg.steps
+    # The survivors' own run repeats the rung's steps: their risk there against the population's.
+    col = int(np.searchsorted(traj["steps"], rung))
+    by_seed = dict(zip(halving["seeds"], pop, strict=True))
+    again = [float(traj["risk"][i, col]) for i in range(len(traj["seeds"]))]
+    drift = max(abs(a / by_seed[int(s)] - 1) for s, a in zip(traj["seeds"], again, strict=True))
+    full = n_pop * cfg.steps
+    lines = [
+        f"Successive halving: all {n_pop} initializations trained to step {rung} ({rung / cfg.steps:.0%} of"
+        f" the budget), the best {n_surv} by population risk there (seeds {halving['survivors']}) the full"
+        f" {cfg.steps} steps: {spent:,} member-steps instead of {full:,} ({spent / full:.0%});"
+        f" their risk at step {rung} in their own run matches the population's to {drift:.1e} (relative).",
+        f"Best of k over all {n_pop} initializations at step {rung} (expected risk [90% band]): {band}.",
+    ]
+    if len(ends) >= 2:
+        ranked = sorted(ends, key=lambda e: e.final_risk)
+        winner, other = ranked[0], ranked[len(ranked) // 2]
+        seeds, nets, _ = load_members(root, cfg)
+        target = ShallowReLUDataModule(target=cfg.target, val_size=8).target  # type: ignore[arg-type]
+        x, y = midpoint_grid(cfg.grid_size, target, torch.float64)
+        with torch.no_grad():
+            w, o = ((nets[seeds.index(e.seed)](x) - y).pow(2).reshape(-1).tolist() for e in (winner, other))
+        floor = noise_floor(w, o, kind="loss")
+        lines.append(
+            f"Noise floor (seed {winner.seed} vs the median survivor, seed {other.seed}; per-point squared"
+            f" error on the {cfg.grid_size}-point grid, the demo's test set, paired bootstrap):"
+            f" {floor.verdict_line()}."
+        )
+    return lines
+
+
+def _fmt(values: list[float | None] | None, k: int) -> str:
+    value = None if values is None else values[k - 1]
+    return "?" if value is None else f"{value:.3g}"
 
 
 def write_curves(root: Path, traj: dict[str, Any]) -> None:
@@ -730,7 +859,12 @@ def make_figures(
 
 
 def answer_lines(
-    cfg: StudyConfig, root: Path, ends: list[Endpoint], curve: BestOfK, args: argparse.Namespace
+    cfg: StudyConfig,
+    root: Path,
+    ends: list[Endpoint],
+    curve: BestOfK,
+    args: argparse.Namespace,
+    halving: dict[str, Any] | None = None,
 ) -> list[str]:
     risks = sorted(e.final_risk for e in ends)
     n = len(risks)
@@ -749,14 +883,17 @@ def answer_lines(
     )
     k5 = min(5, n)
     gain = 1 - curve.expected[k5 - 1] / curve.expected[0]
+    who = f"{n} initializations" if halving is None else f"The {n} survivors (of {cfg.seeds})"
+    among = "random initializations" if halving is None else f"of the {n} survivors at step {cfg.steps}"
     lines = [
-        f"{n} initializations of (1, {', '.join(map(str, cfg.hidden))}, 1), Adam, {cfg.steps} steps, "
+        f"{who} of (1, {', '.join(map(str, cfg.hidden))}, 1), Adam, {cfg.steps} steps, "
         f"target {cfg.target}: {len(levels)} risk levels (within {args.risk_rtol:.0%}); "
         f"the lowest (count): {top_levels}.",
         f"{len(levels[0])}/{n} ended at the best level {best:.4g}; spread of the final risks: median "
         f"{statistics.median(risks):.4g}, max {risks[-1]:.4g} (max/min = {risks[-1] / best:.3g}).",
-        f"Best of k random initializations (expected final risk [10%, 90%]): {rows}.",
-        f"Retraining {k5} times instead of once lowers the expected final risk by {gain:.0%}.",
+        f"Best of k {among} (expected final risk [10%, 90%]): {rows}.",
+        f"Retraining {k5} times instead of once lowers the expected final risk by {gain:.0%}"
+        + ("." if halving is None else " (among the survivors)."),
         f"End points: {len(near)}/{n} near-critical (||grad R|| <= {args.grad_tol:g}): {minima} minima, "
         f"{saddles} saddles (minimum: lambda_min >= -{args.eig_rtol:g}*|lambda_max|); "
         f"{moving} not critical yet; median lambda_min/lambda_max = {median_ratio:.2g}.",
@@ -868,10 +1005,23 @@ def main(argv: list[str] | None = None) -> list[str]:
         torch.set_num_threads(args.threads)
 
     wall = {"train": 0.0, "analysis": 0.0}
+    halving: dict[str, Any] | None = None
+    if cfg.prune_at > 0:
+        population = (root / f"{POPULATION}{TRAJECTORIES}", root / f"{POPULATION}{FINAL_MEMBERS}")
+        if not all(p.is_file() for p in population):
+            wall["train"] += train(
+                cfg, root, args.quiet, args.accelerator, steps=cfg.prune_at, prefix=POPULATION
+            )
+        else:
+            saved = torch.load(population[1], map_location="cpu", weights_only=True)
+            wall["train"] += float(saved.get("wall_time", math.nan))
+        halving = select_survivors(root, cfg)
+        (root / HALVING_JSON).write_text(json.dumps(halving, indent=2))
     if not ((root / TRAJECTORIES).is_file() and (root / FINAL_MEMBERS).is_file()):
-        wall["train"] = train(cfg, root, args.quiet, args.accelerator)
+        survivors = None if halving is None else halving["survivors"]
+        wall["train"] += train(cfg, root, args.quiet, args.accelerator, seeds=survivors)
     else:
-        wall["train"] = load_members(root, cfg)[2]
+        wall["train"] += load_members(root, cfg)[2]
     start = time.perf_counter()
     if (root / ENDPOINTS).is_file():
         ends = read_endpoints(root, args)
@@ -886,7 +1036,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     write_best_of_k(root, curve)
     make_figures(cfg, root, ends, traj, curve)
     wall["analysis"] = time.perf_counter() - start
-    lines = answer_lines(cfg, root, ends, curve, args)
+    lines = answer_lines(cfg, root, ends, curve, args, halving)
+    if halving is not None:
+        lines[-1:-1] = halving_lines(cfg, root, ends, halving, traj)
     lines.insert(
         -1, f"Wall time: training {wall['train']:.0f} s, end-point analysis {wall['analysis']:.0f} s."
     )

@@ -272,3 +272,57 @@ def test_bad_study_arguments_exit_2_naming_the_option(args, capsys):
         study.parse_args(args)
     assert info.value.code == 2
     assert args[0] in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_demo_prunes_by_successive_halving(tmp_path):
+    """``--tiny`` (the demo's preset, small): 6 inits to step 20, the best 2 to 60; the choice, the
+    survivors' rerun and the noise floor against independent recomputations."""
+    from lightning_landscape.multiseed.halving_simulation import survivors_after
+    from lightning_landscape.multiseed.noise_floor import noise_floor
+
+    root = tmp_path / "run"
+    lines = study.main(["--tiny", "--quiet", "--root_dir", str(root)])
+    cfg = study.study_config(study.parse_args(["--tiny"]))
+    assert (cfg.prune_at, cfg.steps) == (20, 60)
+    for name in study.HALVING_FILES:
+        assert (root / name).is_file(), name
+    target = target_function(cfg.target)
+    # The rung: every init's population risk at step 20 from its saved weights, by a 200k-point quadrature.
+    saved = torch.load(root / f"{study.POPULATION}{study.FINAL_MEMBERS}", weights_only=True)
+    risks = []
+    for k in range(len(saved["seeds"])):
+        net = study.member_net(cfg.hidden, cfg.bias_init).double()
+        net.load_state_dict({n: t[k].double() for n, t in saved["state"].items()})
+        risks.append(population_risk(net, target, num_points=200_000))
+    kept = survivors_after(cfg.seeds, cfg.prune_keep)
+    expected = sorted(int(i) for i in np.argsort(risks, kind="stable")[:kept])
+    halving = json.loads((root / study.HALVING_JSON).read_text())
+    assert halving["survivors"] == expected and halving["rung"] == 20
+    assert halving["risk_at_rung"] == pytest.approx(risks, rel=1e-3)
+    # The survivors' own run: their seeds only, to the paper's end, through the rung with the same risks.
+    traj = study.read_trajectories(root)
+    assert traj["seeds"].tolist() == expected and traj["steps"][-1] == cfg.steps and 20 in traj["steps"]
+    col = traj["steps"].tolist().index(20)
+    assert traj["risk"][:, col] == pytest.approx([halving["risk_at_rung"][s] for s in expected], rel=1e-5)
+    ends = {int(r["seed"]): float(r["final_risk"]) for r in _read_csv(root / study.ENDPOINTS)}
+    assert sorted(ends) == expected
+    # The noise floor of the winner against the median survivor, per grid point, recomputed.
+    seeds, nets, _ = study.load_members(root, cfg)
+    ranked = sorted(ends, key=ends.get)
+    x, y = study.midpoint_grid(cfg.grid_size, target, torch.float64)
+    with torch.no_grad():
+        w, o = ((nets[seeds.index(s)](x) - y).pow(2).reshape(-1).tolist() for s in (ranked[0], ranked[1]))
+    floor = noise_floor(w, o, kind="loss")
+    text = "\n".join(lines)
+    assert floor.verdict_line() in text
+    assert f"Best of k over all {cfg.seeds} initializations at step 20" in text
+    assert f"Best of k of the {kept} survivors at step {cfg.steps}" in text
+    assert f"{cfg.seeds * 20 + kept * cfg.steps:,} member-steps instead of {cfg.seeds * cfg.steps:,}" in text
+
+
+def test_paper_keeps_the_exact_set_up_without_pruning():
+    paper = study.study_config(study.parse_args(["--paper"]))
+    assert (paper.seeds, paper.steps, paper.lr_halve_every, paper.prune_at) == (300, 10_000, 500, 0)
+    demo = study.study_config(study.parse_args([]))
+    assert (demo.steps, demo.lr_halve_every, demo.prune_at, demo.prune_keep) == (10_000, 500, 1000, 1 / 16)

@@ -84,6 +84,8 @@ def format_result(result: MultiSeedResult) -> str:
         test = f"  {'' if run.test_score is None else f'{run.test_score:.6g}':>12}" if tested else ""
         mark = "  <- best" if run.seed == result.best_seed and run.status == "finished" else ""
         mark += "  (still improving)" if run.still_improving else ""
+        if run.status == "pruned":
+            mark += f"  (pruned at rung {run.extra.get('pruned_rung')}: its score there)"
         rows.append(f"{run.seed:>6}  {run.status:<9} {score:>14}{test}  {run.wall_time:>9.1f}{mark}")
         if run.status == "failed" and run.error:
             rows.append(f"{'':>8}error: {run.error.strip().splitlines()[-1]}")
@@ -93,6 +95,19 @@ def format_result(result: MultiSeedResult) -> str:
         f"{len(result.finished)}/{len(result.runs)} seeds finished; {result.monitor} ({result.mode}): "
         + ", ".join(f"{k} {v:.6g}" for k, v in stats.items())
     )
+    intervals = result.summary_intervals() if len(result.finished) > 1 else None
+    if intervals is not None:
+        rows.append(
+            "  intervals: "
+            + ", ".join(
+                f"{name} {_end(iv.low)} .. {_end(iv.high)} ({iv.confidence:.0%})"
+                for name, iv in (
+                    ("mean", intervals.mean),
+                    ("median", intervals.median),
+                    ("std", intervals.std),
+                )
+            )
+        )
     rows.append(f"best seed {result.best_seed}: {result.monitor} = {result.best_score:.6g}")
     if result.best_test_score is not None and result.selection is not None:
         sel = result.selection
@@ -101,12 +116,20 @@ def format_result(result: MultiSeedResult) -> str:
             f" signed); mean test score of the {sel['seeds_tested']} tested seed(s)"
             f" {sel['mean_test_score']:.6g}"
         )
+    if result.noise_floor is not None and result.noise_floor.get("line"):
+        floor = result.noise_floor
+        rows.append(
+            f"noise floor (seed {floor['winner']} vs median seed {floor['median_seed']}): {floor['line']}"
+        )
     curve = result.best_of_k()
     if curve is not None:
-        rows.append(f"best of k seeds drawn at random (expected {result.monitor} [10%, 90%]):")
+        band = f"; {curve.confidence:.0%} band on the expected" if curve.confidence is not None else ""
+        rows.append(f"best of k seeds drawn at random (expected {result.monitor} [10%, 90%]{band}):")
         for k in curve.table_ks():
             row = curve.at(k)
             text = f"  k={k:<4} {row['expected']:.6g}  [{row['q_low']:.6g}, {row['q_high']:.6g}]"
+            if curve.confidence is not None:
+                text += f"  band {_end(row['expected_low'])} .. {_end(row['expected_high'])}"
             if row["expected_test"] is not None:
                 text += f"  test {row['expected_test']:.6g}"
             rows.append(text)
@@ -133,6 +156,11 @@ def _combined_row(row: dict[str, Any]) -> str:
         f"  test {num(row.get('test'))}  prediction val [{pred(row.get('val_prediction'))}]"
         f" test [{pred(row.get('test_prediction'))}]"
     )
+
+
+def _end(value: float | None) -> str:
+    """One end of a band: ``?`` where no finite bound exists."""
+    return "?" if value is None else f"{value:.6g}"
 
 
 __all__ = ["CALLBACKS", "callbacks_help", "format_result"]

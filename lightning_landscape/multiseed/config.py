@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import os
 import re
 import typing
@@ -19,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch import Trainer
-
-from lightning_landscape._namespace import loaded_types
+from lightning_landscape.multiseed._config_checks import (
+    PRUNE_UNITS,
+    check_pruning,
+    check_resources,
+    check_trainer_kwargs,
+)
 from lightning_landscape.multiseed.barriers import DEFAULT_TOL as BARRIER_TOL
 from lightning_landscape.multiseed.result import is_seed
 from lightning_landscape.multiseed.selection import STILL_IMPROVING_FRACTION
@@ -31,11 +33,9 @@ EXECUTORS = ("sequential", "ray", "vectorized")
 Mode = Literal["min", "max"]
 MODES = ("min", "max")
 TestWhich = Literal["best", "all", "none"]
+PruneUnit = Literal["epochs", "steps"]
 TEST_CHOICES = ("best", "all", "none")
 # Trainer arguments the multi-seed trainer sets itself, with what to use instead.
-_OWNED_TRAINER_ARGS = {
-    "default_root_dir": "`root_dir` (each seed trains in root_dir/seed_<k>/)",
-}
 _VAL = re.compile(r"(^|[_/.])val(idation)?(?=$|[_/.])")
 _TEST = re.compile(r"(^|[_/.])test(?=$|[_/.])")
 
@@ -98,68 +98,6 @@ def check_seeds(seeds: Any) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def _check_resources(cpus_per_seed: Any, gpus_per_seed: Any, max_concurrent: Any, max_retries: Any) -> None:
-    for name, value in (("cpus_per_seed", cpus_per_seed), ("gpus_per_seed", gpus_per_seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise TypeError(f"`{name}` must be a number, got {value!r}")
-        if value < 0:
-            raise ValueError(f"`{name}` must be >= 0, got {value}")
-    if gpus_per_seed > 1 and gpus_per_seed != int(gpus_per_seed):
-        raise ValueError(f"`gpus_per_seed` above 1 must be a whole number (Ray's rule), got {gpus_per_seed}")
-    if max_concurrent is not None and (
-        isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1
-    ):
-        raise ValueError(f"`max_concurrent` must be None or an integer >= 1, got {max_concurrent!r}")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
-        raise ValueError(f"`max_retries` must be an integer >= 0 (or -1: retry forever), got {max_retries!r}")
-
-
-def check_trainer_kwargs(trainer_kwargs: dict[str, Any]) -> None:
-    """Refuses Trainer arguments that a per-seed ``Trainer`` cannot take or that would break the run.
-
-    Raises:
-        TypeError: an unknown Trainer argument, or ``callbacks`` that are not Callbacks.
-        ValueError: ``default_root_dir``, ``enable_checkpointing=False``, ``fast_dev_run``, a logger
-            instance, or a ``CheckpointIO`` plugin.
-    """
-    unknown = sorted(set(trainer_kwargs) - (set(inspect.signature(Trainer.__init__).parameters) - {"self"}))
-    if unknown:
-        raise TypeError(
-            f"unknown Trainer argument(s) {unknown}: MultiSeedTrainer passes **trainer_kwargs to Trainer"
-        )
-    for name, instead in _OWNED_TRAINER_ARGS.items():
-        if name in trainer_kwargs:
-            raise ValueError(f"`{name}` is set by MultiSeedTrainer; use {instead}")
-    if trainer_kwargs.get("enable_checkpointing") is False:
-        raise ValueError(
-            "`enable_checkpointing=False` cannot work: each seed's score and resume come from its checkpoints"
-        )
-    if trainer_kwargs.get("fast_dev_run"):
-        raise ValueError(
-            f"`fast_dev_run={trainer_kwargs['fast_dev_run']!r}` disables checkpoints, so no seed would"
-            " have a score; use limit_train_batches/max_steps for a short run"
-        )
-    logger = trainer_kwargs.get("logger")
-    if logger not in (None, True, False):
-        raise ValueError(
-            f"`logger` must be True/None (a TensorBoardLogger per seed in root_dir/seed_<k>/) or False,"
-            f" got {logger!r}: one logger cannot be shared by independent seeds"
-        )
-    callbacks = trainer_kwargs.get("callbacks")
-    if callbacks is not None:
-        callback_types = loaded_types("Callback")  # lightning.pytorch's or pytorch_lightning's
-        items = [callbacks] if isinstance(callbacks, callback_types) else callbacks
-        if not isinstance(items, (list, tuple)) or not all(isinstance(c, callback_types) for c in items):
-            raise TypeError(f"`callbacks` must be a Callback or a list of Callbacks, got {callbacks!r}")
-    plugins = trainer_kwargs.get("plugins")
-    items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
-    if any(isinstance(p, loaded_types("plugins.CheckpointIO")) for p in items):
-        raise ValueError(
-            "`plugins` must not hold a CheckpointIO: every seed writes its checkpoints atomically and"
-            " reads them with weights_only=True through MultiSeedTrainer's own"
-        )
-
-
 @dataclass(frozen=True)
 class MultiSeedConfig:
     """Everything a multi-seed run is configured with, checked when built.
@@ -211,6 +149,16 @@ class MultiSeedConfig:
             ``soup.ckpt`` and scored on validation and test beside the best seed.
         ensemble: average the predictions of the top-``ensemble`` seeds (no new training; probabilities
             for classifiers, outputs for regression) and score it on validation and test (0: off).
+        prune_rungs: successive halving of seeds: the budgets (in ``prune_unit``, strictly increasing,
+            below the Trainer's ``max_epochs``/``max_steps``) at which seeds are pruned. Every seed trains
+            to the first rung; the best ``ceil(prune_keep * n)`` (at least one) by their best ``monitor``
+            so far resume from their ``last.ckpt`` to the next rung, and so on; the survivors of the last
+            rung train to the end. Pruned seeds are recorded as ``"pruned"`` with their rung and score
+            (``extra["pruned_rung"]``, ``extra["rung_scores"]``); their folders are kept. ``None``: every
+            seed trains to the end. The schedule is part of the configuration fingerprint.
+        prune_keep: the fraction of seeds each rung keeps, in ``(0, 1]``.
+        prune_unit: ``"epochs"`` (rungs compare with ``max_epochs``) or ``"steps"`` (with ``max_steps``;
+            a seed is ranked by its last checkpoint, so let validation run at each rung's step).
         trainer_kwargs: arguments of every seed's ``Trainer`` (``max_epochs``, ``callbacks``,
             ``accelerator``, ...). ``logger`` may be ``True``/``None`` (a TensorBoardLogger per seed) or
             ``False``; checkpointing cannot be switched off.
@@ -253,6 +201,9 @@ class MultiSeedConfig:
     align: Literal["weights", "activations"] | None = "weights"
     soup: Literal["none", "uniform", "greedy"] = "none"
     ensemble: int = 0
+    prune_rungs: list[int] | None = None
+    prune_keep: float = 1 / 3
+    prune_unit: PruneUnit = "epochs"
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -290,7 +241,7 @@ class MultiSeedConfig:
             raise TypeError(f"`allow_config_change` must be True or False, got {self.allow_config_change!r}")
         if self.ray_address is not None and not isinstance(self.ray_address, str):
             raise TypeError(f"`ray_address` must be a string or None, got {self.ray_address!r}")
-        _check_resources(self.cpus_per_seed, self.gpus_per_seed, self.max_concurrent, self.max_retries)
+        check_resources(self.cpus_per_seed, self.gpus_per_seed, self.max_concurrent, self.max_retries)
         check_trainer_kwargs(self.trainer_kwargs)
         if self.executor == "ray":
             try:
@@ -310,6 +261,7 @@ class MultiSeedConfig:
             raise ValueError(f"`soup` must be one of ('none', 'uniform', 'greedy'), got {self.soup!r}")
         if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 0:
             raise ValueError(f"`ensemble` must be an integer >= 0 (0: no ensemble), got {self.ensemble!r}")
+        check_pruning(self.prune_rungs, self.prune_keep, self.prune_unit, self.executor, self.trainer_kwargs)
 
     @property
     def seed_list(self) -> list[int]:
@@ -325,6 +277,15 @@ class MultiSeedConfig:
     def test_metric(self) -> str:
         """The metric recorded as ``test_score``: ``test_monitor``, else derived from ``monitor``."""
         return self.test_monitor or derive_test_monitor(self.monitor)
+
+    @property
+    def prune_schedule(self) -> list[int] | None:
+        """The budgets of successive halving, the end included (``prune_rungs + [max_epochs/max_steps]``),
+        in ``prune_unit``; ``None`` without pruning."""
+        if self.prune_rungs is None:
+            return None
+        key = "max_epochs" if self.prune_unit == "epochs" else "max_steps"
+        return [int(r) for r in self.prune_rungs] + [int(self.trainer_kwargs[key])]
 
     @property
     def barriers_which(self) -> Literal["best", "all"] | None:
@@ -355,6 +316,8 @@ __all__ = [
     "EXECUTORS",
     "TEST_CHOICES",
     "ExecutorName",
+    "PRUNE_UNITS",
+    "PruneUnit",
     "MultiSeedConfig",
     "TestWhich",
     "check_seeds",

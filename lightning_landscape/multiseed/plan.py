@@ -83,6 +83,10 @@ def fingerprint(config: MultiSeedConfig, job: SeedJob) -> dict[str, str]:
     for name, value in sorted(config.trainer_kwargs.items()):
         if name not in _NOT_IN_FINGERPRINT:
             out[f"trainer.{name}"] = describe(value)
+    if config.prune_rungs is not None:  # successive halving: which seeds reach the end depends on it
+        out["prune"] = describe(
+            {"rungs": list(config.prune_rungs), "keep": float(config.prune_keep), "unit": config.prune_unit}
+        )
     return out
 
 
@@ -95,7 +99,10 @@ def adopt(record: Record | None, config: MultiSeedConfig, fingerprint: dict[str,
         ValueError: the record holds finished seeds of another ``monitor``, ``mode`` or configuration
             (the last unless ``config.allow_config_change``).
     """
-    if record is None or not any(r.status == "finished" for r in record.runs.values()):
+    # Finished work: a finished or pruned seed, or one that completed a rung of successive halving.
+    if record is None or not any(
+        r.status in ("finished", "pruned") or "rung_done" in r.extra for r in record.runs.values()
+    ):
         runs = record.runs if record is not None else {}
         extra = record.extra if record is not None else {}
         return Record(config.monitor, config.mode, runs=runs, fingerprint=fingerprint, extra=extra)
@@ -151,6 +158,8 @@ def plan(record: Record, config: MultiSeedConfig) -> list[SeedTask]:
         refuse_links(root, seed)
         old = record.runs.get(seed)
         folder = seed_dir(root, seed)
+        if old is not None and old.status == "pruned":
+            continue  # stopped by successive halving: its folder is kept as it is
         last = last_checkpoint(root, seed)
         why = ""
         if old is not None and old.status == "finished":

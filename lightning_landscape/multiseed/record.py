@@ -19,7 +19,7 @@ Schema (version 2)::
      "seeds": [int, ...],                       # the seeds of the last run, in order
      "best_seed": int | null, "best_score": float | null, "best_model_path": str,
      "stats": {...},                            # derived: mean, std, min, median, max
-     "runs": [{"seed": int, "status": "finished" | "failed" | "pending" | "running",
+     "runs": [{"seed": int, "status": "finished" | "failed" | "pending" | "running" | "pruned",
                "score": float | null,           # finite; required when finished
                "best_model_path": str, "last_model_path": str, "log_dir": str,   # relative to root_dir
                "wall_time": float >= 0, "error": str, "extra": {...}}, ...],
@@ -50,7 +50,7 @@ from lightning_landscape.multiseed.paths import (
 from lightning_landscape.multiseed.result import SeedRun, finished_scores, is_seed, score_stats
 
 SUMMARY_VERSION = 2
-_STATUSES = ("finished", "failed", "pending", "running")
+_STATUSES = ("finished", "failed", "pending", "running", "pruned")
 _PATH_FIELDS = ("best_model_path", "last_model_path", "log_dir")
 # Top-level keys this module writes itself; every other key is carried through as it is.
 _OWN_KEYS = frozenset(

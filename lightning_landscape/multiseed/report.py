@@ -121,8 +121,9 @@ def write_hparams(log_dir: str | Path, run: SeedRun, monitor: str, mode: str) ->
 
 
 def plot_best_of_k(root_dir: str | Path, curve: BestOfK, monitor: str) -> Path:
-    """``best_of_k.png``: the expected best ``monitor`` of k seeds drawn at random, with its quantile band,
-    and the expected test score of the validation-selected seed when known."""
+    """``best_of_k.png``: the expected best ``monitor`` of k seeds drawn at random, with its quantile range,
+    the confidence band on the expected best (where the curve has one; k without a finite bound are left
+    out) and the expected test score of the validation-selected seed when known."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -132,6 +133,17 @@ def plot_best_of_k(root_dir: str | Path, curve: BestOfK, monitor: str) -> Path:
     low, high = curve.quantiles
     ax.fill_between(curve.ks, curve.q_low, curve.q_high, color="tab:blue", alpha=0.2,
                     label=f"{low:.0%}-{high:.0%} of the best of k")  # fmt: skip
+    if curve.expected_low is not None and curve.expected_high is not None and curve.confidence is not None:
+        # The band's better end is None past k ~ K/2 (no finite bound): draw where both ends exist.
+        pts = [
+            (k, lo, hi)
+            for k, lo, hi in zip(curve.ks, curve.expected_low, curve.expected_high, strict=True)
+            if lo is not None and hi is not None
+        ]
+        if pts:
+            ks, lows, highs = zip(*pts, strict=True)
+            ax.fill_between(ks, lows, highs, color="tab:orange", alpha=0.3,
+                            label=f"{curve.confidence:.0%} band on the expected best")  # fmt: skip
     ax.plot(curve.ks, curve.expected, marker=".", color="tab:blue", label=f"expected best {monitor}")
     if curve.expected_test is not None:
         ax.plot(curve.ks, curve.expected_test, marker=".", color="tab:red", label="its expected test score")

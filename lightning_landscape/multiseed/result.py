@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeGuard
 
 from lightning_landscape.multiseed.selection import BestOfK, best_of_k
+from lightning_landscape.multiseed.statistics import SummaryIntervals, summary_intervals
 
-SeedStatus = Literal["finished", "failed", "pending", "running"]
+SeedStatus = Literal["finished", "failed", "pending", "running", "pruned"]
 #: The largest seed: numpy's generators take seeds in ``[0, 2**32 - 1]``.
 MAX_SEED = 2**32 - 1
 
@@ -36,7 +37,9 @@ class SeedRun:
     Args:
         seed: the seed passed to ``seed_everything``.
         status: ``"finished"`` (a finite monitored score), ``"failed"`` (raised or non-finite),
-            ``"pending"`` (not started) or ``"running"`` (started, not finished: resumable).
+            ``"pending"`` (not started), ``"running"`` (started, not finished: resumable) or ``"pruned"``
+            (stopped by successive halving at a rung: ``extra["pruned_rung"]``, its score at that rung in
+            ``score``; its folder is kept).
         score: the best monitored value of this seed, ``None`` unless finished.
         best_model_path: the seed's best checkpoint, ``""`` if none.
         last_model_path: the seed's last checkpoint (used to resume), ``""`` if none.
@@ -125,6 +128,9 @@ class MultiSeedResult:
             :class:`~lightning_landscape.multiseed.selection.SelectionOptimism`), ``None`` if not tested.
         combined: the soup and ensemble rows beside the best seed (``soup``/``ensemble``; see
             :mod:`~lightning_landscape.multiseed.soup`), empty when not asked for.
+        noise_floor: the winner's test lead over the median seed against the test set's sampling noise
+            (the ``noise_floor`` block of ``summary.json``, with its one-line ``"line"``; see
+            :mod:`~lightning_landscape.multiseed.per_example`), ``None`` if not measured.
     """
 
     runs: list[SeedRun]
@@ -137,11 +143,16 @@ class MultiSeedResult:
     best_test_score: float | None = None
     selection: dict[str, Any] | None = None
     combined: list[dict[str, Any]] = field(default_factory=list)
+    noise_floor: dict[str, Any] | None = None
 
-    def best_of_k(self, quantiles: tuple[float, float] = (0.1, 0.9)) -> BestOfK | None:
+    def best_of_k(
+        self, quantiles: tuple[float, float] = (0.1, 0.9), confidence: float | None = 0.9
+    ) -> BestOfK | None:
         """The exact expected best ``monitor`` of k seeds drawn from the finished ones, k = 1..K, with its
-        range, and the expected test score of the validation-selected seed when every finished seed has
-        one (``test="all"``); ``None`` without a finished seed. See :mod:`~.selection`."""
+        range, its ``confidence`` band (``expected_low``/``expected_high``, a studentized bootstrap over
+        seeds, :func:`~.statistics.best_of_k_band`; ``None`` skips it), and the expected test score of the
+        validation-selected seed when every finished seed has one (``test="all"``); ``None`` without a
+        finished seed. See :mod:`~.selection`."""
         finished = [r for r in self.finished if r.score is not None]
         if not finished:
             return None
@@ -151,6 +162,7 @@ class MultiSeedResult:
             mode=self.mode,
             test_scores=None if any(t is None for t in tests) else [float(t) for t in tests],  # type: ignore[arg-type]
             quantiles=quantiles,
+            confidence=confidence,
         )
 
     @property
@@ -191,6 +203,12 @@ class MultiSeedResult:
         """The statistics of the finished seeds' scores (see :func:`score_stats`)."""
         return score_stats(self.scores)
 
+    def summary_intervals(self, confidence: float = 0.9) -> SummaryIntervals | None:
+        """Mean, median and standard deviation of the finished seeds' scores with ``confidence``
+        intervals (:func:`~.statistics.summary_intervals`); ``None`` without a finished seed."""
+        scores = self.scores
+        return summary_intervals(scores, confidence) if scores else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "monitor": self.monitor,
@@ -202,5 +220,6 @@ class MultiSeedResult:
             "stats": self.summary_stats(),
             "best_test_score": self.best_test_score,
             "selection": self.selection,
+            "noise_floor": self.noise_floor,
             "runs": [r.to_dict() for r in self.runs],
         }

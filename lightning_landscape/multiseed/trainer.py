@@ -27,8 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_landscape._namespace import loaded_types
 from lightning_landscape.multiseed._lightning import is_rank_zero
-from lightning_landscape.multiseed.after_selection import after_selection
-from lightning_landscape.multiseed.barriers import barriers_after_selection
+from lightning_landscape.multiseed.after_selection import run_after_selection
 from lightning_landscape.multiseed.build import datamodule_builder, model_builder
 from lightning_landscape.multiseed.checkpoints import check_checkpoint, remove_stray_checkpoints
 from lightning_landscape.multiseed.config import MultiSeedConfig, config_parameters
@@ -39,6 +38,13 @@ from lightning_landscape.multiseed.executors import (
     SeedJob,
     SeedTask,
     SequentialExecutor,
+)
+from lightning_landscape.multiseed.halving import (
+    RUNG_SCORES,
+    after_rung,
+    halving_block,
+    run_halving,
+    schedule_counts,
 )
 from lightning_landscape.multiseed.interrupt import (
     EXIT_INTERRUPTED_SIGINT,
@@ -54,14 +60,12 @@ from lightning_landscape.multiseed.preflight import check_checkpoints_fit, check
 from lightning_landscape.multiseed.progress import RunDisplay, progress_line
 from lightning_landscape.multiseed.record import Record, read_record, remove_stale_temporaries, write_record
 from lightning_landscape.multiseed.report import (
-    plot_best_of_k,
     plot_seeds,
     select_best,
     write_hparams,
     write_summary_csv,
 )
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
-from lightning_landscape.multiseed.soup import soup_and_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,12 @@ class MultiSeedTrainer:
     :func:`~lightning_landscape.multiseed.plan.plan`). At the end: ``best.ckpt`` (a copy of the
     winner's best checkpoint, checked to load and to hold the recorded score first), ``summary.csv``,
     ``seeds.png`` and a TensorBoard hparams entry per seed.
+
+    After the selection: the **noise floor** (is the winner's test lead beyond the test set's sampling
+    noise? :mod:`~lightning_landscape.multiseed.per_example`, with the optional ``test_step`` hook returning
+    ``{"per_example": values}``), the best-of-k band and the intervals of the mean, median and std. With
+    ``prune_rungs``, **successive halving** (:mod:`~lightning_landscape.multiseed.halving`): only the
+    survivors of the last rung train to the end and compete for the winner.
 
     A seed that raises or whose monitored value is never finite is recorded as ``"failed"`` and the
     others go on. A configuration that cannot work fails before the first seed trains. A SIGTERM or
@@ -224,6 +234,8 @@ class MultiSeedTrainer:
         record = adopt(on_disk, self.config, fingerprint(self.config, job))
         if self.config.allow_config_change:
             check_checkpoints_fit(record, self.config, job, before)
+        if self.config.prune_schedule is not None:
+            return self._run_halving(job, executor, record, test_dataloaders)
         tasks = plan(record, self.config)
         done = len(self.seeds) - len(tasks)
         with RunDisplay(len(self.seeds), done, self.config.monitor, self.config.quiet) as display:
@@ -246,11 +258,40 @@ class MultiSeedTrainer:
                 log.error(str(stop))
                 raise stop from err
 
+    def _run_halving(
+        self, job: SeedJob, executor: Executor, record: Record, test_dataloaders: Any
+    ) -> MultiSeedResult:
+        """Successive halving (:mod:`~lightning_landscape.multiseed.halving`): rung by rung, then the
+        selection among the seeds that reached the end."""
+        config = self.config
+        counts = schedule_counts(len(self.seeds), len(config.prune_rungs or []), float(config.prune_keep))
+        runs = [record.runs.get(s) for s in self.seeds]
+        done = sum(len(r.extra.get(RUNG_SCORES, [])) for r in runs if r is not None)
+        open_work = any(r is None or r.status not in ("finished", "pruned", "failed") for r in runs)
+        with RunDisplay(sum(counts), min(done, sum(counts)), config.monitor, config.quiet) as display:
+            if open_work:
+                executor.check(job)
+                if config.executor != "ray":
+                    preflight(job, config)
+
+            def execute(rung_job: SeedJob, tasks: list[SeedTask], rung: int, last: bool) -> None:
+                self._execute(rung_job, executor, tasks, record, display, rung=(rung, last))
+
+            run_halving(record, config, job, execute, lambda: self._write(record))
+            record.extra["halving"] = halving_block(record, config)
+            return self._finish(record, job, test_dataloaders)
+
     def _execute(
-        self, job: SeedJob, executor: Executor, tasks: list[SeedTask], record: Record, display: RunDisplay
+        self,
+        job: SeedJob,
+        executor: Executor,
+        tasks: list[SeedTask],
+        record: Record,
+        display: RunDisplay,
+        rung: tuple[int, bool] | None = None,
     ) -> None:
         runs = record.runs
-        done = len(self.seeds) - len(tasks)
+        done = display.done
         # The user's own ModelCheckpoint may write into the same folder: then every file there is theirs too.
         own_checkpoints = any(
             isinstance(c, loaded_types("callbacks.ModelCheckpoint")) for c in job.trainer_args()[1]
@@ -271,8 +312,11 @@ class MultiSeedTrainer:
                     f"`monitor={self.config.monitor!r}` is never logged (seed {run.seed}):"
                     f" {run.extra[CONFIG_ERROR_KEY]}"
                 )
+            if rung is not None:  # successive halving: a rung's result, pending until the next rung
+                after_rung(run, runs.get(run.seed), *rung)
             runs[run.seed] = run
             done += 1
+            display.done = done
             if run.status == "finished" and is_rank_zero():
                 folder = run.log_dir or seed_dir(self.root_dir, run.seed)
                 write_hparams(folder, run, self.config.monitor, self.config.mode)
@@ -280,13 +324,19 @@ class MultiSeedTrainer:
                     remove_stray_checkpoints(self.root_dir, run)
             self._write(record)
             best = select_best([runs[s] for s in self.seeds], self.config.mode)
-            rank_zero_info(progress_line(run, done, len(self.seeds), best, self.config.monitor))
+            if run.status == "pending" and rung is not None:
+                rank_zero_info(
+                    f"[MultiSeedTrainer {done}/{display.total}] seed {run.seed} reached rung {rung[0]}:"
+                    f" {self.config.monitor}={run.score:.6g} in {run.wall_time:.1f}s"
+                )
+            else:
+                rank_zero_info(progress_line(run, done, display.total, best, self.config.monitor))
             display.update(run.seed, best)
 
         try:
             executor.run(job, tasks, on_start, on_result)
         except (KeyboardInterrupt, SystemExit) as err:
-            unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed")]
+            unfinished = [s for s in self.seeds if runs[s].status not in ("finished", "failed", "pruned")]
             self._write(record)
             stop = interrupted(err, self.root_dir, unfinished)
             log.error(str(stop))
@@ -328,52 +378,15 @@ class MultiSeedTrainer:
             best_model_path=str(best_path),
             root_dir=str(self.root_dir),
         )
-        self._after_selection(result, record, job, test_dataloaders)
+        if is_rank_zero():  # the held-out test, barriers, soups: after_selection.run_after_selection
+            run_after_selection(
+                self.config, result, record.extra, job, test_dataloaders, self.trainer_kwargs, self.root_dir
+            )
         if is_rank_zero():
             self._write(record, best)
             write_summary_csv(self.root_dir, ordered)
             plot_seeds(self.root_dir, ordered, self.config.monitor, best)
         return result
-
-    def _after_selection(
-        self, result: MultiSeedResult, record: Record, job: SeedJob, test_dataloaders: Any
-    ) -> None:
-        """Steps that run once the best seed is known and ``best.ckpt`` is written, under the run's lock.
-
-        A step may add per-seed fields to ``result.runs`` (the same objects as ``record.runs``) and
-        top-level blocks to ``record.extra``; the record is written right after. Here: the held-out test
-        of the winner (or of every seed), ``still_improving``, the best-of-k curve and the optimism; with
-        ``barriers``: the loss barriers between the best seed's best checkpoint and the others'
-        (``record.extra["barriers"]``, ``barriers.png``, ``interpolation.png``; see
-        :mod:`~lightning_landscape.multiseed.barriers`); with ``soup``/``ensemble``: ``soup.ckpt`` and the
-        ``combined`` block (:mod:`~lightning_landscape.multiseed.soup`).
-        """
-        if not is_rank_zero():
-            return
-        config = self.config
-        curve = after_selection(
-            result, record.extra, job, test=config.test, test_monitor=config.test_metric,
-            test_dataloaders=test_dataloaders, trainer_kwargs=self.trainer_kwargs,
-            still_improving_fraction=float(config.still_improving_fraction),
-        )  # fmt: skip
-        if curve is not None:
-            plot_best_of_k(self.root_dir, curve, config.monitor)
-        if config.barriers_which is not None:
-            which, tol = config.barriers_which, float(config.barrier_tol)
-            block = barriers_after_selection(
-                job, result.runs, result.best_seed, self.root_dir, which, tol, align=config.align
-            )
-            if block is not None:
-                record.extra["barriers"] = block
-                rank_zero_info(f"MultiSeedTrainer: {block['summary']}")
-        combined = soup_and_ensemble(
-            job, result, soup=config.soup, ensemble=config.ensemble, align=config.align,
-            monitor=config.monitor, test_monitor=config.test_metric, test_dataloaders=test_dataloaders,
-            trainer_kwargs=self.trainer_kwargs,
-        )  # fmt: skip
-        if combined is not None:
-            record.extra["combined"] = combined
-            result.combined = combined["rows"]
 
 
 _SIGNATURE = inspect.Signature(

@@ -13,6 +13,7 @@ from lightning_landscape.multiseed.after_selection import after_selection, mark_
 from lightning_landscape.multiseed.build import ObjectBuilder
 from lightning_landscape.multiseed.executors import SeedJob
 from lightning_landscape.multiseed.selection import best_of_k, selection_optimism, still_improving
+from lightning_landscape.multiseed.statistics import best_of_k_band, summary_intervals
 
 
 def _job(root: Path) -> SeedJob:
@@ -50,7 +51,10 @@ def test_the_blocks_of_the_record_without_a_test_set(tmp_path: Path) -> None:
         result, extra, _job(tmp_path), test="best", test_monitor="test_loss", test_dataloaders=None,
         trainer_kwargs={}, still_improving_fraction=0.1,
     )  # fmt: skip
-    assert curve == best_of_k([0.3, 0.1, 0.2]) and extra["best_of_k"] == curve.to_dict()
+    assert curve == best_of_k([0.3, 0.1, 0.2], confidence=0.9) and extra["best_of_k"] == curve.to_dict()
+    # The band and the intervals are the statistics module's, on the same scores.
+    assert (curve.expected_low, curve.expected_high) == best_of_k_band([0.3, 0.1, 0.2], "min", 0.9)
+    assert extra["stats_intervals"] == summary_intervals([0.3, 0.1, 0.2], 0.9).to_dict()
     assert extra["still_improving"] == [] and "selection" not in extra  # no test split: nothing tested
     assert result.best_test_score is None and result.selection is None
 
