@@ -60,3 +60,12 @@ def generate_state_key(callback: Callback, **fields: Any) -> str:
     """``Callback._generate_state_key``: the class name and ``fields``, so two instances of one callback with
     different options keep separate states in a checkpoint."""
     return callback._generate_state_key(**fields)
+
+
+def epoch_value(trainer: pl.Trainer, key: str) -> float | None:
+    """Lightning's epoch aggregate of ``key`` in the running loop (``None``: not logged on epoch)."""
+    epoch_metrics = running_epoch_metrics(trainer)
+    for name in (key, f"{key}_epoch"):
+        if name in epoch_metrics:
+            return epoch_metrics[name]
+    return None

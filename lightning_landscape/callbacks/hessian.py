@@ -1,5 +1,4 @@
-r"""Extreme Hessian eigenvalues (optionally trace, spectral density) of the training loss during fit: when,
-on which batches and where to, around the Trainer-free engine of :mod:`._hessian_probe`."""
+r"""Extreme Hessian eigenvalues (trace, density) during fit, around the engine of :mod:`._hessian_probe`."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from typing_extensions import override
 
 from lightning_landscape._torch import is_compiled_wrapper
 from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks._batches import check_dataloader, draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import Extremes, HessianProbe, mode_dependent_kinds
 from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
@@ -22,11 +22,8 @@ from lightning_landscape.callbacks._loggers import log_scalars
 from lightning_landscape.callbacks._probe import (
     MethodLoss,
     TrainingStepLoss,
-    check_dataloader,
-    draw_batches,
     epoch_end_logging_step,
     logging_step,
-    probe_dataloader,
     resolve_loss_fn,
 )
 from lightning_landscape.callbacks._tensorboard import add_density, write_layout

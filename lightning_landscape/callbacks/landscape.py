@@ -13,17 +13,11 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_landscape.callbacks._batches import check_dataloader, draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
 from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
 from lightning_landscape.callbacks._loggers import log_figure, log_scalars
-from lightning_landscape.callbacks._probe import (
-    TrainingStepLoss,
-    check_dataloader,
-    draw_batches,
-    epoch_end_logging_step,
-    probe_dataloader,
-    resolve_loss_fn,
-)
+from lightning_landscape.callbacks._probe import TrainingStepLoss, epoch_end_logging_step, resolve_loss_fn
 from lightning_landscape.callbacks._tensorboard import write_layout
 from lightning_landscape.callbacks.tags import (
     LANDSCAPE_ADAPTIVE_SHARPNESS,

@@ -15,13 +15,14 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks._batches import batch_size_of
 from lightning_landscape.callbacks._lightning import generate_state_key
 from lightning_landscape.callbacks._noise_estimators import (
     DebiasedEMA,
     chunk_gradient_norms,
     unbiased_estimates,
 )
-from lightning_landscape.callbacks._probe import TrainingStepLoss, batch_size_of
+from lightning_landscape.callbacks._probe import TrainingStepLoss
 from lightning_landscape.callbacks._tensorboard import write_layout
 from lightning_landscape.curvature._checks import check_int
 

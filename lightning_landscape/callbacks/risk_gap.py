@@ -15,23 +15,26 @@ from torchmetrics.aggregation import MeanMetric
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks._batches import (
+    batch_size_of,
+    draw_batches,
+    fixed_data_rng,
+    iterate_fresh,
+    probe_dataloader,
+)
 from lightning_landscape.callbacks._checks import check_choice, check_float, check_int, check_str
 from lightning_landscape.callbacks._lightning import (
+    epoch_value,
     generate_state_key,
-    running_epoch_metrics,
     running_logged_keys,
 )
 from lightning_landscape.callbacks._probe import (
     MethodLoss,
     TrainingStepLoss,
-    batch_size_of,
-    draw_batches,
     epoch_end_logging_step,
-    fixed_data_rng,
-    iterate_fresh,
     logging_step,
-    probe_dataloader,
     resolve_loss_fn,
+    step_loss,
 )
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
 from lightning_landscape.curvature import LossFn
@@ -230,7 +233,7 @@ class RiskGapMonitor(Callback):
     ) -> None:
         if not self.running_mean:
             return
-        loss = _scalar(outputs)
+        loss = step_loss(outputs)
         if loss is None:
             # Manual optimization may return nothing: take what the module logged in this batch.
             logged = trainer.callback_metrics
@@ -260,7 +263,7 @@ class RiskGapMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        loss = _scalar(outputs, self.val_key)
+        loss = step_loss(outputs, self.val_key)
         if loss is not None and self.val_key is not None:
             self._val_mean.update(loss.detach().to(self._val_mean.device), weight=batch_size_of(batch))
 
@@ -270,7 +273,7 @@ class RiskGapMonitor(Callback):
             return
         value = _mean(self._val_mean)
         if value is None:
-            value = _epoch_value(trainer, self.val_key)
+            value = epoch_value(trainer, self.val_key)
         if value is None:
             raise ValueError(_missing_message(trainer, "val_key", self.val_key, "validation_step"))
         if trainer.sanity_checking:
@@ -294,7 +297,7 @@ class RiskGapMonitor(Callback):
             return
         train = _mean(self._train_mean)
         if train is None:
-            train = _epoch_value(trainer, self.train_key)
+            train = epoch_value(trainer, self.train_key)
         if train is None:
             if self._num_logged == 0:
                 raise ValueError(_missing_message(trainer, "train_key", self.train_key, "training_step"))
@@ -371,15 +374,6 @@ class RiskGapMonitor(Callback):
         self._pending_train_state = (float(state_dict.get("train_sum", 0.0)), weight) if weight > 0 else None
 
 
-def _scalar(outputs: Any, key: str | None = None) -> Tensor | None:
-    """The scalar loss a step returned: the tensor itself, or a dict's ``key`` or ``"loss"`` entry."""
-    if isinstance(outputs, dict):
-        outputs = outputs.get(key) if key is not None and key in outputs else outputs.get("loss")
-    if isinstance(outputs, Tensor) and outputs.numel() == 1:
-        return outputs.reshape(())
-    return None
-
-
 def _mean(metric: MeanMetric) -> float | None:
     """The metric's mean over all ranks, ``None`` if no rank saw a value (a collective under DDP)."""
     weight = torch.as_tensor(metric.metric_state["weight"]).clone()
@@ -388,15 +382,6 @@ def _mean(metric: MeanMetric) -> float | None:
     if float(weight) == 0:
         return None
     return float(metric.compute())
-
-
-def _epoch_value(trainer: pl.Trainer, key: str) -> float | None:
-    """Lightning's epoch aggregate of ``key`` in the running loop (``None``: not logged on epoch)."""
-    epoch_metrics = running_epoch_metrics(trainer)
-    for name in (key, f"{key}_epoch"):
-        if name in epoch_metrics:
-            return epoch_metrics[name]
-    return None
 
 
 def _missing_message(trainer: pl.Trainer, argument: str, key: str, hook: str) -> str:

@@ -2,8 +2,6 @@ r"""The sharpness the optimizer sees against the largest one its update survives
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
@@ -11,36 +9,29 @@ import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks._batches import draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import HessianProbe
 from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
-from lightning_landscape.callbacks._probe import (
-    MethodLoss,
-    TrainingStepLoss,
-    draw_batches,
-    logging_step,
-    probe_dataloader,
-    resolve_loss_fn,
-)
+from lightning_landscape.callbacks._probe import MethodLoss, TrainingStepLoss, logging_step, resolve_loss_fn
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
 from lightning_landscape.curvature import (
     EigenResult,
     HessianOperator,
     LossFn,
     NonFiniteError,
-    ParamSelection,
     PreconditionedOperator,
     adam_preconditioner,
     select_parameters,
     stability_threshold,
 )
 from lightning_landscape.curvature._checks import DEFAULT_TOL
-from lightning_landscape.curvature._model_state import math_attention, probe_context
+from lightning_landscape.curvature.batch_sharpness import batch_sharpness
 
 _PLAIN = (SGD,)
 _PRECONDITIONED = (Adam, AdamW, RMSprop)
@@ -295,7 +286,7 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         try:
             result = self.run(pl_module, loss_fn, self._batches)
             batch = (
-                _batch_sharpness(
+                batch_sharpness(
                     pl_module, loss_fn, self._batches, self.params, bool(self.train_mode), self.seed
                 )
                 if self.batch_sharpness
@@ -358,57 +349,3 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         self.num_skipped = int(state_dict.get("num_skipped", 0))
         warm = state_dict.get("warm_vectors", None)
         self.warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None
-
-
-def _batch_sharpness(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    params: ParamSelection,
-    train_mode: bool,
-    seed: int,
-) -> float:
-    r"""Mean over ``batches`` of :math:`g_b^\top H_b g_b / \|g_b\|^2` (batches with :math:`g_b = 0` left out).
-
-    One gradient and one Hessian-vector product per batch, in the probe context of the Hessian operator
-    (eval mode unless ``train_mode``, RNG forked and seeded per batch as the operator seeds it, buffers
-    copied, math attention), so nothing reaches the model.
-
-    Raises:
-        NonFiniteError: If a loss or a value is not finite.
-    """
-    variables = [p for _, p in select_parameters(model, params)]
-    values: list[float] = []
-    for index, batch in enumerate(batches):
-        with probe_context(model, train_mode, grad=True), math_attention():
-            torch.manual_seed(seed * 1_000_003 + index)
-            loss = loss_fn(model, batch)
-            if not bool(torch.isfinite(loss.detach()).all()):
-                raise NonFiniteError(f"The loss is not finite ({float(loss)}) on batch {index}.")
-            grads = torch.autograd.grad(loss, variables, create_graph=True, allow_unused=True)
-            pairs = [(g, p) for g, p in zip(grads, variables, strict=True) if g is not None]
-            g_flat = torch.cat([g.detach().reshape(-1) for g, _ in pairs]).double()
-            squared = float(g_flat @ g_flat)
-            if squared == 0.0:
-                continue
-            live = [(g, p) for g, p in pairs if g.requires_grad]
-            hg = (
-                torch.autograd.grad(
-                    [g for g, _ in live],
-                    [p for _, p in live],
-                    [g.detach() for g, _ in live],
-                    allow_unused=True,
-                )
-                if live
-                else ()
-            )
-            quad = sum(
-                float((h.double() * g.detach().double()).sum())
-                for h, (g, _) in zip(hg, live, strict=True)
-                if h is not None
-            )
-        value = quad / squared
-        if not math.isfinite(value):
-            raise NonFiniteError(f"the batch sharpness of batch {index} is not finite ({value})")
-        values.append(value)
-    return sum(values) / len(values) if values else 0.0

@@ -236,7 +236,8 @@ class LandscapeCLI(SubcommandCLI):
             seed: seeds the batches' draw and the random directions.
             out_dir: where the files go; unset: the checkpoint's folder.
         """
-        from lightning_landscape.callbacks._probe import TrainingStepLoss, draw_batches
+        from lightning_landscape.callbacks._batches import draw_batches
+        from lightning_landscape.callbacks._probe import TrainingStepLoss
         from lightning_landscape.curvature._checks import check_int
         from lightning_landscape.landscape import hessian_directions, loss_line, loss_plane, random_directions
         from lightning_landscape.multiseed.checkpoints import load_weights

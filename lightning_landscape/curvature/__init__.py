@@ -29,6 +29,7 @@ from lightning_landscape.curvature.algorithms import (
     xtrace,
 )
 from lightning_landscape.curvature.api import hessian_eigenvalues, hessian_trace, spectral_density
+from lightning_landscape.curvature.batch_sharpness import batch_sharpness
 from lightning_landscape.curvature.operators import (
     DenseOperator,
     HessianOperator,
@@ -69,6 +70,7 @@ __all__ = [
     "SpectralDensity",
     "TraceResult",
     # model-level
+    "batch_sharpness",
     "hessian_eigenvalues",
     "hessian_trace",
     "spectral_density",

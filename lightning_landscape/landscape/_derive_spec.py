@@ -1,14 +1,8 @@
-"""A network's :class:`PermutationSpec`, derived from its ``torch.fx`` graph.
-
-Every tensor of the traced graph carries a label for the one axis that hidden-unit permutations act on:
-``None`` (not permuted: the input, anything computed from it and unpermuted parameters only), an ``_Axis`` (a
-permutation group acting on dimension 1, channels, or -1, features), a parameter read by ``get_attr``, or a
-tuple (``nn.MultiheadAttention``'s outputs). Producers (Linear, Conv, Embedding, attention) open a new group;
-element-wise ops pass the label on; residual additions merge groups (union-find), and the graph's outputs fix
-theirs. Any other op that meets a permuted axis is refused by name, since permuting through it could change
-the function. Batched inputs are assumed (channels at dimension 1 for Conv/BatchNorm/pooling, features last
-for Linear/LayerNorm/attention; a BatchNorm1d after a Linear sees ``(N, C)``).
-"""
+"""A network's :class:`PermutationSpec`, derived from its ``torch.fx`` graph: each tensor carries the one axis
+hidden-unit permutations act on (None, an ``_Axis`` group on dim 1 or -1, a parameter, attention's tuple).
+Producers (Linear, Conv, Embedding, attention) open a group; element-wise ops pass it on; residual additions
+merge groups (union-find); outputs fix theirs; any other op meeting a permuted axis is refused by name. Inputs
+are batched (channels at dim 1 for Conv/BatchNorm/pooling, features last for Linear/LayerNorm/attention)."""
 
 from __future__ import annotations
 
@@ -78,12 +72,7 @@ def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
 
 def _nodes(value: Any) -> list[fx.Node]:
     found: list[fx.Node] = []
-
-    def keep(n: fx.Node) -> fx.Node:
-        found.append(n)
-        return n
-
-    fx.map_arg(value, keep)
+    fx.map_arg(value, lambda n: found.append(n) or n)  # type: ignore[func-returns-value]
     return found
 
 

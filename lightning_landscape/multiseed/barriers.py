@@ -34,7 +34,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.callbacks._probe import TrainingStepLoss, draw_batches
+from lightning_landscape.callbacks._batches import draw_batches
+from lightning_landscape.callbacks._probe import TrainingStepLoss
 from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import BarrierResult, functional_distance, linear_barrier
 from lightning_landscape.landscape.align import AlignMethod
@@ -353,7 +354,7 @@ def barriers_after_selection(
 
     The loss is each module's ``training_step`` (logging silenced) in eval mode on the first
     ``num_batches`` batches of the train data, drawn under seed 0
-    (:func:`~lightning_landscape.callbacks._probe.draw_batches`). With ``align``, also the aligned barriers
+    (:func:`~lightning_landscape.callbacks._batches.draw_batches`). With ``align``, also the aligned barriers
     (raw only, and why, when the module cannot be aligned); always the functional distances.
     """
     paths = {r.seed: r.best_model_path for r in runs if r.status == "finished" and r.best_model_path}

@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_landscape._rng import kept_rng
-from lightning_landscape.callbacks._probe import TrainingStepLoss, draw_batches
+from lightning_landscape.callbacks._batches import draw_batches
+from lightning_landscape.callbacks._probe import TrainingStepLoss
 from lightning_landscape.curvature._checks import check_int
 from lightning_landscape.curvature._inputs import LossFn
 from lightning_landscape.landscape import linear_barrier
@@ -242,7 +243,7 @@ def instability(
     comes from its own fixed generator gives both children the same data: then only dropout tells them
     apart. The barrier (:func:`~lightning_landscape.landscape.linear_barrier`, no alignment: the children
     share their history) is taken on ``num_batches`` fixed training batches
-    (:func:`~lightning_landscape.callbacks._probe.draw_batches` under ``seed``), with the module's own
+    (:func:`~lightning_landscape.callbacks._batches.draw_batches` under ``seed``), with the module's own
     ``training_step`` (logging silenced) as the loss unless ``loss_fn`` is given, in eval mode, on the
     device the Trainers ran on.
 

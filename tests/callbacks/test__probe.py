@@ -13,13 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from lightning_landscape.callbacks._probe import (
-    TrainingStepLoss,
-    _InertStepper,
-    batch_size_of,
-    draw_batches,
-    neutralized,
-)
+from lightning_landscape.callbacks._batches import batch_size_of, draw_batches
+from lightning_landscape.callbacks._probe import TrainingStepLoss, _InertStepper, neutralized
 from lightning_landscape.curvature import batch_size
 from tests.callbacks.zoo import TinyGAN
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lightning_landscape import HessianEigenMonitor, LossLandscapeMonitor
 from lightning_landscape.callbacks import tags
-from lightning_landscape.callbacks._probe import check_dataloader, probe_dataloader
+from lightning_landscape.callbacks._batches import check_dataloader, probe_dataloader
 from tests.callbacks._cb_helpers import TinyRegression, make_data, make_loader, mse_loss_fn
 from tests.callbacks._events import read_scalars
 from tests.oracle import dense_hessian
