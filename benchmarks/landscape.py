@@ -104,8 +104,7 @@ def plain_vmap(
 ) -> tuple[Tensor, float]:
     """The same grid through the evaluator with the cached first-layer products switched off."""
     start = time.perf_counter()
-    evaluator = GridEvaluator(model, ce, [batch])
-    evaluator.shortcut = False
+    evaluator = GridEvaluator(model, ce, [batch], cache_products=False)
     axis = torch.arange(STEPS, dtype=torch.float64) - STEPS / 2
     weights = {n: p.detach() for n, p in model.named_parameters()}
     losses = evaluator.losses(weights, list(dirs), torch.cartesian_prod(axis, axis))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from docstring_parser import DocstringStyle, parse
 
-from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor, _tags
+from lightning_landscape.callbacks import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
+from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.cli import LandscapeCLI, format_result, main
 from lightning_landscape.multiseed import MultiSeedResult, SeedRun
 

@@ -5,10 +5,11 @@ A Lightning upgrade that renames one of these breaks here, and only here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks.callback import Callback
 
 
 def batches_that_stepped(trainer: pl.Trainer) -> int:
@@ -39,3 +40,9 @@ def running_logged_keys(trainer: pl.Trainer) -> set[str]:
     if results is None:
         return set()
     return {*results.metrics(False)["callback"], *results.metrics(True)["callback"]}
+
+
+def generate_state_key(callback: Callback, **fields: Any) -> str:
+    """``Callback._generate_state_key``: the class name and ``fields``, so two instances of one callback with
+    different options keep separate states in a checkpoint."""
+    return callback._generate_state_key(**fields)

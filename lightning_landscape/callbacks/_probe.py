@@ -24,11 +24,10 @@ from lightning_landscape._imports import import_object
 from lightning_landscape._rng import kept_rng
 from lightning_landscape._torch import fresh_iterator, shutdown_workers
 from lightning_landscape.callbacks._lightning import batches_that_stepped, load_val_dataloaders
+from lightning_landscape.curvature import LossFn
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-LossFn = Callable[[nn.Module, Any], Tensor]
 
 
 class MethodLoss:
@@ -155,7 +154,7 @@ def _autocast_device_types(module: nn.Module) -> list[str]:
     return sorted(t for t in types if t in ("cpu", "cuda", "xpu", "mps", "hpu"))
 
 
-class ProbeLoss:
+class TrainingStepLoss:
     """``loss_fn(model, batch)`` evaluated :func:`neutralized`; by default the module's own ``training_step``.
 
     ``training_step`` may return the loss tensor or a dict holding it under ``"loss"``; ``batch_idx`` is 0.
@@ -304,8 +303,19 @@ def draw_batches(
     return batches
 
 
-def batch_size_of(batch: Any) -> int:
-    """Number of samples in ``batch`` as Lightning counts them, 1 if it cannot tell."""
+def batch_size_of(batch: Any, strict: bool = False) -> int:
+    """Number of samples in ``batch`` as Lightning counts them (``extract_batch_size``), 1 if it cannot tell
+    (``strict``: Lightning's error instead, for callers whose arithmetic needs the true count, such as the
+    gradient noise scale's micro-batch sizes).
+
+    The weight :class:`~lightning_landscape.callbacks.risk_gap.RiskGapMonitor` gives a step's loss, so that
+    its epoch means are the ones Lightning computes for ``self.log(..., on_epoch=True)`` (any nesting,
+    dataclasses; never an error). The curvature operator weighs its fixed batches by
+    :func:`~lightning_landscape.curvature.batch_size` instead (leading dimension of the first tensor, an
+    error for a batch without one): the two callers need those two semantics, and there is no third.
+    """
+    if strict:
+        return int(extract_batch_size(batch))
     try:
         return int(extract_batch_size(batch))
     except Exception:
@@ -320,8 +330,3 @@ def logging_step(trainer: pl.Trainer) -> int:
 def epoch_end_logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning logs epoch-end metrics at: it steps its counter back by one for them."""
     return max(logging_step(trainer) - 1, 0)
-
-
-# Older names, still imported by callbacks outside this file's history.
-TrainingStepLoss = ProbeLoss
-silenced_logging = neutralized

@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_landscape._torch import COMPILED_PREFIX, foreach_norm
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._checks import check_choice, check_int
+from lightning_landscape.callbacks._lightning import generate_state_key
 from lightning_landscape.callbacks._probe import logging_step
 from lightning_landscape.callbacks._tensorboard import add_histogram, log_scalars, write_layout
 
@@ -104,7 +105,7 @@ class GradientNormMonitor(Callback):
     @override
     def state_key(self) -> str:
         named = {} if self.name is None else {"name": self.name}
-        return self._generate_state_key(**named, norm_type=self.norm_type, granularity=self.granularity)
+        return generate_state_key(self, **named, norm_type=self.norm_type, granularity=self.granularity)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

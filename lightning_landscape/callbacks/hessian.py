@@ -1,9 +1,8 @@
-r"""Extreme Hessian eigenvalues (and optionally trace and spectral density) of the training loss during
-fit."""
+r"""Extreme Hessian eigenvalues (optionally trace, spectral density) of the training loss during fit: when,
+on which batches and where to, around the Trainer-free engine of :mod:`._hessian_probe`."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -12,16 +11,17 @@ from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
-from lightning_landscape._torch import BatchNormBase, DropoutBase, is_compiled_wrapper
+from lightning_landscape._torch import is_compiled_wrapper
 from lightning_landscape.callbacks import tags as _tags
-from lightning_landscape.callbacks._checks import check_choice, check_int, check_positive
+from lightning_landscape.callbacks._checks import check_choice, check_int
+from lightning_landscape.callbacks._hessian_probe import Extremes, HessianProbe, mode_dependent_kinds
+from lightning_landscape.callbacks._lightning import generate_state_key
 from lightning_landscape.callbacks._probe import (
-    LossFn,
     MethodLoss,
-    ProbeLoss,
+    TrainingStepLoss,
     draw_batches,
     epoch_end_logging_step,
     logging_step,
@@ -29,42 +29,11 @@ from lightning_landscape.callbacks._probe import (
     resolve_loss_fn,
 )
 from lightning_landscape.callbacks._tensorboard import add_density, log_scalars, write_layout
-from lightning_landscape.curvature import (
-    HessianOperator,
-    NonFiniteError,
-    hessian_eigenvalues,
-    hutchinson,
-    lanczos,
-    power_iteration,
-    select_parameters,
-    slq,
-)
+from lightning_landscape.curvature import LossFn, NonFiniteError
 from lightning_landscape.curvature._checks import DEFAULT_TOL
 
 
-def _mode_dependent(module: nn.Module) -> bool:
-    """Whether ``module`` computes something else in train mode (so the eval-mode Hessian differs)."""
-    if isinstance(module, DropoutBase):
-        return module.p > 0
-    if isinstance(module, BatchNormBase):
-        return module.track_running_stats
-    return False
-
-
-def converged_flags(result: Any, count: int, smallest: bool = False) -> list[bool]:
-    """Per-value convergence of ``count`` values of an eigen result (one flag for all if it has only one)."""
-    flags = getattr(result, "smallest_converged" if smallest else "value_converged", None)
-    if flags is None:
-        flags = getattr(result, "converged", False)
-    if isinstance(flags, Tensor):
-        flags = flags.tolist()
-    if isinstance(flags, (list, tuple)):
-        values = [bool(f) for f in flags][:count]
-        return values + [all(values)] * (count - len(values))
-    return [bool(flags)] * count
-
-
-class HessianEigenMonitor(Callback):
+class HessianEigenMonitor(HessianProbe, Callback):
     r"""Log the top-``k`` Hessian eigenvalues of the training loss at the current weights, on a schedule.
 
     With :math:`L(\theta) = \sum_b \frac{|b|}{\sum_{b'} |b'|} \ell_b(\theta)` the batch-size-weighted mean
@@ -123,7 +92,12 @@ class HessianEigenMonitor(Callback):
     accurate as from a random start (each is still held to ``tol``). The vectors (``k``, or ``2k`` with
     ``smallest``, each the size of the trainable parameters) live on the module's device and in this
     callback's ``state_dict``, so a resumed run continues exactly as the uninterrupted one; they are dropped
-    when the number of trainable parameters changes. ``backend="pyhessian"`` always starts cold.
+    when the number of trainable parameters changes. ``backend="pyhessian"`` always starts cold; it computes
+    the largest eigenvalues of the full Hessian on one process only, so it is refused with ``smallest``,
+    ``params`` or ``blocks`` (in ``__init__``) and on several processes (in ``setup``).
+
+    The probe itself is the Trainer-free :class:`~._hessian_probe.HessianProbe`, whose options and
+    ``warm_vectors`` this adapter inherits (as Lightning's ``SpikeDetection`` does fabric's).
 
     Args:
         k: How many of the largest eigenvalues.
@@ -141,7 +115,8 @@ class HessianEigenMonitor(Callback):
             ``loss_fn(model, batch) -> Tensor``, or ``"self.<method>"`` for ``module.<method>(batch)`` (pick
             one loss of several, e.g. ``"self.d_loss"``); ``None`` uses the module's ``training_step``.
         tol: Relative tolerance of each eigenvalue, ``> 0``.
-        backend: ``"lanczos"``, ``"power"`` or ``"pyhessian"`` (largest only; needs the ``pyhessian`` extra).
+        backend: ``"lanczos"``, ``"power"`` or ``"pyhessian"`` (largest only, no ``params``/``blocks``, one
+            process; needs the ``pyhessian`` extra).
         max_iter: Most Lanczos steps (power/pyhessian: iterations per eigenvalue); ``None`` for the default.
         train_mode: ``True``: evaluate the loss in the module's own train/eval mode; ``False``: in eval mode;
             ``None`` (default): eval mode, with one warning if the module has BatchNorm/Dropout.
@@ -157,9 +132,11 @@ class HessianEigenMonitor(Callback):
             ``hessian/<block>/eig_i`` (per-layer curvature), in addition to the main probe.
 
     Raises:
-        ValueError: If an argument is invalid (checked in ``__init__``).
-        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies, or for a
-            manual-optimization module without ``loss_fn``.
+        ValueError: If an argument is invalid (checked in ``__init__``), e.g. ``backend="pyhessian"`` with
+            ``params`` or ``blocks``.
+        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies, with
+            ``backend="pyhessian"`` on several processes (DDP), when ``params``/``blocks`` select nothing or
+            too little for ``k``, or for a manual-optimization module without ``loss_fn``.
 
     Example::
 
@@ -200,75 +177,47 @@ class HessianEigenMonitor(Callback):
         params: str | list[str] | None = None,
         blocks: list[str] | None = None,
     ) -> None:
-        check_int("k", k)
         check_int("every_n_steps", every_n_steps, optional=True)
         check_int("every_n_epochs", every_n_epochs, optional=True)
         if every_n_steps is None and every_n_epochs is None:
             raise ValueError("`every_n_steps` and `every_n_epochs` are both None: set at least one of them")
-        check_int("trace_samples", trace_samples)
-        check_int("density_iter", density_iter, minimum=2)
-        check_int("density_runs", density_runs)
         check_int("num_batches", num_batches)
-        check_int("max_iter", max_iter, optional=True)
-        check_int("seed", seed, minimum=0)
         check_choice("dataloader", dataloader, ("train", "val"))
-        check_positive("tol", tol)
-        check_choice("backend", backend, ("lanczos", "power", "pyhessian"))
-        if backend == "pyhessian" and smallest:
-            raise ValueError(
-                "`backend`='pyhessian' computes the largest eigenvalues only: use smallest=False"
-            )
-        check_choice("memory", memory, ("auto", "reuse", "recompute"))
-        if train_mode not in (None, False, True):
-            raise ValueError(f"`train_mode` must be None, False or True, got {train_mode!r}.")
         check_choice("unconverged", unconverged, ("log", "skip"))
         _tags.check_name(name)
-        if params is not None and not (
-            (isinstance(params, str) and params)
-            or (isinstance(params, list) and all(isinstance(p, str) for p in params) and params)
-        ):
-            raise ValueError(
-                "`params` must be None, a regex (str) or a non-empty list of module/parameter names, "
-                f"got {params!r}."
-            )
-        if blocks is not None:
-            if not isinstance(blocks, list) or not blocks:
-                raise ValueError(
-                    f"`blocks` must be None or a non-empty list of module names, got {blocks!r}."
-                )
-            for block in blocks:
-                _tags.check_name(block, "blocks")
-        self.k = k
+        super().__init__(
+            k=k,
+            smallest=smallest,
+            trace=trace,
+            trace_samples=trace_samples,
+            density=density,
+            density_iter=density_iter,
+            density_runs=density_runs,
+            tol=tol,
+            backend=backend,
+            max_iter=max_iter,
+            train_mode=train_mode,
+            memory=memory,
+            seed=seed,
+            warm_start=warm_start,
+            params=params,
+            blocks=blocks,
+        )
+        for block in blocks or []:
+            _tags.check_name(block, "blocks")  # each block is a tag segment
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
-        self.smallest = bool(smallest)
-        self.trace = bool(trace)
-        self.trace_samples = trace_samples
-        self.density = bool(density)
-        self.density_iter = density_iter
-        self.density_runs = density_runs
         self.num_batches = num_batches
         self.dataloader = dataloader
         self.loss_fn = loss_fn
-        self.tol = float(tol)
-        self.backend = backend
-        self.max_iter = max_iter
-        self.train_mode = train_mode
         self.unconverged = unconverged
         self.name = name
-        self.params = params
-        self.blocks = blocks
-        self.memory = memory
-        self.seed = seed
-        self.warm_start = bool(warm_start)
         self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
         self._batches: list[Any] | None = None
         self._last_probe_step = -1
         self.num_probes = 0
         self.num_skipped = 0
         self.total_products = 0
-        # Ritz vectors of the last probe, [j, n] on the module's device: the next probe's start.
-        self._warm_vectors: Tensor | None = None
         self._state_key: tuple[tuple[Any, ...], str] | None = None
         self.num_unconverged = 0
         self._warned_mode = False
@@ -276,13 +225,13 @@ class HessianEigenMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads the key at every hook call of every step (to name profiler actions): build the
-        # string only when an argument it depends on has changed.
+        # Lightning reads the key at every hook call (profiler names): rebuilt only when an argument changed.
         args = (self.k, self.every_n_steps, self.every_n_epochs, self.dataloader, self.num_batches, self.name)
         if self._state_key is None or self._state_key[0] != args:
             # An unnamed monitor keeps the key of earlier versions, so their checkpoints still resume.
             named = {} if self.name is None else {"name": self.name}
-            key = self._generate_state_key(
+            key = generate_state_key(
+                self,
                 **named,
                 k=self.k,
                 every_n_steps=self.every_n_steps,
@@ -301,21 +250,18 @@ class HessianEigenMonitor(Callback):
                 "Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "
                 "device."
             )
+        if self.backend == "pyhessian" and trainer.world_size > 1:
+            raise MisconfigurationException(
+                f"HessianEigenMonitor: `backend`='pyhessian' cannot run on {trainer.world_size} processes "
+                f"({type(trainer.strategy).__name__}): its products are not all-reduced, so each rank would "
+                "log the Hessian of its own shard. Use backend='lanczos' (all-reduced) or one process."
+            )
         if isinstance(self._loss_fn, MethodLoss):
             self._loss_fn.check(pl_module)
-        selections = [("params", self.params)] + [("blocks", [block]) for block in self.blocks or []]
-        for argument, selection in selections:
-            try:
-                size = sum(p.numel() for _, p in select_parameters(pl_module, selection))
-            except ValueError as err:
-                raise MisconfigurationException(
-                    f"HessianEigenMonitor: {str(err).replace('`params`', f'`{argument}`', 1)}"
-                ) from err
-            if self.k >= size:
-                raise MisconfigurationException(
-                    f"HessianEigenMonitor: `k`={self.k} must be below the {size} parameters of "
-                    f"`{argument}`={selection!r} (at most k={size - 1})."
-                )
+        try:
+            self.check_model(pl_module)
+        except ValueError as err:
+            raise MisconfigurationException(f"HessianEigenMonitor: {err}") from err
         if not pl_module.automatic_optimization and self._loss_fn is None:
             raise MisconfigurationException(
                 f"HessianEigenMonitor cannot probe {type(pl_module).__name__}.training_step: it uses "
@@ -332,7 +278,7 @@ class HessianEigenMonitor(Callback):
                 "probe the uncompiled module."
             )
         if self.train_mode is None and not self._warned_mode:
-            kinds = sorted({type(m).__name__ for m in pl_module.modules() if _mode_dependent(m)})
+            kinds = mode_dependent_kinds(pl_module)
             if kinds:
                 self._warned_mode = True
                 rank_zero_warn(
@@ -376,54 +322,8 @@ class HessianEigenMonitor(Callback):
         if self._batches is None:
             return
         self._last_probe_step = trainer.global_step
-        loss_fn = ProbeLoss(self._loss_fn)
-        train_mode = bool(self.train_mode)
-        warm = self.warm_start and self.backend != "pyhessian"
-        op: HessianOperator | None = None
-        products = 0
         try:
-            if self.backend == "pyhessian":
-                # pyhessian builds its own graph; ours serves the trace and density only.
-                result = hessian_eigenvalues(
-                    pl_module,
-                    loss_fn,
-                    self._batches,
-                    k=self.k,
-                    tol=self.tol,
-                    max_iter=self.max_iter,
-                    backend="pyhessian",
-                    train_mode=train_mode,
-                    seed=self.seed,
-                    params=self.params,
-                )
-                products += result.num_products
-            # One operator (one gradient graph) per probe, handed to every algorithm below.
-            if self.backend != "pyhessian" or self.trace or self.density:
-                op = self._operator(pl_module, loss_fn, self.params)
-            if self.backend != "pyhessian":
-                assert op is not None
-                result = self._solve(op, self._start_vectors(op) if warm else None, warm)
-            metrics = self._eigen_metrics(trainer, result)
-            if self.trace:
-                assert op is not None
-                metrics[self._tag(_tags.TRACE)] = hutchinson(
-                    op, num_samples=self.trace_samples, seed=self.seed
-                ).trace
-            sd = None
-            if self.density:
-                assert op is not None
-                sd = slq(op, num_iter=self.density_iter, num_runs=self.density_runs, seed=self.seed)
-            for block in self.blocks or []:
-                block_op = self._operator(pl_module, loss_fn, [block])
-                try:
-                    metrics.update(self._eigen_metrics(trainer, self._solve(block_op, None, False), block))
-                finally:
-                    products += block_op.num_products
-                    block_op.close()
-            # Every product of our operators (eigenvalues, trace, density, blocks), plus pyhessian's own.
-            products += 0 if op is None else op.num_products
-            if not all(math.isfinite(v) for v in metrics.values()):
-                raise NonFiniteError(f"non-finite Hessian values {metrics}")
+            result = self.run(pl_module, TrainingStepLoss(self._loss_fn), self._batches)
         except NonFiniteError as err:
             self.num_skipped += 1
             rank_zero_warn(
@@ -432,63 +332,33 @@ class HessianEigenMonitor(Callback):
                 category=RuntimeWarning,
             )
             return
-        finally:
-            if op is not None:
-                op.close()
-        if warm and result.eigenvectors is not None:
-            vectors = [result.eigenvectors]
-            if result.smallest_eigenvectors is not None:
-                vectors.append(result.smallest_eigenvectors)
-            self._warm_vectors = torch.cat(vectors).detach()
+        metrics = self._eigen_metrics(trainer, result.eigen)
+        if result.trace is not None:
+            metrics[self._tag(_tags.TRACE)] = result.trace
+        for block, eigen in result.blocks.items():
+            metrics.update(self._eigen_metrics(trainer, eigen, block))
         self.num_probes += 1
-        self.total_products += products
-        metrics[self._tag(_tags.NUM_PRODUCTS)] = float(products)
+        self.total_products += result.num_products
+        metrics[self._tag(_tags.NUM_PRODUCTS)] = float(result.num_products)
         log_scalars(trainer, metrics, step)
         for tag, value in metrics.items():
             pl_module.log(tag, value, logger=False, sync_dist=False)
-        if sd is not None:
-            grid, dens = sd.on_grid()
-            add_density(trainer, self._tag(_tags.DENSITY), grid, dens, float(sd.num_params), step)
-
-    def _operator(self, pl_module: pl.LightningModule, loss_fn: ProbeLoss, params: Any) -> HessianOperator:
-        return HessianOperator(
-            pl_module,
-            loss_fn,
-            self._batches,  # type: ignore[arg-type]
-            memory=self.memory,
-            train_mode=bool(self.train_mode),
-            seed=self.seed,
-            params=params,
-        )
-
-    def _solve(self, op: HessianOperator, v0: Tensor | None, vectors: bool) -> Any:
-        solver = lanczos if self.backend == "lanczos" else power_iteration
-        return solver(
-            op,
-            k=self.k,
-            which="both" if self.smallest else "largest",
-            tol=self.tol,
-            max_iter=self.max_iter,
-            seed=self.seed,
-            return_eigenvectors=vectors,
-            v0=v0,
-        )
+        if result.density is not None:
+            grid, dens = result.density.on_grid()
+            add_density(trainer, self._tag(_tags.DENSITY), grid, dens, float(result.density.num_params), step)
 
     def _tag(self, quantity: str, block: str | None = None) -> str:
         return _tags.hessian_tag(quantity, self.name, block)
 
-    def _eigen_metrics(self, trainer: pl.Trainer, result: Any, block: str | None = None) -> dict[str, float]:
-        """The eigenvalue tags of one result and ``converged``; unconverged values dropped if asked."""
-        values = [float(v) for v in result.eigenvalues]
-        flags = converged_flags(result, len(values))
-        named = [(_tags.hessian_eig_tag(i + 1, self.name, block), v) for i, v in enumerate(values)]
-        if self.smallest and result.smallest is not None:
-            named.append((self._tag(_tags.EIG_MIN, block), float(result.smallest[0])))
-            flags.append(converged_flags(result, 1, smallest=True)[0])
-        if not all(flags):
+    def _eigen_metrics(
+        self, trainer: pl.Trainer, eigen: Extremes, block: str | None = None
+    ) -> dict[str, float]:
+        """Tags of one operator's values and ``converged``; unconverged values left out if asked."""
+        named = [(self._tag(quantity, block), v, ok) for quantity, v, ok in eigen.named()]
+        if not eigen.converged:
             self.num_unconverged += 1
             if self.num_unconverged == 1:
-                bad = [tag for (tag, _), ok in zip(named, flags, strict=True) if not ok]
+                bad = [tag for tag, _, ok in named if not ok]
                 action = "logged anyway" if self.unconverged == "log" else "not logged"
                 rank_zero_warn(
                     f"HessianEigenMonitor: at step {trainer.global_step} {bad} did not converge to "
@@ -497,28 +367,9 @@ class HessianEigenMonitor(Callback):
                     "or `tol`. (Warned once.)",
                     category=RuntimeWarning,
                 )
-        metrics = {
-            tag: v for (tag, v), ok in zip(named, flags, strict=True) if ok or self.unconverged == "log"
-        }
-        metrics[self._tag(_tags.CONVERGED, block)] = float(all(flags))
+        metrics = {tag: v for tag, v, ok in named if ok or self.unconverged == "log"}
+        metrics[self._tag(_tags.CONVERGED, block)] = float(eigen.converged)
         return metrics
-
-    def _start_vectors(self, op: HessianOperator) -> Tensor | None:
-        """The warm start for this probe: the last probe's Ritz vectors, if they still fit the operator.
-
-        Under DDP every rank holds the same vectors: they come out of identical Lanczos runs on all-reduced
-        products (or from the same checkpoint), so every rank starts from the same ``v0``.
-        """
-        vectors = self._warm_vectors
-        if vectors is None:
-            return None
-        if vectors.shape[-1] != op.num_params:
-            # The trainable parameters changed (e.g. layers frozen or unfrozen): the vectors mean nothing now.
-            self._warm_vectors = None
-            return None
-        vectors = vectors.to(device=op.device, dtype=op.dtype)
-        self._warm_vectors = vectors
-        return vectors
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -529,9 +380,9 @@ class HessianEigenMonitor(Callback):
             "total_products": self.total_products,
             "num_unconverged": self.num_unconverged,
         }
-        if self._warm_vectors is not None:
+        if self.warm_vectors is not None:
             # On the CPU, so that the checkpoint loads on any device (moved back at the next probe).
-            state["warm_vectors"] = self._warm_vectors.detach().cpu().clone()
+            state["warm_vectors"] = self.warm_vectors.detach().cpu().clone()
         return state
 
     @override
@@ -542,4 +393,4 @@ class HessianEigenMonitor(Callback):
         self.total_products = int(state_dict.get("total_products", 0))
         self.num_unconverged = int(state_dict.get("num_unconverged", 0))
         warm = state_dict.get("warm_vectors", None)
-        self._warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None
+        self.warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None

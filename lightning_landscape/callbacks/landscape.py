@@ -14,8 +14,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
+from lightning_landscape.callbacks._lightning import generate_state_key
 from lightning_landscape.callbacks._probe import (
-    LossFn,
     TrainingStepLoss,
     draw_batches,
     epoch_end_logging_step,
@@ -31,7 +32,7 @@ from lightning_landscape.callbacks.tags import (
     LANDSCAPE_SHARPNESS,
     LANDSCAPE_TRAJECTORY_IMAGE,
 )
-from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature import LossFn
 from lightning_landscape.landscape import (
     LineResult,
     PlaneResult,
@@ -116,17 +117,11 @@ class LossLandscapeMonitor(Callback):
         check_int("steps", steps, minimum=3)
         check_int("num_batches", num_batches)
         check_int("seed", seed, minimum=0)
-        if mode not in ("line", "plane"):
-            raise ValueError(f"`mode` must be 'line' or 'plane', got {mode!r}")
-        if directions not in ("random", "hessian"):
-            raise ValueError(f"`directions` must be 'random' or 'hessian', got {directions!r}")
-        if dataloader not in ("train", "val"):
-            raise ValueError(f"`dataloader` must be 'train' or 'val', got {dataloader!r}")
-        for name, value, optional in (("span", span, False), ("sharpness_radius", sharpness_radius, True)):
-            if optional and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+        check_choice("mode", mode, ("line", "plane"))
+        check_choice("directions", directions, ("random", "hessian"))
+        check_choice("dataloader", dataloader, ("train", "val"))
+        check_float("span", span, positive=True)
+        check_float("sharpness_radius", sharpness_radius, optional=True, positive=True)
         self.every_n_epochs = every_n_epochs
         self.mode = mode
         self.directions = directions
@@ -150,8 +145,12 @@ class LossLandscapeMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            every_n_epochs=self.every_n_epochs, mode=self.mode, directions=self.directions, seed=self.seed
+        return generate_state_key(
+            self,
+            every_n_epochs=self.every_n_epochs,
+            mode=self.mode,
+            directions=self.directions,
+            seed=self.seed,
         )
 
     @override

@@ -8,7 +8,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
-from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
@@ -16,12 +15,13 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
+from lightning_landscape.callbacks._lightning import generate_state_key
 from lightning_landscape.callbacks._noise_estimators import (
     DebiasedEMA,
     chunk_gradient_norms,
     unbiased_estimates,
 )
-from lightning_landscape.callbacks._probe import TrainingStepLoss
+from lightning_landscape.callbacks._probe import TrainingStepLoss, batch_size_of
 from lightning_landscape.curvature._checks import check_int
 
 
@@ -125,7 +125,7 @@ class GradientNoiseScaleMonitor(Callback):
     @override
     def state_key(self) -> str:
         named = {} if self.name is None else {"name": self.name}
-        return self._generate_state_key(**named)
+        return generate_state_key(self, **named)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -158,7 +158,7 @@ class GradientNoiseScaleMonitor(Callback):
             return
         if not self._armed:
             self._armed, self._sum_sq, self._sizes = True, None, []
-        self._sizes.append(int(extract_batch_size(batch)))
+        self._sizes.append(batch_size_of(batch, strict=True))
         if self._source == "split":
             self._batch = batch
 

@@ -3,8 +3,7 @@ r"""Training and validation risk, the generalization gap and the gaps to a known
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -14,12 +13,15 @@ from torchmetrics.aggregation import MeanMetric
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
-from lightning_landscape.callbacks._checks import check_choice, check_float, check_int, check_str
-from lightning_landscape.callbacks._lightning import running_epoch_metrics, running_logged_keys
+from lightning_landscape.callbacks._checks import check_float, check_int, check_str
+from lightning_landscape.callbacks._lightning import (
+    generate_state_key,
+    running_epoch_metrics,
+    running_logged_keys,
+)
 from lightning_landscape.callbacks._probe import (
-    LossFn,
     MethodLoss,
-    ProbeLoss,
+    TrainingStepLoss,
     batch_size_of,
     epoch_end_logging_step,
     fixed_data_rng,
@@ -28,6 +30,7 @@ from lightning_landscape.callbacks._probe import (
     resolve_loss_fn,
 )
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
+from lightning_landscape.curvature import LossFn
 from lightning_landscape.curvature._model_state import kept_modes
 
 
@@ -76,7 +79,6 @@ class RiskGapMonitor(Callback):
             no gap that needs it.
         full_train_risk: Evaluate the training risk over the whole training set at the end of each epoch.
         optimal_risk: The known optimal risk :math:`R^\star`; ``None`` logs neither gap to it.
-        optimality_of: Deprecated and ignored: both gaps to :math:`R^\star` are logged under their own tags.
         loss_fn: For ``full_train_risk``: import path ``"pkg.module:function"`` of ``loss_fn(model, batch)``
             (or ``"self.<method>"`` for ``module.<method>(batch)``) returning the mean loss of the batch;
             ``None`` uses the module's ``training_step``.
@@ -103,7 +105,6 @@ class RiskGapMonitor(Callback):
         val_key: str | None = "val_loss",
         full_train_risk: bool = False,
         optimal_risk: float | None = None,
-        optimality_of: Literal["train", "val"] | None = None,
         loss_fn: str | None = None,
         seed: int = 0,
         name: str | None = None,
@@ -111,15 +112,6 @@ class RiskGapMonitor(Callback):
         check_str("train_key", train_key)
         check_str("val_key", val_key, optional=True)
         check_float("optimal_risk", optimal_risk, optional=True)
-        if optimality_of is not None:
-            check_choice("optimality_of", optimality_of, ("train", "val"))
-            warnings.warn(
-                f"RiskGapMonitor: `optimality_of`={optimality_of!r} is deprecated and ignored: "
-                f"{_tags.RISK_OPTIMALITY_GAP} is always the training risk minus `optimal_risk` and "
-                f"{_tags.RISK_EXCESS_RISK} the validation risk minus it.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
         if loss_fn is not None and not full_train_risk:
             raise ValueError(f"`loss_fn`={loss_fn!r} is only used with `full_train_risk`=True")
         check_int("seed", seed, minimum=0)
@@ -128,7 +120,6 @@ class RiskGapMonitor(Callback):
         self.val_key = val_key
         self.full_train_risk = bool(full_train_risk)
         self.optimal_risk = None if optimal_risk is None else float(optimal_risk)
-        self.optimality_of = optimality_of
         self.loss_fn = loss_fn
         self.seed = seed
         self.name = name
@@ -148,7 +139,7 @@ class RiskGapMonitor(Callback):
     @override
     def state_key(self) -> str:
         named = {} if self.name is None else {"name": self.name}
-        return self._generate_state_key(**named, train_key=self.train_key, val_key=self.val_key)
+        return generate_state_key(self, **named, train_key=self.train_key, val_key=self.val_key)
 
     def _tag(self, quantity: str) -> str:
         return _tags.risk_tag(quantity, self.name)
@@ -252,7 +243,7 @@ class RiskGapMonitor(Callback):
     @torch.no_grad()
     def _full_train_risk(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
         """Mean loss over the whole (this rank's share of the) training set, summed over ranks."""
-        loss_fn = ProbeLoss(self._loss_fn)
+        loss_fn = TrainingStepLoss(self._loss_fn)
         dataloader = probe_dataloader(trainer, "train")
         total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
         count = torch.zeros((), dtype=torch.float64, device=pl_module.device)

@@ -2,29 +2,45 @@
 
 Pure PyTorch (no Lightning import): usable on any ``nn.Module`` and ``loss_fn(model, batch)``.
 
-* :mod:`~.operator`: :class:`HessianOperator` (``matvec``, batched ``matmat``, a parameter block by name);
-* algorithms on any operator, keyword-only options: :func:`lanczos`, :func:`power_iteration` (:mod:`~.eigen`),
-  :func:`hutchinson`, :func:`hutchpp`, :func:`xtrace` (:mod:`~.trace`), :func:`slq` (:mod:`~.spectrum`) on
-  the shared kernel :func:`lanczos_tridiagonal` (:mod:`~.krylov`);
+* :mod:`~.operators`: :class:`HessianOperator` (``matvec``, batched ``matmat``, a parameter block by name; its
+  all-reducing subclass under ``torch.distributed``) and :class:`DenseOperator`, on the
+  :class:`LinearOperator` protocol;
+* :mod:`~.algorithms` on any operator, keyword-only options: :func:`lanczos`, :func:`power_iteration`,
+  :func:`hutchinson`, :func:`hutchpp`, :func:`xtrace`, :func:`trace_of`, :func:`slq`, all Lanczos on the one
+  kernel (:func:`lanczos_tridiagonal`);
 * the optimizer's view: :class:`PreconditionedOperator` (:math:`D^{-1/2} H D^{-1/2}`),
   :func:`adam_preconditioner`, :func:`stability_threshold` (:mod:`~.preconditioned`);
-* model-level functions that build one operator and call an algorithm: :func:`hessian_eigenvalues`,
-  :func:`hessian_trace`, :func:`spectral_density` (:mod:`~.api`, the only module that knows pyhessian).
+* :mod:`~.results`: :class:`EigenResult`, :class:`TraceResult`, :class:`SpectralDensity`;
+* :mod:`~.api`: model-level functions that check their arguments once, build one operator and call an
+  algorithm: :func:`hessian_eigenvalues`, :func:`hessian_trace`, :func:`spectral_density` (the only module
+  that knows pyhessian).
 """
 
 from lightning_landscape.curvature._inputs import LossFn, batch_size
 from lightning_landscape.curvature._params import ParamSelection, select_parameters
-from lightning_landscape.curvature.api import hessian_eigenvalues, hessian_trace, spectral_density, trace_of
-from lightning_landscape.curvature.eigen import EigenResult, lanczos, power_iteration
-from lightning_landscape.curvature.krylov import DenseOperator, LinearOperator, lanczos_tridiagonal
-from lightning_landscape.curvature.operator import HessianOperator, NonFiniteError
+from lightning_landscape.curvature.algorithms import (
+    hutchinson,
+    hutchpp,
+    lanczos,
+    lanczos_tridiagonal,
+    power_iteration,
+    slq,
+    trace_of,
+    xtrace,
+)
+from lightning_landscape.curvature.api import hessian_eigenvalues, hessian_trace, spectral_density
+from lightning_landscape.curvature.operators import (
+    DenseOperator,
+    HessianOperator,
+    LinearOperator,
+    NonFiniteError,
+)
 from lightning_landscape.curvature.preconditioned import (
     PreconditionedOperator,
     adam_preconditioner,
     stability_threshold,
 )
-from lightning_landscape.curvature.spectrum import SpectralDensity, slq
-from lightning_landscape.curvature.trace import TraceResult, hutchinson, hutchpp, xtrace
+from lightning_landscape.curvature.results import EigenResult, SpectralDensity, TraceResult
 
 __all__ = [
     # operators

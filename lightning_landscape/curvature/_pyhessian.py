@@ -15,8 +15,9 @@ and values restored), the global RNG (pyhessian draws its start vectors from it:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,8 +30,8 @@ from lightning_landscape.curvature._model_state import (
     rng_devices,
     swapped_buffers,
 )
-from lightning_landscape.curvature.eigen import EigenResult
-from lightning_landscape.curvature.operator import HessianOperator, NonFiniteError
+from lightning_landscape.curvature.operators.hessian import HessianOperator, NonFiniteError, OperatorInputs
+from lightning_landscape.curvature.results import EigenResult
 
 
 class _LossModule(nn.Module):
@@ -69,9 +70,7 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def pyhessian_eigenvalues(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
+    inputs: OperatorInputs,
     k: int,
     which: str,
     tol: float,
@@ -107,9 +106,9 @@ def pyhessian_eigenvalues(
             "backend='pyhessian' needs pyhessian: pip install 'lightning-landscape[pyhessian]'"
         ) from err
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, loss_fn, batches = inputs.model, inputs.loss_fn, inputs.batches
+    params = inputs.params  # every trainable parameter: pyhessian knows no selection
     device = params[0].device
-    batches = list(batches)
     counter = {"products": 0}
 
     class _Counting(pyhessian.hessian):
@@ -158,7 +157,7 @@ def pyhessian_eigenvalues(
     order = sorted(range(len(values)), key=lambda i: values[i], reverse=True)
     eigenvalues = torch.tensor([float(values[i]) for i in order], dtype=torch.float64)
     eigenvectors = torch.stack([flat[i] / torch.linalg.vector_norm(flat[i]) for i in order])
-    residuals = _residuals(model, loss_fn, batches, train_mode, seed, eigenvalues, eigenvectors)
+    residuals = _residuals(inputs, train_mode, seed, eigenvalues, eigenvectors)
     accepted = residuals <= tol * eigenvalues.abs()
     return EigenResult(
         eigenvalues=eigenvalues,
@@ -172,16 +171,13 @@ def pyhessian_eigenvalues(
 
 
 def _residuals(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: list[Any],
-    train_mode: bool,
-    seed: int,
-    values: Tensor,
-    vectors: Tensor,
+    inputs: OperatorInputs, train_mode: bool, seed: int, values: Tensor, vectors: Tensor
 ) -> Tensor:
     """``||Hv - lambda v||`` per returned pair, from one batched product with our own operator."""
-    op = HessianOperator(model, loss_fn, batches, memory="auto", train_mode=train_mode, seed=seed)
+    # memory="auto" whatever the call asked for: pyhessian itself ignores `memory`.
+    op = HessianOperator.from_inputs(
+        dataclasses.replace(inputs, memory="auto"), train_mode=train_mode, seed=seed
+    )
     try:
         V = vectors.to(device=op.device, dtype=op.dtype).T
         R = op.matmat(V) - V * values.to(device=op.device, dtype=op.dtype)

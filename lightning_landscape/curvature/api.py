@@ -3,8 +3,13 @@ it to an algorithm.
 
 This is the only module that knows the optional pyhessian backend. A caller that wants several quantities
 at one point (top eigenvalues, trace and density, as :class:`~lightning_landscape.HessianEigenMonitor`
-does) builds one :class:`HessianOperator` itself and calls the algorithms (:func:`~.eigen.lanczos`,
-:func:`~.trace.hutchinson`, :func:`~.spectrum.slq`, ...) on it: the gradient graph is then built once.
+does) builds one :class:`HessianOperator` itself and calls the algorithms
+(:func:`~.algorithms.lanczos.lanczos`, :func:`~.algorithms.trace.hutchinson`, :func:`~.algorithms.slq.slq`,
+...) on it: the gradient graph is then built once.
+
+Each function checks every argument once, before any evaluation: the operator's inputs by
+:meth:`~.operators.hessian.OperatorInputs.check` (the operator is then built from them without a second
+check), its own options against the number of selected parameters.
 """
 
 from __future__ import annotations
@@ -15,41 +20,25 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_int, check_k_tol
-from lightning_landscape.curvature._inputs import LossFn, validate_inputs
-from lightning_landscape.curvature._params import ParamSelection, select_parameters
-from lightning_landscape.curvature.eigen import (
-    BACKENDS,
-    WHICH,
-    Backend,
-    EigenResult,
-    Which,
-    check_start_vector,
-    lanczos,
-    power_iteration,
-)
-from lightning_landscape.curvature.operator import HessianOperator, MemoryMode
-from lightning_landscape.curvature.spectrum import SpectralDensity, slq
-from lightning_landscape.curvature.trace import TraceResult, hutchinson, hutchpp, xtrace
+from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_int
+from lightning_landscape.curvature._inputs import LossFn
+from lightning_landscape.curvature._params import ParamSelection
+from lightning_landscape.curvature.algorithms._eigen import Which, check_eigen_args
+from lightning_landscape.curvature.algorithms.lanczos import lanczos
+from lightning_landscape.curvature.algorithms.power import power_iteration
+from lightning_landscape.curvature.algorithms.slq import slq
+from lightning_landscape.curvature.algorithms.trace import TraceMethod, check_trace_args, trace_of
+from lightning_landscape.curvature.operators.hessian import HessianOperator, MemoryMode, OperatorInputs
+from lightning_landscape.curvature.results import EigenResult, SpectralDensity, TraceResult
 
-TraceMethod = Literal["hutchinson", "hutchpp", "xtrace"]
-TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace")
+Backend = Literal["lanczos", "power", "pyhessian"]
+BACKENDS = ("lanczos", "power", "pyhessian")
 
 
 @contextlib.contextmanager
-def _operator(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batches: Sequence[Any],
-    memory: MemoryMode,
-    train_mode: bool,
-    seed: int,
-    params: ParamSelection,
-) -> Iterator[HessianOperator]:
+def _operator(inputs: OperatorInputs, train_mode: bool, seed: int) -> Iterator[HessianOperator]:
     """The one operator of a model-level call, its saved graph released on the way out."""
-    op = HessianOperator(
-        model, loss_fn, batches, memory=memory, train_mode=train_mode, seed=seed, params=params
-    )
+    op = HessianOperator.from_inputs(inputs, train_mode=train_mode, seed=seed)
     try:
         yield op
     finally:
@@ -101,13 +90,13 @@ def hessian_eigenvalues(
             parameters) or a ``[j, n]`` block, typically the ``eigenvectors`` (and ``smallest_eigenvectors``)
             of an earlier call at nearby weights; the solver starts from the normalized sum of its unit rows
             plus a 1% random part, so the values are right from any ``v0`` and take fewer products from a good
-            one (see :func:`~.eigen.lanczos`). ``backend="pyhessian"`` draws its own start and refuses a
-            ``v0``.
+            one (see :func:`~.algorithms.lanczos.lanczos`). ``backend="pyhessian"`` draws its own start and
+            refuses a ``v0``.
         params: a block of the Hessian: module/parameter name prefixes (list of str) or one regular
             expression (str) selecting the parameters (see :class:`HessianOperator`); ``None``: all trainable.
 
     Returns:
-        An :class:`~.eigen.EigenResult`.
+        An :class:`~.results.EigenResult`.
 
     Raises:
         TypeError: for a non-module model, a non-callable ``loss_fn``, batches that are not a list or a
@@ -131,18 +120,14 @@ def hessian_eigenvalues(
         >>> head.eigenvalues.shape
         torch.Size([1])
     """
-    batches = validate_inputs(model, loss_fn, batches)
-    n = sum(p.numel() for _, p in select_parameters(model, params))
-    check_k_tol(k, tol, n, max_iter)
-    check_choice("which", which, WHICH)
+    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params)
     check_choice("backend", backend, BACKENDS)
-    if v0 is not None:
-        if backend == "pyhessian":
-            raise ValueError(
-                "`v0` is not supported with backend='pyhessian' (it draws its own start vectors); "
-                "use backend='lanczos' or 'power', or v0=None."
-            )
-        check_start_vector(v0, n)
+    if backend == "pyhessian" and v0 is not None:
+        raise ValueError(
+            "`v0` is not supported with backend='pyhessian' (it draws its own start vectors); "
+            "use backend='lanczos' or 'power', or v0=None."
+        )
+    check_eigen_args(inputs.num_params, k, which, tol, max_iter, v0)
     if backend == "pyhessian":
         if params is not None:
             raise ValueError(
@@ -151,11 +136,9 @@ def hessian_eigenvalues(
             )
         from lightning_landscape.curvature._pyhessian import pyhessian_eigenvalues
 
-        return pyhessian_eigenvalues(
-            model, loss_fn, batches, k, which, tol, max_iter, return_eigenvectors, train_mode, seed
-        )
+        return pyhessian_eigenvalues(inputs, k, which, tol, max_iter, return_eigenvectors, train_mode, seed)
     solver = lanczos if backend == "lanczos" else power_iteration
-    with _operator(model, loss_fn, batches, memory, train_mode, seed, params) as op:
+    with _operator(inputs, train_mode, seed) as op:
         return solver(
             op,
             k=k,
@@ -166,22 +149,6 @@ def hessian_eigenvalues(
             return_eigenvectors=return_eigenvectors,
             v0=v0,
         )
-
-
-def trace_of(
-    op: HessianOperator | Any, *, method: TraceMethod = "hutchinson", num_samples: int = 100, seed: int = 0
-) -> TraceResult:
-    """The trace of ``op`` by ``method`` with a budget of ``num_samples`` products (one entry for all three).
-
-    Raises:
-        ValueError: for an unknown ``method`` or a budget below the method's minimum (1, 3, 4).
-    """
-    check_choice("method", method, TRACE_METHODS)
-    if method == "hutchinson":
-        return hutchinson(op, num_samples=num_samples, seed=seed)
-    check_int("num_samples", num_samples, minimum=3 if method == "hutchpp" else 4)
-    estimator = hutchpp if method == "hutchpp" else xtrace
-    return estimator(op, num_products=num_samples, seed=seed)
 
 
 def hessian_trace(
@@ -206,13 +173,13 @@ def hessian_trace(
         seed: seeds the private generator of the probes.
         train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see :class:`HessianOperator`).
-        method: ``"hutchinson"`` (default), ``"hutchpp"`` or ``"xtrace"`` (see :mod:`~.trace`): the two
-            variance-reduced estimators are far more accurate at equal budget when the spectrum has a few
-            large eigenvalues, as Hessians of networks do.
+        method: ``"hutchinson"`` (default), ``"hutchpp"`` or ``"xtrace"`` (see :mod:`~.algorithms.trace`):
+            the two variance-reduced estimators are far more accurate at equal budget when the spectrum has a
+            few large eigenvalues, as Hessians of networks do.
         params: a block of the Hessian (see :func:`hessian_eigenvalues`).
 
     Returns:
-        A :class:`~.trace.TraceResult`.
+        A :class:`~.results.TraceResult`.
 
     Raises:
         ValueError: for a budget below the method's minimum, an unknown ``method`` and the argument errors
@@ -229,10 +196,9 @@ def hessian_trace(
         >>> abs(res.trace - exact) < 1e-12, res.method  # a budget of n products is exact
         (True, 'exact')
     """
-    batches = validate_inputs(model, loss_fn, batches)
-    check_choice("method", method, TRACE_METHODS)
-    check_int("num_samples", num_samples, minimum={"hutchinson": 1, "hutchpp": 3, "xtrace": 4}[method])
-    with _operator(model, loss_fn, batches, memory, train_mode, seed, params) as op:
+    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params)
+    check_trace_args(method, num_samples)
+    with _operator(inputs, train_mode, seed) as op:
         return trace_of(op, method=method, num_samples=num_samples, seed=seed)
 
 
@@ -247,7 +213,7 @@ def spectral_density(
     memory: MemoryMode = "auto",
     params: ParamSelection = None,
 ) -> SpectralDensity:
-    """The Hessian's spectral density by stochastic Lanczos quadrature (see :func:`~.spectrum.slq`).
+    """The Hessian's spectral density by stochastic Lanczos quadrature (see :func:`~.algorithms.slq.slq`).
 
     Unlike pyhessian 0.1's ``density()`` (which calls the removed ``torch.eig``) this uses
     ``torch.linalg.eigh``; the runs advance together, one batched product per step.
@@ -264,7 +230,7 @@ def spectral_density(
         params: a block of the Hessian (see :func:`hessian_eigenvalues`).
 
     Returns:
-        A :class:`~.spectrum.SpectralDensity`; ``.on_grid()`` gives a smoothed density.
+        A :class:`~.results.SpectralDensity`; ``.on_grid()`` gives a smoothed density.
 
     Raises:
         ValueError: for ``num_iter < 1``, ``num_runs < 1`` and the argument errors of
@@ -281,18 +247,11 @@ def spectral_density(
         >>> sd.nodes.shape, grid.shape == density.shape
         (torch.Size([4, 20]), True)
     """
-    batches = validate_inputs(model, loss_fn, batches)
+    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params)
     check_int("num_iter", num_iter)
     check_int("num_runs", num_runs)
-    with _operator(model, loss_fn, batches, memory, train_mode, seed, params) as op:
+    with _operator(inputs, train_mode, seed) as op:
         return slq(op, num_iter=num_iter, num_runs=num_runs, seed=seed)
 
 
-__all__ = [
-    "TRACE_METHODS",
-    "TraceMethod",
-    "hessian_eigenvalues",
-    "hessian_trace",
-    "spectral_density",
-    "trace_of",
-]
+__all__ = ["BACKENDS", "Backend", "hessian_eigenvalues", "hessian_trace", "spectral_density"]

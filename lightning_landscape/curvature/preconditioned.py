@@ -11,7 +11,7 @@ occurs at the edge of stability"; Cohen et al. 2022, "Adaptive gradient methods 
     D^{-1/2} H D^{-1/2}, \qquad D = \mathrm{diag}(d),
 
 which is, and has the same eigenvalues: :class:`PreconditionedOperator` is that symmetric form, so every
-solver of the package (:func:`~.eigen.lanczos`, ...) runs on it unchanged.
+solver of the package (:func:`~.algorithms.lanczos.lanczos`, ...) runs on it unchanged.
 
 * :func:`adam_preconditioner`: :math:`d` read from the state of ``Adam``/``AdamW``/``RMSprop``;
 * :func:`stability_threshold`: the largest stable (preconditioned) sharpness of the optimizer's update at its
@@ -47,8 +47,8 @@ class PreconditionedOperator:
     :math:`D^{-1/2} u` of :math:`P^{-1} H`. Each :meth:`matvec` costs one product of ``operator``.
 
     Args:
-        operator: a symmetric operator :math:`H` (a :class:`~.operator.HessianOperator`, a
-            :class:`~.krylov.DenseOperator`, ...).
+        operator: a symmetric operator :math:`H` (a :class:`~.operators.hessian.HessianOperator`, a
+            :class:`~.operators.base.DenseOperator`, ...).
         diag: the diagonal :math:`d` of the preconditioner, a flat tensor of ``operator.num_params`` finite
             entries > 0 in the operator's order (e.g. :func:`adam_preconditioner` of ``operator.params``).
 

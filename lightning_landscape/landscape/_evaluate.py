@@ -10,14 +10,8 @@ forward per batch (one large matrix product per layer instead of ``C`` small one
 by a memory budget: the weights of a point plus the activations of one forward (measured once, as the bytes
 autograd saves on the first batch), times ``C``. Where ``vmap`` cannot run the loss (a ``.item()`` or
 data-dependent control flow in ``loss_fn``, in-place updates of unbatched buffers such as BatchNorm statistics
-in train mode), the points are evaluated one by one, with one warning saying why.
-
-Layers applied to the data itself (the first Linear of an MLP, the first Conv of a CNN) get a shortcut: such
-a layer is linear in its weight, so for the weight :math:`W_0 + \sum_j c_j D_j` of a point its output is
-:math:`f(x; W_0) + \sum_j c_j f(x; D_j)`, and the ``1 + r`` products on the fixed input are computed once per
-batch and combined per point (a ``TorchFunctionMode`` sees the layer's call under ``vmap``; the input is
-recognised as the same for every point because it is not batched). On a 784-256-256-10 MLP this removes
-three quarters of the multiply-adds of every point.
+in train mode), the points are evaluated one by one, with one warning saying why. Layers applied to the data
+itself (the first Linear or Conv) take their products from a cache per batch (:mod:`~._affine`).
 
 The model is never modified: the weights of a point live only in the call, the model's own buffers are
 swapped for copies, the train/eval flags and the global RNG are restored.
@@ -33,14 +27,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 
-from lightning_landscape._torch import is_batched_tensor
 from lightning_landscape.curvature._inputs import LossFn, batch_size, validate_inputs
 from lightning_landscape.curvature._memory import SavedBytes, available_bytes
 from lightning_landscape.curvature._model_state import probe_context
-from lightning_landscape.curvature.operator import NonFiniteError
+from lightning_landscape.curvature.operators.hessian import NonFiniteError
+from lightning_landscape.landscape._affine import AffineLayers
+from lightning_landscape.landscape.directions import named_trainable
 
 _BUDGET_FRACTION = 0.25
 # Beyond a few hundred points per forward the batched products are as efficient as they get; larger chunks
@@ -52,7 +45,7 @@ _MAX_CHUNK_CPU = 32
 _warned: set[str] = set()
 
 
-class _LossOf(nn.Module):
+class LossOf(nn.Module):
     """``loss_fn(model, batch)`` as a module whose only child is ``model``, for ``functional_call``."""
 
     _loss_fn: LossFn
@@ -68,112 +61,6 @@ class _LossOf(nn.Module):
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape}.")
         return loss.reshape(())
-
-
-_is_batched: Any = is_batched_tensor
-_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
-
-
-class _AffineLayers(TorchFunctionMode):
-    """Under ``vmap``: a Linear/Conv on an unbatched input with a point's weight, from products cached per
-    batch (see the module docstring). Every other call runs as it is."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.points: dict[int, tuple[str, Tensor, Tensor, Tensor]] = {}  # id(weight) -> name, W0, D, c
-        self.cache: dict[tuple[Any, ...], tuple[Tensor, Tensor, float]] = {}
-        self.calls: dict[str, int] = {}
-        self.real: dict[int, Tensor] = {}
-        self.keep: list[Tensor] = []
-        self.batch = 0
-
-    def placeholder(self, name: str, base: Tensor, stacked: Tensor, coef: Tensor) -> Tensor:
-        """A stand-in for the point's weight: a batched view of zeros that costs no memory. A layer that
-        takes the shortcut never reads it; any other use gets the real weight, built once per forward."""
-        stand_in = (coef[:1] * 0).reshape([1] * base.dim()).expand(base.shape)
-        self.points[id(stand_in)] = (name, base, stacked, coef)
-        self.keep.append(stand_in)  # alive until the next forward, so that its id stays unique
-        return stand_in
-
-    def new_forward(self) -> None:
-        self.points.clear()
-        self.real.clear()
-        self.calls.clear()
-        self.keep.clear()
-
-    def _real(self, arg: Any) -> Any:
-        if isinstance(arg, Tensor) and id(arg) in self.points:
-            key = id(arg)
-            if key not in self.real:
-                _, base, stacked, coef = self.points[key]
-                self.real[key] = base + torch.tensordot(coef, stacked, dims=1)
-            return self.real[key]
-        return arg
-
-    def _substitute(self, obj: Any) -> Any:
-        if isinstance(obj, (tuple, list)):
-            return type(obj)(self._substitute(o) for o in obj)
-        if isinstance(obj, dict):
-            return {k: self._substitute(v) for k, v in obj.items()}
-        return self._real(obj)
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        if (func is F.linear or func in _CONVS) and _is_batched is not None and len(args) >= 2:
-            out = self._shortcut(func, args, kwargs)
-            if out is not None:
-                return out
-        if self.points and getattr(func, "__name__", "") != "__get__":  # shape/dtype reads need no weight
-            args, kwargs = self._substitute(args), self._substitute(kwargs)
-        return func(*args, **kwargs)
-
-    def _shortcut(self, func: Any, args: Any, kwargs: Any) -> Tensor | None:
-        x, weight = args[0], args[1]
-        entry = self.points.get(id(weight))
-        if entry is None or not isinstance(x, Tensor) or _is_batched(x):
-            return None
-        bias = args[2] if len(args) > 2 else kwargs.get("bias")
-        rest = tuple(args[3:])
-        extra = {k: v for k, v in kwargs.items() if k != "bias"}
-        if func is not F.linear and (rest[3] if len(rest) > 3 else extra.get("groups", 1)) != 1:
-            return None
-        name, base, stacked, coef = entry
-        # A moving bias is folded into the products: f(x; W, b) is linear in (W, b) jointly.
-        bias_entry = self.points.get(id(bias)) if isinstance(bias, Tensor) else None
-        # The k-th call of one weight on an unbatched input sees the same input at every point of a batch
-        # (it depends on the batch only); the checksum guards against a forward that is not deterministic.
-        calls = self.calls[name] = self.calls.get(name, 0) + 1
-        key: tuple[Any, ...] = (
-            self.batch,
-            name,
-            calls,
-            bias_entry is not None,
-            tuple(x.shape),
-            x.dtype,
-            rest,
-        )
-        key += tuple(sorted(extra.items()))
-        checksum = float(x.detach().sum())
-        cached = self.cache.get(key)
-        if cached is None or not (cached[2] == checksum or (cached[2] != cached[2] and checksum != checksum)):
-            r, out_features = stacked.shape[0], stacked.shape[1]
-            b0 = db = None
-            if bias_entry is not None:
-                b0, db = bias_entry[1], bias_entry[2].reshape(-1)
-            fixed = func(x, base, b0, *rest, **extra)
-            flat = func(x, stacked.reshape(r * out_features, *stacked.shape[2:]), db, *rest, **extra)
-            if func is F.linear:  # [..., r * out] -> [r, ..., out]
-                per = flat.reshape(*flat.shape[:-1], r, out_features).movedim(-2, 0)
-            else:  # [N, r * out, *spatial] -> [r, N, out, *spatial]
-                per = flat.reshape(flat.shape[0], r, out_features, *flat.shape[2:]).movedim(1, 0)
-            # One product per point: [1, c] against [f(x; W0); f(x; D_1); ...] (no separate pass to add).
-            cached = self.cache[key] = (torch.cat([fixed[None], per]), base.new_ones(1), checksum)
-        stacked_out, one, _ = cached
-        out = torch.tensordot(torch.cat([one, coef]), stacked_out, dims=1)
-        if bias is not None and bias_entry is None:
-            bias = self._real(bias)
-            out = out + (bias if func is F.linear else bias.reshape(-1, *([1] * _CONVS[func])))
-        return out
 
 
 def _warn_once(message: str) -> None:
@@ -201,6 +88,8 @@ class GridEvaluator:
         seed: seeds random layers in train mode.
         distributed: all-reduce the weighted losses across ranks (each rank passes its own batches); ``None``
             does so when ``torch.distributed`` is initialized.
+        cache_products: compute the products of layers applied to the data once per batch and combine them
+            per point (see :mod:`~._affine`); ``False`` runs the plain ``vmap`` (for benchmarks and tests).
     """
 
     def __init__(
@@ -215,6 +104,7 @@ class GridEvaluator:
         vectorize: bool = True,
         seed: int = 0,
         distributed: bool | None = None,
+        cache_products: bool = True,
     ) -> None:
         self.batches = validate_inputs(model, loss_fn, batches)
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
@@ -226,7 +116,7 @@ class GridEvaluator:
                 f"`memory_budget` must be None or a number of bytes >= 1, got {memory_budget!r}."
             )
         self.model = model
-        self.wrapper = _LossOf(model, loss_fn)
+        self.wrapper = LossOf(model, loss_fn)
         self.train_mode = bool(train_mode)
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
@@ -236,9 +126,7 @@ class GridEvaluator:
         if distributed is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.distributed = bool(distributed)
-        self.shortcut = (
-            True  # the cached products of layers on the data (off: the plain vmap, for benchmarks)
-        )
+        self.cache_products = bool(cache_products)
         self.vectorized_last = False  # whether the last call ran vectorized (for tests and benchmarks)
         self.last_chunk_size = 0
 
@@ -254,7 +142,7 @@ class GridEvaluator:
         origin: Mapping[str, Tensor],
         stacked: Mapping[str, Tensor],
         fixed: Mapping[str, Tensor],
-        affine: _AffineLayers | None = None,
+        affine: AffineLayers | None = None,
     ) -> Any:
         def loss_at(c: Tensor, batch: Any) -> Tensor:
             state = {f"model.{n}": t for n, t in fixed.items()}
@@ -335,7 +223,7 @@ class GridEvaluator:
                 stacked.update({n: torch.stack([b[n].detach() for b in buffer_basis]) for n in buf_origin})
         all_origin = {**{n: origin[n].detach() for n in names}, **buf_origin}
         loss_at = self._point_fn(all_origin, stacked, fixed)
-        affine = _AffineLayers() if self.shortcut else None
+        affine = AffineLayers() if self.cache_products else None
         batched_loss_at = self._point_fn(all_origin, stacked, fixed, affine)
         device = next(iter(origin.values())).device
         coeffs = coeffs.to(device=device, dtype=torch.float64)
@@ -380,6 +268,13 @@ class GridEvaluator:
         return total / weight
 
 
+def state_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The origin of a grid at ``model``: its trainable weights and its buffers, by name, detached."""
+    weights = {n: p.detach() for n, p in named_trainable(model).items()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    return weights, buffers
+
+
 def check_finite(losses: Tensor, where: str) -> None:
     """A :class:`NonFiniteError` if no loss in ``losses`` is finite (a few non-finite points are data)."""
     if losses.numel() and not bool(torch.isfinite(losses).any()):
@@ -398,3 +293,6 @@ def linspace(span: Any, steps: int, name: str = "span") -> Tensor:
     grid = torch.linspace(float(lo), float(hi), steps, dtype=torch.float64)
     # A symmetric span holds the centre exactly (linspace leaves ~1e-17 there).
     return torch.where(grid.abs() <= 1e-12 * (hi - lo), 0.0, grid)
+
+
+__all__ = ["GridEvaluator", "LossOf", "check_finite", "linspace", "state_tensors"]

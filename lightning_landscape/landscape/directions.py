@@ -1,4 +1,5 @@
-r"""Directions in weight space: random filter-normalized, Hessian eigenvectors, PCA of a trajectory.
+r"""Directions in weight space: random filter-normalized, Hessian eigenvectors, PCA of a trajectory, and
+the difference of two models of one architecture.
 
 A direction is a ``dict[str, Tensor]`` keyed like ``model.named_parameters()`` (trainable parameters only),
 each tensor shaped, typed and placed like its parameter. A point of a line or plane is
@@ -260,10 +261,54 @@ def pca_directions(offsets: Tensor, k: int = 2) -> tuple[Tensor, Tensor]:
     return vectors, ratios
 
 
+def check_pair(model_a: nn.Module, model_b: nn.Module) -> None:
+    """A ``TypeError``/``ValueError`` unless both are modules of one architecture (parameters and buffers, by
+    name and shape)."""
+    for name, m in (("model_a", model_a), ("model_b", model_b)):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"`{name}` must be a torch.nn.Module, got {type(m).__name__}.")
+    shapes_a = {n: tuple(p.shape) for n, p in model_a.named_parameters()}
+    shapes_b = {n: tuple(p.shape) for n, p in model_b.named_parameters()}
+    bufs_a = {n: tuple(b.shape) for n, b in model_a.named_buffers()}
+    bufs_b = {n: tuple(b.shape) for n, b in model_b.named_buffers()}
+    if shapes_a != shapes_b or bufs_a != bufs_b:
+        diff = sorted(
+            set(shapes_a.items()) ^ set(shapes_b.items()) | set(bufs_a.items()) ^ set(bufs_b.items())
+        )
+        raise ValueError(
+            "the two models must have one architecture (the same parameters and buffers, by name "
+            f"and shape); they differ in {diff[:5]}."
+        )
+
+
+def difference(model_a: nn.Module, model_b: nn.Module) -> tuple[Direction, dict[str, Tensor]]:
+    """``b - a`` over the trainable parameters of ``a`` (a direction) and over the floating buffers.
+
+    Raises:
+        TypeError, ValueError: unless the two models have one architecture.
+
+    Example:
+        >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+        >>> delta, _ = difference(a, b)
+        >>> torch.equal(delta["bias"], (b.bias - a.bias).detach())
+        True
+    """
+    check_pair(model_a, model_b)
+    wa, wb = named_trainable(model_a), dict(model_b.named_parameters())
+    delta = {n: (wb[n].detach().to(wa[n].device, wa[n].dtype) - wa[n].detach()) for n in wa}
+    ba, bb = dict(model_a.named_buffers()), dict(model_b.named_buffers())
+    buffer_delta = {
+        n: bb[n].detach().to(b.device, b.dtype) - b.detach() for n, b in ba.items() if b.is_floating_point()
+    }
+    return delta, buffer_delta
+
+
 __all__ = [
     "Direction",
     "HessianDirections",
     "Normalization",
+    "check_pair",
+    "difference",
     "flatten",
     "hessian_directions",
     "named_trainable",

@@ -1,5 +1,7 @@
 """Multi-seed training: K independent retrains, the best kept."""
 
+from lightning_landscape.multiseed.instability import instability
+from lightning_landscape.multiseed.instability_result import InstabilityResult
 from lightning_landscape.multiseed.record import RecordError, RootDirBusyError
 from lightning_landscape.multiseed.result import MultiSeedResult, SeedRun
 from lightning_landscape.multiseed.trainer import MultiSeedInterrupted, MultiSeedTrainer
@@ -11,4 +13,6 @@ __all__ = [
     "RecordError",
     "RootDirBusyError",
     "SeedRun",
+    "InstabilityResult",
+    "instability",
 ]

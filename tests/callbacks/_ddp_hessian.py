@@ -1,4 +1,4 @@
-"""Run by test_callbacks_subprocess.py: HessianEigenMonitor under strategy='ddp' on 2 CPU processes (gloo).
+"""Run by test_hessian.py: HessianEigenMonitor under strategy='ddp' on 2 CPU processes (gloo).
 
 Usage: python _ddp_hessian.py OUT_DIR
 """
@@ -47,6 +47,6 @@ if __name__ == "__main__":
     trainer.fit(model, datamodule=ShardedData())
     print(f"rank {trainer.global_rank} probes {monitor.num_probes}", flush=True)
     # Every rank must start each probe from the same warm vectors (else the Lanczos runs would part ways).
-    warm = monitor._warm_vectors
+    warm = monitor.warm_vectors
     digest = "none" if warm is None else hashlib.sha256(warm.cpu().numpy().tobytes()).hexdigest()
     print(f"rank {trainer.global_rank} warm {digest}", flush=True)

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests._shared import QUIET
+
 
 @pytest.fixture
 def trainer_kwargs(tmp_path: Path) -> dict[str, Any]:
+    """A quiet one-CPU Trainer that writes under ``tmp_path``, logs every step and saves no checkpoint."""
     return {
+        **QUIET,
         "default_root_dir": tmp_path,
         "accelerator": "cpu",
         "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
         "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
     }
 
 
-# Older import path of the event readers (tests outside this folder import them from here).
-from tests.callbacks._events import read_event_tags, read_layout_categories, read_scalars  # noqa: E402
-
-__all__ = ["read_event_tags", "read_layout_categories", "read_scalars", "trainer_kwargs"]
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child Python: this folder and the repository root importable, one thread."""
+    here = Path(__file__).parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent.parent), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env

@@ -1,8 +1,11 @@
-"""Every callback on every zoo module: right values, tags read back, training bit-identical without them."""
+"""Every callback together: on every zoo module (right values, tags read back, training bit-identical without
+them), and added from LightningCLI's command line."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_landscape import GradientNormMonitor, HessianEigenMonitor, RiskGapMonitor
 from lightning_landscape.callbacks import tags
 from lightning_landscape.callbacks._lightning import batches_that_stepped
+from tests._shared import QUIET
 from tests.callbacks._cb_helpers import TinyRegression
 from tests.callbacks._events import read_layout_categories, read_scalars
 from tests.callbacks.zoo import ZOO, BatchNormDropoutCNN, Entry, TinyGAN
@@ -52,10 +56,9 @@ def _fit(
         devices=1,
         callbacks=callbacks,
         logger=TensorBoardLogger(root, name="tb") if callbacks else False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
         log_every_n_steps=1,
+        **QUIET,
     )
     trainer.fit(model, entry.loader())
     return model, trainer, torch.get_rng_state()
@@ -188,9 +191,8 @@ def test_probe_under_bf16_mixed_runs_in_float32(tmp_path: Path) -> None:
         precision="bf16-mixed",
         callbacks=[HessianEigenMonitor(every_n_steps=2, tol=1e-6)],
         logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
+        **QUIET,
     )
     trainer.fit(model, entry.loader())
     eig = dense_eigenvalues(model, entry.oracle_loss, [next(iter(entry.loader()))])  # type: ignore[arg-type]
@@ -223,3 +225,43 @@ def test_a_missing_loss_method_is_refused_at_setup(tmp_path: Path) -> None:
     with pytest.raises(MisconfigurationException, match=r"no method 'gen_loss'.*\['d_loss', 'g_loss'\]"):
         trainer.fit(TinyGAN(), ZOO["gan"].loader())
     assert trainer.global_step == 0
+
+
+@pytest.mark.slow
+def test_lightning_cli_adds_the_monitors_from_the_command_line(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    code = (
+        "from lightning.pytorch.cli import LightningCLI; import tests.callbacks._cb_helpers as h; "
+        "LightningCLI(h.TinyRegression, h.TinyData)"
+    )
+    args = [
+        "fit",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=4",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.logger=TensorBoardLogger",
+        f"--trainer.logger.save_dir={tmp_path}",
+        "--trainer.callbacks+=lightning_landscape.HessianEigenMonitor",
+        "--trainer.callbacks.init_args.k=3",
+        "--trainer.callbacks.init_args.every_n_steps=2",
+        "--trainer.callbacks+=lightning_landscape.GradientNormMonitor",
+        "--trainer.callbacks.init_args.norm_type=inf",
+        "--trainer.callbacks+=lightning_landscape.RiskGapMonitor",
+        "--trainer.callbacks.init_args.optimal_risk=0.0",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=subprocess_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scalars = read_scalars(tmp_path)
+    assert sorted(scalars[tags.hessian_eig_tag(3)]) == [1, 3]
+    assert scalars[tags.hessian_eig_tag(1)][3] >= scalars[tags.hessian_eig_tag(3)][3]
+    assert sorted(scalars[tags.GRAD_NORM_TOTAL]) == [0, 1, 2, 3]

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_landscape.curvature import EigenResult
 from tests import oracle
+from tests._shared import mse_loss
 
 DTYPE = torch.float64
 
@@ -26,11 +28,6 @@ class Case:
     model: nn.Module
     loss_fn: Callable[[nn.Module, Any], Tensor]
     batches: list[Any]
-
-
-def mse_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    x, y = batch
-    return nn.functional.mse_loss(model(x), y)
 
 
 def shallow_relu(trained: bool = False, seed: int = 0) -> Case:
@@ -121,3 +118,52 @@ def truth(name: str, train_mode: bool = False) -> Tensor:
 def case(name: str) -> Case:
     """A fresh instance of case ``name`` (tests may not share mutable models)."""
     return BUILDERS[name]()
+
+
+class DiagOperator:
+    """An analytic operator: diag(values), with a product count (``matvec`` only: no ``matmat``)."""
+
+    def __init__(self, values: Tensor) -> None:
+        self.values = values.to(torch.float64)
+        self.num_params = values.numel()
+        self.dtype = torch.float64
+        self.device = torch.device("cpu")
+        self.num_products = 0
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.num_products += 1
+        return self.values * v
+
+
+class CountingLoss:
+    """Counts its calls (default: the MSE loss): argument errors must come before any evaluation."""
+
+    def __init__(self, loss_fn: Callable[[nn.Module, Any], Tensor] = mse_loss) -> None:
+        self.loss_fn = loss_fn
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+        self.calls += 1
+        return self.loss_fn(model, batch)
+
+
+def rel_err(got: Tensor, want: Tensor) -> float:
+    """The largest relative error of ``got`` against ``want``."""
+    return float(((got - want).abs() / want.abs()).max())
+
+
+def moved(c: Case, scale: float = 1e-2, seed: int = 1) -> Case:
+    """``c`` after a small step: each parameter moves by ``scale`` of its RMS value in a random direction."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in c.model.parameters():
+            rms = p.norm() / p.numel() ** 0.5
+            p.add_(scale * rms * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return c
+
+
+def ritz_block(res: EigenResult) -> torch.Tensor:
+    assert res.eigenvectors is not None
+    if res.smallest_eigenvectors is None:
+        return res.eigenvectors
+    return torch.cat([res.eigenvectors, res.smallest_eigenvectors])

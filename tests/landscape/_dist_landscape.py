@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
+
+from tests._shared import mse_loss
 
 
 def build() -> tuple[nn.Module, nn.Module, list[Any]]:
@@ -26,22 +28,18 @@ def build() -> tuple[nn.Module, nn.Module, list[Any]]:
     return models[0], models[1], [(x[:7], y[:7]), (x[7:], y[7:])]
 
 
-def mse(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    return nn.functional.mse_loss(model(batch[0]), batch[1])
-
-
 def compute(batches: list[Any]) -> dict[str, Any]:
     from lightning_landscape.landscape import linear_barrier, loss_line, loss_plane, random_directions
 
     a, b, _ = build()
     d = random_directions(a, 2, seed=0)
-    line = loss_line(a, mse, batches, direction=d[0], steps=5)
+    line = loss_line(a, mse_loss, batches, direction=d[0], steps=5)
     return {
-        "plane": loss_plane(a, mse, batches, directions=d, steps=4).losses,
+        "plane": loss_plane(a, mse_loss, batches, directions=d, steps=4).losses,
         "line": line.losses,
         "slope": line.slope,
         "curvature": line.curvature,
-        "barrier": linear_barrier(a, b, mse, batches, steps=5).losses,
+        "barrier": linear_barrier(a, b, mse_loss, batches, steps=5).losses,
     }
 
 

@@ -1,0 +1,212 @@
+r"""The one Lanczos kernel: full reorthogonalization, restartable blocks, several runs advanced together.
+
+Lanczos builds an orthonormal basis :math:`Q_m` of the Krylov space
+:math:`\operatorname{span}\{v, Hv, \dots, H^{m-1}v\}` and the projected matrix :math:`M = Q_m^\top H Q_m`
+(tridiagonal for one Krylov sequence). :class:`LanczosRun` is one run; every Lanczos of the package is made
+of it: :func:`~.lanczos.lanczos` (extreme eigenvalues, restarting blocks to find repeated ones) steps one
+run, and :func:`lanczos_tridiagonal` (the kernel of stochastic Lanczos quadrature, :func:`~.slq.slq`)
+steps several runs with one batched product per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature.operators.base import LinearOperator, apply_block, random_vector
+
+
+class LanczosRun:
+    r"""Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) and restartable blocks.
+
+    :meth:`step` takes one step; on breakdown (an invariant subspace: its Ritz values are exact) it sets
+    :attr:`broke_down` and the caller decides: stop there (quadrature) or :meth:`new_block` (extreme
+    eigenvalues). A new block starts from a random vector orthogonal to the basis, also on request (to look
+    for further copies of repeated eigenvalues, which one Krylov sequence cannot see). The projected matrix
+    :math:`M = Q^\top H Q` stays exact: tridiagonal within blocks, plus the couplings :math:`f_e^\top q_j`
+    between the residual :math:`f_e` left at the end :math:`e` of an earlier block and each later basis
+    vector :math:`q_j`.
+
+    Args:
+        op: a symmetric operator.
+        v0: the start vector (any non-zero norm; normalized here).
+        max_steps: the most steps (capped at ``n``).
+
+    Example:
+        >>> from lightning_landscape.curvature.operators.base import DenseOperator
+        >>> run = LanczosRun(DenseOperator(torch.diag(torch.arange(1.0, 5.0, dtype=torch.float64))),
+        ...                  torch.ones(4, dtype=torch.float64), 4)
+        >>> for _ in range(4):
+        ...     run.step()
+        >>> run.ritz()[0].round(decimals=8).tolist()
+        [1.0, 2.0, 3.0, 4.0]
+    """
+
+    def __init__(self, op: LinearOperator, v0: Tensor, max_steps: int) -> None:
+        self.op = op
+        self.max_steps = min(max_steps, op.num_params)
+        self.capacity = min(self.max_steps + 1, 32)
+        self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
+        self.Q[0] = v0 / torch.linalg.vector_norm(v0)
+        self.alphas: list[float] = []
+        self.betas: list[float] = []  # betas[j] couples step j and j+1 (0 at a block boundary)
+        self.residual = 0.0  # |beta| of the last step: the factor of the residual bounds
+        self.steps = 0
+        self.broke_down = False  # the last step found an invariant subspace
+        self.block_start = 0
+        self.ends: list[tuple[int, Tensor]] = []  # (index, residual f_e kept orthogonal to later q)
+        self._w: Tensor | None = None
+        # M itself, kept up to date entry by entry (rebuilding it for every Ritz check costs more than the
+        # small eigh); leading m x m block after m steps.
+        self.M = torch.zeros(self.capacity, self.capacity, dtype=torch.float64)
+        self._ritz_cache: dict[int, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def current(self) -> Tensor:
+        """The basis vector the next step multiplies."""
+        return self.Q[self.steps]
+
+    def _orthogonalize(self, w: Tensor, m: int) -> Tensor:
+        basis = self.Q[:m]
+        for _ in range(2):
+            w = w - basis.T @ (basis @ w)
+        return w
+
+    def _grow(self) -> None:
+        if self.steps >= self.capacity:
+            grow = min(self.capacity * 2, self.max_steps + 1) - self.capacity
+            extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
+            self.Q = torch.cat([self.Q, extra])
+            M = torch.zeros(self.capacity + grow, self.capacity + grow, dtype=torch.float64)
+            M[: self.capacity, : self.capacity] = self.M
+            self.M = M
+            self.capacity += grow
+
+    def step(self, w: Tensor | None = None) -> None:
+        """One step; ``w`` is the product of :attr:`current` if the caller computed it (else taken here)."""
+        j = self.steps
+        q = self.Q[j]
+        self._ritz_cache.clear()
+        for e, f in self.ends:
+            c = float(torch.dot(f, q))
+            if c != 0.0:
+                self.M[e, j] += c
+                self.M[j, e] += c
+                f.sub_(c * q)
+        if w is None:
+            w = self.op.matvec(q)
+        alpha = float(torch.dot(w, q))
+        w = w - alpha * q
+        if j > self.block_start:
+            w = w - self.betas[j - 1] * self.Q[j - 1]
+        w = self._orthogonalize(w, j + 1)
+        beta = float(torch.linalg.vector_norm(w))
+        self.alphas.append(alpha)
+        self.M[j, j] = alpha
+        self.steps += 1
+        self.residual = beta
+        self.broke_down = False
+        self._w = w
+        if self.steps >= self.op.num_params:
+            self.residual = 0.0
+            return
+        self._grow()
+        scale = max(abs(a) for a in self.alphas) + max(self.betas, default=0.0)
+        if beta <= 10 * torch.finfo(self.op.dtype).eps * max(scale, 1e-300):
+            self.broke_down = True
+        else:
+            self.betas.append(beta)
+            self.M[j, j + 1] = beta
+            self.M[j + 1, j] = beta
+            self.Q[j + 1] = w / beta
+
+    def new_block(self, gen: torch.Generator) -> None:
+        """Go on from a random vector (``gen``) orthogonal to the basis; the residual becomes an end."""
+        m = self.steps
+        assert self._w is not None and m < self.op.num_params
+        if len(self.betas) == m:
+            self.betas[-1] = 0.0
+            self.M[m - 1, m] = 0.0
+            self.M[m, m - 1] = 0.0
+        else:
+            self.betas.append(0.0)
+        self.ends.append((m - 1, self._w.clone()))
+        u = self._orthogonalize(random_vector(self.op, gen), m)
+        self.Q[m] = u / torch.linalg.vector_norm(u)
+        self.block_start = m
+        self.residual = 0.0
+        self.broke_down = False
+
+    def ritz(self, start: int = 0) -> tuple[Tensor, Tensor]:
+        """Ritz values (ascending, float64 CPU) and eigenvectors (columns) of M, or of block ``start:``."""
+        # A block after the first holds no coupling: every end lies before the block that it couples to.
+        if start not in self._ritz_cache:
+            self._ritz_cache[start] = torch.linalg.eigh(self.M[start : self.steps, start : self.steps])
+        return self._ritz_cache[start]
+
+    def bounds(self, S: Tensor) -> Tensor:
+        """Upper bounds on ``||H Q s - theta Q s||`` for the Ritz vectors of M (columns of S)."""
+        out = (self.residual * S[-1, :]).abs()
+        for e, f in self.ends:
+            out = out + float(torch.linalg.vector_norm(f)) * S[e, :].abs()
+        return out
+
+    def vectors(self, S: Tensor, idx: Sequence[int]) -> Tensor:
+        """The unit Ritz vectors ``Q s`` of the columns ``idx`` of ``S`` (rows, operator dtype and device)."""
+        coeffs = S[:, list(idx)].to(device=self.op.device, dtype=self.op.dtype)
+        vecs = (self.Q[: self.steps].T @ coeffs).T
+        return vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
+
+
+def lanczos_tridiagonal(op: LinearOperator, V0: Tensor, num_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Lanczos with full reorthogonalization from each column of ``V0``, all runs advanced together.
+
+    Run ``r`` builds an orthonormal basis of the Krylov space of ``V0[:, r]`` and its tridiagonal
+    :math:`T^{(r)} = Q_r^\top H Q_r`; each step applies the operator to one vector of every run at once
+    (:func:`~.operators.base.apply_block`). A run whose Krylov space turns out invariant (breakdown,
+    :math:`\beta \approx 0`) stops there: its :math:`T^{(r)}` is exact and shorter.
+
+    Args:
+        op: a symmetric operator.
+        V0: ``[n, r]`` start vectors (any non-zero norm; normalized here).
+        num_steps: the most steps per run (``<= n``), one product per run and step.
+
+    Returns:
+        ``(alphas, betas, steps)``: ``[r, m]`` diagonals, ``[r, m - 1]`` off-diagonals (float64, CPU; zero
+        past a run's end) and ``[r]`` the steps each run took.
+
+    Raises:
+        ValueError: for ``num_steps < 1``.
+
+    Example:
+        >>> from lightning_landscape.curvature.operators.base import DenseOperator
+        >>> op = DenseOperator(torch.diag(torch.arange(1.0, 6.0, dtype=torch.float64)))
+        >>> alphas, betas, steps = lanczos_tridiagonal(op, torch.ones(5, 1, dtype=torch.float64), 5)
+        >>> T = torch.diag(alphas[0]) + torch.diag(betas[0], 1) + torch.diag(betas[0], -1)
+        >>> torch.linalg.eigvalsh(T).round(decimals=6).tolist()
+        [1.0, 2.0, 3.0, 4.0, 5.0]
+    """
+    check_int("num_steps", num_steps)
+    n, r = V0.shape
+    m = min(num_steps, n)
+    V0 = V0.to(device=op.device, dtype=op.dtype)
+    runs = [LanczosRun(op, V0[:, i], m) for i in range(r)]
+    active = list(runs)
+    while active:
+        W = apply_block(op, torch.stack([run.current for run in active], dim=1))
+        for i, run in enumerate(active):
+            run.step(W[:, i])
+        active = [run for run in active if not run.broke_down and run.steps < m]
+    alphas = torch.zeros(r, m, dtype=torch.float64)
+    betas = torch.zeros(r, max(m - 1, 0), dtype=torch.float64)
+    for i, run in enumerate(runs):
+        alphas[i, : run.steps] = torch.tensor(run.alphas, dtype=torch.float64)
+        betas[i, : run.steps - 1] = torch.tensor(run.betas[: run.steps - 1], dtype=torch.float64)
+    steps = torch.tensor([run.steps for run in runs], dtype=torch.long)
+    return alphas, betas, steps
+
+
+__all__ = ["LanczosRun", "lanczos_tridiagonal"]

@@ -1,0 +1,271 @@
+r"""Loss lines and planes through a model's weights: :math:`\theta + \alpha d` and
+:math:`\theta + \alpha d_1 + \beta d_2`, and the segment towards another model.
+
+Conventions of the curvature core: ``loss_fn(model, batch) -> scalar``, a list of fixed ``batches`` (the loss
+is their batch-size-weighted mean), eval mode unless ``train_mode``, the model left exactly as found (weights,
+buffers, modes, ``.grad``, global RNG). Only trainable parameters move; the buffers stay the model's own (on a
+segment ``towards`` another model its floating buffers are interpolated too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature._inputs import LossFn, batch_size
+from lightning_landscape.curvature._model_state import probe_context
+from lightning_landscape.landscape._evaluate import (
+    GridEvaluator,
+    LossOf,
+    check_finite,
+    linspace,
+    state_tensors,
+)
+from lightning_landscape.landscape.directions import Direction, difference, named_trainable, random_directions
+from lightning_landscape.landscape.results import LineResult, PlaneResult
+
+
+def _check_direction(direction: Any, weights: Mapping[str, Tensor], name: str) -> Direction:
+    if not isinstance(direction, Mapping):
+        raise TypeError(
+            f"`{name}` must be a dict[str, Tensor] keyed like named_parameters(), "
+            f"got {type(direction).__name__}."
+        )
+    if set(direction) != set(weights):
+        diff = sorted(set(direction) ^ set(weights))[:5]
+        raise ValueError(f"`{name}` must have one tensor per trainable parameter; mismatched names: {diff}.")
+    out: Direction = {}
+    for key, w in weights.items():
+        d = direction[key]
+        if not isinstance(d, Tensor) or tuple(d.shape) != tuple(w.shape):
+            shape = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
+            raise ValueError(f"`{name}`[{key!r}] must have shape {tuple(w.shape)}, got {shape}.")
+        out[key] = d.detach().to(dtype=w.dtype, device=w.device)
+    return out
+
+
+def _slope_curvature(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    direction: Direction,
+    train_mode: bool,
+    seed: int,
+) -> tuple[float, float]:
+    r""":math:`g^\top d` and :math:`d^\top H d` of the mean loss at the model's weights (double backward on
+    detached copies of the weights: the model's parameters and ``.grad`` are not involved)."""
+    weights = named_trainable(model)
+    wrapper = LossOf(model, loss_fn)
+    sizes = [float(batch_size(b)) for b in batches]
+    gd_total = dhd_total = 0.0
+    with probe_context(model, train_mode, grad=True):
+        for i, batch in enumerate(batches):
+            torch.manual_seed(seed * 1_000_003 + i)
+            leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
+            state = {f"model.{n}": t for n, t in leaves.items()}
+            loss = torch.func.functional_call(wrapper, state, (batch,), strict=False)
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+            gd = sum(
+                ((g * direction[n]).sum() for n, g in zip(leaves, grads, strict=True) if g is not None),
+                torch.zeros((), dtype=torch.float64),
+            )
+            dhd = 0.0
+            if isinstance(gd, Tensor) and gd.requires_grad:
+                hds = torch.autograd.grad(gd, list(leaves.values()), allow_unused=True)
+                dhd = sum(
+                    float((h * direction[n]).sum()) for n, h in zip(leaves, hds, strict=True) if h is not None
+                )
+            gd_total += float(gd.detach() if isinstance(gd, Tensor) else gd) * sizes[i]
+            dhd_total += dhd * sizes[i]
+    total = sum(sizes)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = next(iter(weights.values())).device
+        packed = torch.tensor([gd_total, dhd_total, total], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(packed)
+        gd_total, dhd_total, total = (float(v) for v in packed.cpu())
+    return gd_total / total, dhd_total / total
+
+
+def loss_line(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    direction: Mapping[str, Tensor] | None = None,
+    span: tuple[float, float] | None = None,
+    steps: int = 51,
+    towards: nn.Module | None = None,
+    quadratic: bool = True,
+    train_mode: bool = False,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    vectorize: bool = True,
+    seed: int = 0,
+) -> LineResult:
+    r"""The loss along :math:`\theta + \alpha d` for ``steps`` values of :math:`\alpha` in ``span``.
+
+    With ``towards=other`` (same architecture) the line is the segment from the model's weights
+    (:math:`\alpha = 0`) to ``other``'s (:math:`\alpha = 1`), ``span`` defaulting to ``(0, 1)``; floating
+    buffers (BatchNorm statistics) are interpolated along with the weights. With ``direction`` (default: one
+    filter-normalized random direction from ``seed``) ``span`` defaults to ``(-1, 1)`` and, with
+    ``quadratic``, the result also holds :math:`g^\top d` and :math:`d^\top H d` at the centre (one double
+    backward), so that :meth:`LineResult.plot` overlays the second-order prediction; for a unit Hessian
+    eigenvector :math:`d^\top H d` is its eigenvalue.
+
+    Args:
+        model: the model (left exactly as found).
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: a non-empty list of batches on the model's device.
+        direction: a direction keyed like ``named_parameters()`` (trainable parameters).
+        span: ``(low, high)`` of :math:`\alpha`.
+        steps: points on the line (``>= 2``).
+        towards: the other end of a segment (instead of ``direction``).
+        quadratic: also compute slope and curvature along ``direction``.
+        train_mode: evaluate in the model's own train/eval mode instead of eval mode.
+        chunk_size: points per vectorized forward (``None``: from ``memory_budget``).
+        memory_budget: bytes a chunk may use (``None``: a quarter of the free device memory).
+        vectorize: ``False`` evaluates point by point.
+        seed: the random direction's seed (and that of random layers in train mode).
+
+    Returns:
+        A :class:`LineResult`.
+
+    Raises:
+        TypeError, ValueError: for bad arguments (named in the message), both or neither of
+            ``direction``/``towards`` given with ``towards`` of another architecture.
+        NonFiniteError: if the loss is not finite at any point.
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> x = torch.randn(64, 2)
+        >>> loss_fn = lambda m, b: (m(b) ** 2).mean()
+        >>> line = loss_line(model, loss_fn, [x], steps=11)
+        >>> line.losses.shape, float(line.alphas[5])
+        (torch.Size([11]), 0.0)
+    """
+    check_int("steps", steps, minimum=2)
+    evaluator = GridEvaluator(
+        model,
+        loss_fn,
+        batches,
+        train_mode=train_mode,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        vectorize=vectorize,
+        seed=seed,
+    )
+    weights, buffers = state_tensors(model)
+    if direction is not None and towards is not None:
+        raise ValueError("pass either `direction` or `towards`, not both.")
+    if towards is not None:
+        alphas = linspace(span if span is not None else (0.0, 1.0), steps)
+        delta, buffer_delta = difference(model, towards)
+        coeffs = torch.cat([alphas, torch.zeros(1, dtype=torch.float64)])[:, None]
+        losses = evaluator.losses(weights, [delta], coeffs, buffers, [buffer_delta])
+        check_finite(losses, "line")
+        return LineResult(alphas, losses[:-1], float(losses[-1]), meta={"direction": "interpolation"})
+    meta: dict[str, Any] = {"direction": "given"}
+    if direction is None:
+        direction = random_directions(model, 1, seed=seed)[0]
+        meta = {"direction": "random", "normalization": "filter", "seed": seed}
+    d = _check_direction(direction, weights, "direction")
+    alphas = linspace(span if span is not None else (-1.0, 1.0), steps)
+    coeffs = torch.cat([alphas, torch.zeros(1, dtype=torch.float64)])[:, None]
+    losses = evaluator.losses(weights, [d], coeffs)
+    check_finite(losses, "line")
+    slope = curvature = None
+    if quadratic:
+        slope, curvature = _slope_curvature(model, loss_fn, evaluator.batches, d, train_mode, seed)
+    return LineResult(alphas, losses[:-1], float(losses[-1]), slope, curvature, meta)
+
+
+def loss_plane(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    directions: Sequence[Mapping[str, Tensor]] | None = None,
+    span: tuple[float, float] = (-1.0, 1.0),
+    steps: int = 41,
+    train_mode: bool = False,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    vectorize: bool = True,
+    seed: int = 0,
+) -> PlaneResult:
+    r"""The loss on the ``steps x steps`` grid :math:`\theta + \alpha d_1 + \beta d_2`,
+    :math:`\alpha, \beta \in` ``span``.
+
+    Args:
+        model: the model (left exactly as found).
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        batches: a non-empty list of batches on the model's device.
+        directions: two directions (default: :func:`random_directions` ``(model, 2, seed=seed)``, filter
+            normalized, biases and norm layers zeroed).
+        span: ``(low, high)`` of both coordinates.
+        steps: points per axis (``>= 2``).
+        train_mode, chunk_size, memory_budget, vectorize, seed: as in :func:`loss_line`.
+
+    Returns:
+        A :class:`PlaneResult`, ``losses[i, j]`` at ``(alphas[i], betas[j])``.
+
+    Raises:
+        TypeError, ValueError: for bad arguments (named in the message).
+        NonFiniteError: if the loss is not finite at any point.
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> x = torch.randn(64, 2)
+        >>> plane = loss_plane(model, lambda m, b: (m(b) ** 2).mean(), [x], steps=5)
+        >>> plane.losses.shape
+        torch.Size([5, 5])
+    """
+    check_int("steps", steps, minimum=2)
+    evaluator = GridEvaluator(
+        model,
+        loss_fn,
+        batches,
+        train_mode=train_mode,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        vectorize=vectorize,
+        seed=seed,
+    )
+    weights, _ = state_tensors(model)
+    meta: dict[str, Any] = {"directions": "given"}
+    if directions is None:
+        directions = random_directions(model, 2, seed=seed)
+        meta = {"directions": "random", "normalization": "filter", "seed": seed}
+    if isinstance(directions, Mapping) or len(directions) != 2:
+        raise ValueError("`directions` must be a pair (d1, d2) of dict[str, Tensor] directions.")
+    d1 = _check_direction(directions[0], weights, "directions[0]")
+    d2 = _check_direction(directions[1], weights, "directions[1]")
+    axis = linspace(span, steps)
+    return plane_result(evaluator, weights, None, d1, d2, axis, axis, meta)
+
+
+def plane_result(
+    evaluator: GridEvaluator,
+    weights: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor] | None,
+    d1: Direction,
+    d2: Direction,
+    alphas: Tensor,
+    betas: Tensor,
+    meta: dict[str, Any],
+) -> PlaneResult:
+    """The losses on the grid ``alphas x betas`` of the plane ``weights + a d1 + b d2`` (and the centre's)."""
+    grid = torch.cartesian_prod(alphas, betas)
+    coeffs = torch.cat([grid, torch.zeros(1, 2, dtype=torch.float64)])
+    losses = evaluator.losses(weights, [d1, d2], coeffs, buffers)
+    check_finite(losses, "plane")
+    return PlaneResult(
+        alphas, betas, losses[:-1].reshape(len(alphas), len(betas)), float(losses[-1]), meta=meta
+    )
+
+
+__all__ = ["loss_line", "loss_plane", "plane_result"]

@@ -1,0 +1,30 @@
+"""The operator protocol's helpers: one block product or a loop, and random vectors that a seed fixes."""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_landscape.curvature._inputs import make_generator
+from lightning_landscape.curvature.operators.base import DenseOperator, apply_block, random_vector
+from tests.curvature.cases import DiagOperator
+
+
+def test_apply_block_uses_matmat_or_loops() -> None:
+    values = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    V = torch.arange(6.0, dtype=torch.float64).reshape(3, 2)
+    dense, diag = DenseOperator(torch.diag(values)), DiagOperator(values)
+    want = values[:, None] * V
+    torch.testing.assert_close(apply_block(dense, V), want, rtol=0, atol=0)
+    torch.testing.assert_close(apply_block(diag, V), want, rtol=0, atol=0)  # no matmat: one matvec per column
+    assert dense.num_products == diag.num_products == 2
+
+
+def test_random_vectors_are_fixed_by_the_seed_on_every_dtype() -> None:
+    op64 = DenseOperator(torch.eye(50, dtype=torch.float64))
+    op32 = DenseOperator(torch.eye(50, dtype=torch.float32))
+    a = random_vector(op64, make_generator(7))
+    b = random_vector(op32, make_generator(7))
+    assert a.dtype == torch.float64 and b.dtype == torch.float32
+    torch.testing.assert_close(b, a.float(), rtol=0, atol=0)  # drawn in float64, then cast
+    z = random_vector(op64, make_generator(7), rademacher=True)
+    assert set(z.tolist()) == {-1.0, 1.0}
