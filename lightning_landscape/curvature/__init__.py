@@ -32,6 +32,7 @@ from lightning_landscape.curvature.api import hessian_eigenvalues, hessian_trace
 from lightning_landscape.curvature.operators import (
     DenseOperator,
     HessianOperator,
+    HvpMethod,
     LinearOperator,
     NonFiniteError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     # operators
     "DenseOperator",
     "HessianOperator",
+    "HvpMethod",
     "LinearOperator",
     "LossFn",
     "NonFiniteError",

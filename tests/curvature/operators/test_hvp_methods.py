@@ -4,10 +4,13 @@ Ground truth: :func:`tests.oracle.dense_hessian` (plain autograd double backward
 relative to the spectral norm :math:`\\|H\\|_2` of the case's dense Hessian:
 
 * ``"double_backward"`` and ``"forward_over_reverse"``: exact to rounding, ``1e-9`` (float64);
-* ``"finite_difference"``: a central difference of two gradients, truncation :math:`O(h^2)` plus roundoff
-  :math:`O(\\epsilon / h)`, with :math:`h \\propto \\epsilon^{1/3}`: about :math:`\\epsilon^{2/3}` relative,
-  ``FD_TOL`` below per dtype (measured worst case over the zoo printed by
-  :func:`test_finite_difference_error_per_dtype`).
+* ``"finite_difference"``: a central difference of two gradients with :math:`h \\propto \\sqrt{\\epsilon}`
+  (see :mod:`~lightning_landscape.curvature.operators._finite_difference`): ``FD_TOL`` below per dtype.
+  Measured worst case over the zoo (printed by :func:`test_finite_difference_error_per_dtype`): float64
+  about 1e-8 (all four cases); float32 about 2e-5 on the ReLU nets and the Transformer. The BatchNorm-ReLU
+  CNN in float32 is left out there: its units sit near their kinks and the difference quotient is off by
+  about 0.5 of :math:`\\|H\\|_2` whatever the step (measured: 1.75 at :math:`\\epsilon^{1/3}`, 0.49 at
+  :math:`\\sqrt{\\epsilon}`); :func:`test_float32_finite_differences_across_relu_kinks` pins that down.
 
 ``"forward_over_reverse"`` cannot take every model: torch's forward-mode AD of ``F.mse_loss``'s backward
 writes into an immutable zero tangent ("ZeroTensors are immutable", pytorch issue 123996), so on the
@@ -16,25 +19,34 @@ MSE cases it must fail with a message naming the way out, and ``"auto"`` must no
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
 import torch
-from cases import CASE_NAMES, Case, case, dense_hessian
 from torch import Tensor, nn
 
 from lightning_landscape.curvature import HessianOperator, hessian_eigenvalues
+from tests.curvature.cases import CASE_NAMES, Case, case, dense_hessian
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:enable_nested_tensor is True"),
-    # Written against the intended API before it exists (issue 17, phase 2): removed as `hvp=` lands.
-    pytest.mark.xfail(strict=True, reason="hvp= not implemented yet"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated"),  # torch.func's first call
 ]
+# The Transformer's dense oracle takes tens of seconds on a loaded machine: its cases run as slow tests.
+CASES = [pytest.param(n, marks=pytest.mark.slow) if n == "transformer" else n for n in CASE_NAMES]
 
 METHODS = ("double_backward", "forward_over_reverse", "finite_difference", "auto")
 EXACT_TOL = 1e-9
 FD_TOL = {torch.float64: 1e-6, torch.float32: 1e-2}
 MSE_CASES = ("relu_init", "relu_trained")  # forward-over-reverse breaks on F.mse_loss (pytorch 123996)
+KINKED = "cnn_bn"  # float32 finite differences cross its ReLU kinks (see the module docstring)
+
+
+@functools.cache
+def _dense(name: str) -> Tensor:
+    """The oracle's dense float64 Hessian of case ``name``, once per process (the Transformer's takes s)."""
+    return dense_hessian(case(name))
 
 
 def _relative_error(op: HessianOperator, H: Tensor, vectors: int = 4) -> float:
@@ -49,17 +61,19 @@ def _relative_error(op: HessianOperator, H: Tensor, vectors: int = 4) -> float:
     return worst
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("method", METHODS)
 def test_products_equal_the_dense_oracle(name: str, method: str) -> None:
     if method == "forward_over_reverse" and name in MSE_CASES:
         pytest.skip("forward-over-reverse cannot differentiate F.mse_loss: tested below")
     c = case(name)
-    H = dense_hessian(c)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "auto" on a model double backward can take: no warning
+    H = _dense(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         op = HessianOperator(c.model, c.loss_fn, c.batches, hvp=method)
         err = _relative_error(op, H)
+    # "auto" on a model double backward can take: no warning of ours.
+    assert not [w for w in caught if "hvp" in str(w.message)]
     tol = FD_TOL[torch.float64] if method == "finite_difference" else EXACT_TOL
     assert err <= tol, f"{method} on {name}: relative error {err:.2e} > {tol:.0e}"
     assert op.num_products == 4
@@ -78,7 +92,7 @@ def test_forward_over_reverse_through_mse_fails_naming_the_way_out(name: str) ->
 @pytest.mark.parametrize("method", ["double_backward", "forward_over_reverse", "finite_difference"])
 def test_eigenvalues_per_method_equal_dense(method: str) -> None:
     c = case("cnn_bn")
-    truth = torch.linalg.eigvalsh(dense_hessian(c))
+    truth = torch.linalg.eigvalsh(_dense("cnn_bn"))
     res = hessian_eigenvalues(c.model, c.loss_fn, c.batches, k=2, which="both", tol=1e-7, hvp=method)
     rtol = 1e-7 if method != "finite_difference" else 1e-5
     scale = float(truth.abs().max())
@@ -101,29 +115,46 @@ def _float32(c: Case) -> Case:
     return Case(c.name, c.model.float(), c.loss_fn, [cast(b) for b in c.batches])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_finite_difference_error_per_dtype(dtype: torch.dtype, capsys: pytest.CaptureFixture[str]) -> None:
     worst = 0.0
-    for name in CASE_NAMES:
-        c = case(name)
-        if dtype == torch.float32:
-            c = _float32(c)
-        # The oracle differentiates the float32 weights themselves, in float64: the float32 model's Hessian.
-        H = dense_hessian(c)
+    names = CASE_NAMES if dtype == torch.float64 else [n for n in CASE_NAMES if n != KINKED]
+    for name in names:
+        c = case(name) if dtype == torch.float64 else _float32(case(name))
+        # float32: the float64 oracle at the float64 weights, 6e-8 relative from the float32 ones.
         op = HessianOperator(c.model, c.loss_fn, c.batches, hvp="finite_difference")
-        worst = max(worst, _relative_error(op, H))
+        worst = max(worst, _relative_error(op, _dense(name)))
     with capsys.disabled():
-        print(
-            f"\nfinite-difference products, {dtype}: worst relative error {worst:.2e} "
-            f"(tol {FD_TOL[dtype]:.0e})"
-        )
+        print(f"\nfinite-difference products, {dtype}: worst relative error {worst:.2e}")
     assert worst <= FD_TOL[dtype]
     # Not exact either: a difference quotient that came out exact would mean the oracle was reused.
     assert worst > 0.0
 
 
+def test_float32_finite_differences_across_relu_kinks() -> None:
+    # The honest limit: a step that crosses ReLU kinks measures the gradient's jumps, not H.
+    c = _float32(case(KINKED))
+    op = HessianOperator(c.model, c.loss_fn, c.batches, hvp="finite_difference")
+    assert _relative_error(op, _dense(KINKED)) > FD_TOL[torch.float32]
+    exact = HessianOperator(c.model, c.loss_fn, c.batches, hvp="double_backward")
+    assert _relative_error(exact, _dense(KINKED)) < 1e-5  # the float32 double backward has no such limit
+
+
+class _CubeGrad(torch.autograd.Function):
+    """``3 x^2 g``: the backward of :class:`_Cube`, itself without a backward (as CPU flash attention's)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor, x: Tensor) -> Tensor:
+        return grad * 3 * x**2
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: Tensor) -> tuple[Tensor, Tensor]:
+        raise RuntimeError("derivative for cube_backward is not implemented")
+
+
 class _Cube(torch.autograd.Function):
-    """``x ** 3`` with a backward that cannot itself be differentiated, and no forward-mode rule."""
+    """``x ** 3`` with a backward that has no derivative, and no forward-mode (functorch) rule."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
@@ -131,10 +162,9 @@ class _Cube(torch.autograd.Function):
         return x**3
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * 3 * x**2
+        return _CubeGrad.apply(grad, x)
 
 
 class _CubeNet(nn.Module):

@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from _fsdp_worker import run
-from cases import case, truth
-from test_curvature_distributed import free_port
 
 from lightning_landscape.curvature import hessian_eigenvalues
+from tests.curvature.cases import case, truth
+from tests.curvature.operators._fsdp_worker import run
+from tests.curvature.operators.test_ddp import free_port
 
 FD_RTOL = 1e-5  # float64 finite differences (tests/curvature/test_hvp_methods.py measures their error)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=True, reason="FSDP2 finite-difference products not implemented yet")
 def test_two_gloo_ranks_under_fully_shard_match_single_process(tmp_path: Path) -> None:
     mp.spawn(run, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     c = case("relu_trained")

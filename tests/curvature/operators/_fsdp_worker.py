@@ -4,7 +4,6 @@ batches, products are finite differences of sharded gradients."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -12,14 +11,13 @@ import torch.distributed as dist
 
 
 def run(rank: int, port: int, out_dir: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _dist_worker import _import_curvature_alone
+    from tests.curvature.operators._dist_worker import _import_curvature_alone
 
     _import_curvature_alone()
-    from cases import case
     from torch.distributed.fsdp import fully_shard
 
     from lightning_landscape.curvature import HessianOperator, hessian_eigenvalues
+    from tests.curvature.cases import case
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
