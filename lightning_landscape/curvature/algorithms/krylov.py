@@ -30,10 +30,18 @@ class LanczosRun:
     between the residual :math:`f_e` left at the end :math:`e` of an earlier block and each later basis
     vector :math:`q_j`.
 
+    With ``max_basis`` the basis is bounded (thick restart, Wu and Simon 2000): :meth:`restart` replaces the
+    basis by chosen Ritz vectors :math:`Y = Q S_\mathrm{keep}` and the next Lanczos vector :math:`q`, and
+    :math:`M` by the arrow matrix :math:`\operatorname{diag}(\theta_\mathrm{keep})` coupled to :math:`q`
+    by :math:`\beta s_{m, \mathrm{keep}}`. :math:`HQ = QM + \beta q e^\top` holds on, so the residual
+    bounds keep their meaning; memory stays at ``max_basis + 1`` parameter-sized vectors (the basis is held in
+    the operator's dtype, on its device, never copied whole: :meth:`restart` rewrites it in column chunks).
+
     Args:
         op: a symmetric operator.
         v0: the start vector (any non-zero norm; normalized here).
         max_steps: the most steps (capped at ``n``).
+        max_basis: the most basis vectors before a :meth:`restart` is possible (``None``: unbounded).
 
     Example:
         >>> from lightning_landscape.curvature.operators.base import DenseOperator
@@ -45,10 +53,15 @@ class LanczosRun:
         [1.0, 2.0, 3.0, 4.0]
     """
 
-    def __init__(self, op: LinearOperator, v0: Tensor, max_steps: int) -> None:
+    def __init__(self, op: LinearOperator, v0: Tensor, max_steps: int, max_basis: int | None = None) -> None:
         self.op = op
         self.max_steps = min(max_steps, op.num_params)
-        self.capacity = min(self.max_steps + 1, 32)
+        self.max_basis = None if max_basis is None or max_basis >= self.max_steps else max(int(max_basis), 3)
+        #: Products taken (``steps`` is the basis size, which a restart shrinks).
+        self.products = 0
+        self.restarts = 0
+        # The basis grows as it goes (a whole parameter-sized vector per step): start small.
+        self.capacity = min(self.max_steps + 1, 8 if self.max_basis is None else self.max_basis + 1)
         self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
         self.Q[0] = v0 / torch.linalg.vector_norm(v0)
         self.alphas: list[float] = []
@@ -98,6 +111,7 @@ class LanczosRun:
                 f.sub_(c * q)
         if w is None:
             w = self.op.matvec(q)
+        self.products += 1
         alpha = float(torch.dot(w, q))
         w = w - alpha * q
         if j > self.block_start:
@@ -122,6 +136,44 @@ class LanczosRun:
             self.M[j, j + 1] = beta
             self.M[j + 1, j] = beta
             self.Q[j + 1] = w / beta
+
+    @property
+    def can_restart(self) -> bool:
+        """Whether the basis is full and may be restarted (a bounded run, one block, no breakdown)."""
+        return (
+            self.max_basis is not None
+            and self.steps >= self.max_basis
+            and not self.ends
+            and not self.broke_down
+            and self.steps < self.op.num_params
+        )
+
+    def restart(self, keep: Sequence[int]) -> None:
+        """Thick restart: keep the Ritz vectors of the columns ``keep`` of the eigenvectors of M and go on
+        from the current Lanczos vector (see the class docstring)."""
+        m = self.steps
+        theta, S = self.ritz()
+        idx = sorted(set(keep))
+        kept = len(idx)
+        assert 0 < kept < m
+        coeffs = S[:, idx].T.to(device=self.op.device, dtype=self.op.dtype)  # [l, m]
+        n = self.op.num_params
+        chunk = max(1, (1 << 22) // max(m, 1))  # a few MB of temporaries at a time
+        for a in range(0, n, chunk):
+            self.Q[:kept, a : a + chunk] = coeffs @ self.Q[:m, a : a + chunk]
+        self.Q[kept] = self.Q[m]
+        b = self.residual * S[m - 1, idx]
+        self.M.zero_()
+        self.M[range(kept), range(kept)] = theta[idx]
+        self.M[:kept, kept] = b
+        self.M[kept, :kept] = b
+        self.alphas = [float(t) for t in theta[idx]]
+        # The three-term recurrence's previous vector is replaced by the couplings b (held in M; the full
+        # reorthogonalization of the next step removes those components).
+        self.betas = [0.0] * kept
+        self.steps = kept
+        self.restarts += 1
+        self._ritz_cache.clear()
 
     def new_block(self, gen: torch.Generator) -> None:
         """Go on from a random vector (``gen``) orthogonal to the basis; the residual becomes an end."""
