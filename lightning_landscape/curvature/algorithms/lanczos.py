@@ -225,7 +225,9 @@ def lanczos(
     if m >= n:  # the basis spans the space: the values are exact
         residuals = torch.zeros_like(residuals)
     good = accepted(theta, residuals, tol, floor, float(theta.abs().max()))
-    converged = converged and bool(good[top].all()) and (which == "largest" or bool(good[bottom].all()))
+    # Each wanted end must have converged (and only the wanted ones: "smallest" asks nothing of the top).
+    top_ok = which == "smallest" or bool(good[top].all())
+    converged = converged and top_ok and (which == "largest" or bool(good[bottom].all()))
     if which == "smallest":
         return EigenResult(
             eigenvalues=theta[bottom].clone(),
