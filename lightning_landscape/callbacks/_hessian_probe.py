@@ -28,6 +28,7 @@ from lightning_landscape.callbacks import tags
 from lightning_landscape.curvature import (
     EigenResult,
     HessianOperator,
+    HvpMethod,
     LossFn,
     NonFiniteError,
     ParamSelection,
@@ -40,6 +41,7 @@ from lightning_landscape.curvature import (
     slq,
 )
 from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_int, check_positive
+from lightning_landscape.curvature.operators.hessian import HVP_METHODS
 
 Backend = Literal["lanczos", "power", "pyhessian"]
 Memory = Literal["auto", "reuse", "recompute"]
@@ -155,6 +157,8 @@ class HessianProbe:
             (see :class:`~lightning_landscape.curvature.HessianOperator`).
         seed: Seeds the solvers' start vectors (and random layers in train mode).
         warm_start: Start each run from the previous run's Ritz vectors (Lanczos and power backends).
+        hvp: How products are taken: ``"auto"``, ``"double_backward"``, ``"forward_over_reverse"`` or
+            ``"finite_difference"`` (see :class:`~lightning_landscape.curvature.HessianOperator`).
         params: The block of these parameters only: name prefixes (a list) or one regex (a str); ``None``
             for every trainable parameter.
         blocks: Name prefixes, each measured as its own diagonal block (top-``k`` and smallest).
@@ -194,8 +198,10 @@ class HessianProbe:
         warm_start: bool = True,
         params: str | list[str] | None = None,
         blocks: list[str] | None = None,
+        hvp: HvpMethod = "auto",
     ) -> None:
         check_int("k", k)
+        check_choice("hvp", hvp, HVP_METHODS)
         check_int("trace_samples", trace_samples)
         check_int("density_iter", density_iter, minimum=2)
         check_int("density_runs", density_runs)
@@ -241,6 +247,7 @@ class HessianProbe:
         self.max_iter = max_iter
         self.train_mode = train_mode
         self.memory = memory
+        self.hvp = hvp
         self.seed = seed
         self.warm_start = bool(warm_start)
         self.params = params
@@ -350,6 +357,7 @@ class HessianProbe:
             train_mode=bool(self.train_mode),
             seed=self.seed,
             params=params,
+            hvp=self.hvp,
         )
 
     def _solve(self, op: HessianOperator, v0: Tensor | None, vectors: bool) -> EigenResult:

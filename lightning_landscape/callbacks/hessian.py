@@ -130,6 +130,9 @@ class HessianEigenMonitor(HessianProbe, Callback):
             ``["net.0"]``) or one regex on the parameter names (a str); ``None`` for all trainable ones.
         blocks: Module/parameter name prefixes, each logged as its own diagonal block
             ``hessian/<block>/eig_i`` (per-layer curvature), in addition to the main probe.
+        hvp: How Hessian-vector products are taken: ``"auto"`` (double backward where it works, else
+            forward-over-reverse, else finite differences, with one warning), ``"double_backward"``,
+            ``"forward_over_reverse"`` or ``"finite_difference"``.
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``), e.g. ``backend="pyhessian"`` with
@@ -176,6 +179,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
         name: str | None = None,
         params: str | list[str] | None = None,
         blocks: list[str] | None = None,
+        hvp: Literal["auto", "double_backward", "forward_over_reverse", "finite_difference"] = "auto",
     ) -> None:
         check_int("every_n_steps", every_n_steps, optional=True)
         check_int("every_n_epochs", every_n_epochs, optional=True)
@@ -202,6 +206,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
             warm_start=warm_start,
             params=params,
             blocks=blocks,
+            hvp=hvp,
         )
         for block in blocks or []:
             _tags.check_name(block, "blocks")  # each block is a tag segment
