@@ -159,7 +159,8 @@ def lanczos(
         >>> from lightning_landscape.curvature.operators.base import DenseOperator
         >>> op = DenseOperator(torch.diag(torch.arange(10.0, dtype=torch.float64)))
         >>> res = lanczos(op, k=2, which="both", tol=1e-8)
-        >>> res.eigenvalues.round(decimals=8).tolist(), (res.smallest.round(decimals=8) + 0.0).tolist(), res.converged
+        >>> bottom = (res.smallest.round(decimals=8) + 0.0).tolist()  # + 0.0: no -0.0
+        >>> res.eigenvalues.round(decimals=8).tolist(), bottom, res.converged
         ([9.0, 8.0], [0.0, 1.0], True)
         >>> bool(res.value_converged.all()), bool((res.residuals <= 1e-8 * 9).all())
         (True, True)
