@@ -31,20 +31,38 @@ Printed: every peak as a ratio to the training step's, every probe's wall time a
 one product's time), the operator's product against the plain graph. Targets (issue 17): top-1 peak at
 most 1.5x the step's, wall at most 1.15x the products' time, one product at most 1.1x the plain graph.
 
-Where the memory goes (``--worker diagnose``, 16.8M, CPU, float32, measured before the cure):
+Where the memory went (``--worker diagnose``, 16.8M, CPU, float32, before the cure; RSS at each stage):
+model loaded 0.46 GB, + kept double-backward graph 0.68 GB, + one product 0.84 GB, peak of a top-1 probe
+3.3 GB. One parameter-sized vector is 16.8M x 4 B = 67 MB. The Krylov basis was the difference:
 
-* one parameter-sized vector is 16.8M x 4 B = 67 MB; the training step's peak is the model, its
-  gradients, AdamW's two moments and the activations of a 4 x 32 batch;
-* the kept double-backward graph (``memory="reuse"``) costs about as much as one backward's saved
-  activations plus the gradient tensors it holds (a few hundred MB at this size: the vocabulary
-  projection's saved logits dominate);
-* the Krylov basis dominates: ``_Lanczos`` pre-allocated ``min(max_steps + 1, 32)`` parameter-sized
-  vectors up front (32 x 67 MB = 2.1 GB, whatever the number of products that follow) and doubled that
-  buffer with ``torch.cat`` (old and new alive together) once the steps exceeded it; full
-  reorthogonalization also makes ``basis @ w`` / ``basis.T @ c`` temporaries of one vector each. That
-  is the 3.4x of the step that issue 17 measured: the memory grows with products x parameters, not with
-  the model;
-* no float64 copies of parameter-sized vectors are made (the Ritz problem is float64 but only k x k).
+* ``LanczosRun`` pre-allocated ``min(max_steps + 1, 32)`` parameter-sized vectors up front (32 x 67 MB =
+  2.1 GB, whatever the number of products that followed), doubled that buffer with ``torch.cat`` (old and
+  new alive together) past 32 steps, and kept one vector per product (top-5: 78 products, 11.3 GB);
+* classical Gram-Schmidt ran twice per step out of place (``w - Q.T @ (Q @ w)``: a vector-sized temporary
+  per pass, and two full reads of the basis): most of the time outside the products;
+* the product itself checked finiteness with a parameter-sized boolean mask (0.10 s of a 0.33 s product);
+* no float64 copies of parameter-sized vectors exist (the Ritz problem is float64 but only m x m); the
+  kept graph (0.2 GB here) is the price of ``memory="reuse"``.
+
+The cure: a bounded basis (thick-restart Lanczos past ``need + 6`` vectors when the basis would exceed
+64 MiB; residual bounds and ``converged`` unchanged in meaning), grown on demand (8 rows, not 32), rewritten
+in column chunks; Gram-Schmidt in place and repeated only when needed (DGKS); finiteness by one sum.
+
+Measured on this machine (2 shared cores, 1 thread per worker, 16.8M; ratios to one AdamW step's peak):
+
+=============  ======================  ======================  ==================================
+probe          before                  after                   peers (same run as "after")
+=============  ======================  ======================  ==================================
+top-1 peak     3.02 GiB, 4.28x         1.60-1.66 GiB, 2.3-2.4x  eigenthings v1 3.28 GiB 4.74x,
+                                                               curvlinops + eigsh 4.17 GiB 6.02x
+top-5 peak     11.25 GiB, 15.96x       1.91 GiB, 2.76x
+smallest peak  (not measured)          1.58 GiB, 2.28x
+one product    1.30-1.81x plain graph  1.22x plain graph
+top-1 wall     2.3x products' time     1.5-1.65x its own products' time
+=============  ======================  ======================  ==================================
+
+The targets (1.5x, 1.15x, 1.1x) are not met yet: what remains above the step is the kept graph, the
+product's flat copy and the 7-vector basis (plus the copies-search block, which grows unbounded).
 
 Run: ``python benchmarks/scale.py [--size 16.8M|124M|all] [--device cpu|cuda] [--quick]``
 (``--quick``: step, product and top-1 only). 16.8M takes a few minutes on a loaded CPU; 124M takes minutes
