@@ -41,6 +41,7 @@ class ProductMethods:
     _weights: list[float]
     _grads: list[Tensor | None] | None
     _products: DoubleBackward
+    _fwd_warm: bool = False
 
     def _probe(self, index: int) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
@@ -89,7 +90,14 @@ class ProductMethods:
         acc = torch.zeros(rows.shape[0], self.num_params, dtype=self.dtype, device=self.device)
         for i in range(len(self._batches)):
             with self._probe(i):
+                if not self._fwd_warm:
+                    # A model that builds a cache on its first call (Lightning's demo Transformer builds its
+                    # positional encoding lazily) would keep a tensor of a torch.func level and fail at the
+                    # next: one plain forward first.
+                    with torch.no_grad():
+                        self._loss(i)
                 acc += products(self._batches[i], rows).to(self.dtype) * self._weights[i]
+        self._fwd_warm = True
         return acc / self.total_weight
 
     def _finite_difference(self, rows: Tensor) -> Tensor:
