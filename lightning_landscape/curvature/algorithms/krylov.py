@@ -18,6 +18,10 @@ from torch import Tensor
 from lightning_landscape.curvature._checks import check_int
 from lightning_landscape.curvature.operators.base import LinearOperator, apply_block, random_vector
 
+# Rows a bounded basis reserves (and adds at a time) beyond `max_basis + 1` for the copies search. Reserved
+# rows are never written unless used (on the CPU they take no resident memory until then).
+_COPIES_ROOM = 4
+
 
 class LanczosRun:
     r"""Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) and restartable blocks.
@@ -61,7 +65,10 @@ class LanczosRun:
         self.products = 0
         self.restarts = 0
         # The basis grows as it goes (a whole parameter-sized vector per step): start small.
-        self.capacity = min(self.max_steps + 1, 8 if self.max_basis is None else self.max_basis + 1)
+        # Bounded: room for the copies search too (a second block cannot restart), so that its few steps
+        # need no torch.cat of the basis (old and new copies alive together: the peak of a bounded probe).
+        bounded = 8 if self.max_basis is None else self.max_basis + 1 + _COPIES_ROOM
+        self.capacity = min(self.max_steps + 1, bounded)
         self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
         self.Q[0] = v0 / torch.linalg.vector_norm(v0)
         self.alphas: list[float] = []
@@ -96,7 +103,8 @@ class LanczosRun:
 
     def _grow(self) -> None:
         if self.steps >= self.capacity:
-            grow = min(self.capacity * 2, self.max_steps + 1) - self.capacity
+            double = self.capacity * 2 if self.max_basis is None else self.capacity + _COPIES_ROOM
+            grow = min(double, self.max_steps + 1) - self.capacity
             extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
             self.Q = torch.cat([self.Q, extra])
             M = torch.zeros(self.capacity + grow, self.capacity + grow, dtype=torch.float64)
