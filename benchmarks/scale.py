@@ -53,12 +53,14 @@ Measured on this machine (2 shared cores, 1 thread per worker, 16.8M; ratios to 
 =============  ======================  ======================  ==================================
 probe          before                  after                   peers (same run as "after")
 =============  ======================  ======================  ==================================
-top-1 peak     3.02 GiB, 4.28x         1.60-1.66 GiB, 2.3-2.4x  eigenthings v1 3.28 GiB 4.74x,
+top-1 peak     3.02 GiB, 4.28x         1.60-1.66 GiB, 2.3x     eigenthings v1 3.28 GiB 4.74x,
                                                                curvlinops + eigsh 4.17 GiB 6.02x
 top-5 peak     11.25 GiB, 15.96x       1.91 GiB, 2.76x
 smallest peak  (not measured)          1.58 GiB, 2.28x
 one product    1.30-1.81x plain graph  1.22x plain graph
 top-1 wall     2.3x products' time     1.5-1.65x its own products' time
+124M top-1     18.45 GiB, 10.4x        9.22 GiB, 3.55x (28 products; one product 1.28x the plain graph)
+               (issue 17's number)
 =============  ======================  ======================  ==================================
 
 The targets (1.5x, 1.15x, 1.1x) are not met yet: what remains above the step is the kept graph, the
