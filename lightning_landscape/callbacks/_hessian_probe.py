@@ -1,9 +1,8 @@
 r"""The Trainer-free Hessian probe: one operator per probe, handed to every quantity asked for.
 
-:class:`HessianProbe` is the engine every curvature monitor shares; the Lightning adapter
-(:class:`~lightning_landscape.callbacks.hessian.HessianEigenMonitor`) only decides when, on which batches and
-where the numbers go. :meth:`HessianProbe.run` takes a module, ``loss_fn(model, batch)`` and fixed batches,
-builds one :class:`~lightning_landscape.curvature.HessianOperator` (one gradient graph) of
+:class:`HessianProbe` is the engine every curvature monitor shares (the Lightning adapters decide when, on
+which batches and where the numbers go). :meth:`HessianProbe.run` takes a module, ``loss_fn(model, batch)``
+and fixed batches, builds one :class:`~lightning_landscape.curvature.HessianOperator` (one gradient graph) of
 :math:`H = \nabla^2_\theta L` for :math:`L = \sum_b \frac{|b|}{\sum_{b'} |b'|} \ell_b` (the block
 :math:`H_{SS}` of ``params``), runs on it the top-``k`` (and bottom) eigenvalues, the Hutchinson trace and the
 spectral density, then one cold-started operator per diagonal block, and returns plain numbers
@@ -28,6 +27,7 @@ from lightning_landscape.callbacks import tags
 from lightning_landscape.curvature import (
     EigenResult,
     HessianOperator,
+    HvpMethod,
     LossFn,
     NonFiniteError,
     ParamSelection,
@@ -40,6 +40,7 @@ from lightning_landscape.curvature import (
     slq,
 )
 from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_int, check_positive
+from lightning_landscape.curvature.operators.hessian import HVP_METHODS
 
 Backend = Literal["lanczos", "power", "pyhessian"]
 Memory = Literal["auto", "reuse", "recompute"]
@@ -155,6 +156,8 @@ class HessianProbe:
             (see :class:`~lightning_landscape.curvature.HessianOperator`).
         seed: Seeds the solvers' start vectors (and random layers in train mode).
         warm_start: Start each run from the previous run's Ritz vectors (Lanczos and power backends).
+        hvp: How products are taken: ``"auto"``, ``"double_backward"``, ``"forward_over_reverse"`` or
+            ``"finite_difference"`` (see :class:`~lightning_landscape.curvature.HessianOperator`).
         params: The block of these parameters only: name prefixes (a list) or one regex (a str); ``None``
             for every trainable parameter.
         blocks: Name prefixes, each measured as its own diagonal block (top-``k`` and smallest).
@@ -194,8 +197,10 @@ class HessianProbe:
         warm_start: bool = True,
         params: str | list[str] | None = None,
         blocks: list[str] | None = None,
+        hvp: HvpMethod = "auto",
     ) -> None:
         check_int("k", k)
+        check_choice("hvp", hvp, HVP_METHODS)
         check_int("trace_samples", trace_samples)
         check_int("density_iter", density_iter, minimum=2)
         check_int("density_runs", density_runs)
@@ -241,6 +246,7 @@ class HessianProbe:
         self.max_iter = max_iter
         self.train_mode = train_mode
         self.memory = memory
+        self.hvp = hvp
         self.seed = seed
         self.warm_start = bool(warm_start)
         self.params = params
@@ -350,6 +356,7 @@ class HessianProbe:
             train_mode=bool(self.train_mode),
             seed=self.seed,
             params=params,
+            hvp=self.hvp,
         )
 
     def _solve(self, op: HessianOperator, v0: Tensor | None, vectors: bool) -> EigenResult:

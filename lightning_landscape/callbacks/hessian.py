@@ -29,6 +29,7 @@ from lightning_landscape.callbacks._probe import (
 from lightning_landscape.callbacks._tensorboard import add_density, write_layout
 from lightning_landscape.curvature import LossFn, NonFiniteError
 from lightning_landscape.curvature._checks import DEFAULT_TOL
+from lightning_landscape.curvature.operators import HvpMethod
 
 
 class HessianEigenMonitor(HessianProbe, Callback):
@@ -45,12 +46,9 @@ class HessianEigenMonitor(HessianProbe, Callback):
     dataloader, drawn once when training starts under ``seed`` and held fixed, so the values describe one
     empirical risk along the trajectory (and a resumed run probes the same batches). Drawing them and probing
     touch no RNG stream, gradient, train/eval flag, optimizer or logged metric: training is bit-identical
-    with and without the monitor. The loss is the module's ``training_step`` (returning the loss or a dict
-    with ``"loss"``) or ``loss_fn``, evaluated as a probe: ``self.log`` silenced, and ``manual_backward``,
-    ``toggle_optimizer`` and the ``step``/``zero_grad`` of ``self.optimizers()`` doing nothing, so even a
-    ``loss_fn`` that runs a manual-optimization ``training_step`` cannot move the weights. A module with
-    ``automatic_optimization = False`` and no ``loss_fn`` is refused in ``setup`` (pass ``loss_fn``, e.g. the
-    discriminator's loss of a GAN).
+    with and without the monitor. The loss is the module's ``training_step`` or ``loss_fn``, evaluated as a
+    probe (``self.log``, ``manual_backward``, optimizer steps silenced: even a manual-optimization step cannot
+    move the weights); a manual-optimization module without ``loss_fn`` is refused in ``setup``.
 
     Stated behaviour (what the probed Hessian is):
 
@@ -131,6 +129,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
             ``["net.0"]``) or one regex on the parameter names (a str); ``None`` for all trainable ones.
         blocks: Module/parameter name prefixes, each logged as its own diagonal block
             ``hessian/<block>/eig_i`` (per-layer curvature), in addition to the main probe.
+        hvp: How products are taken (:class:`~lightning_landscape.curvature.HessianOperator`'s ``hvp``).
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``), e.g. ``backend="pyhessian"`` with
@@ -178,6 +177,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
         name: str | None = None,
         params: str | list[str] | None = None,
         blocks: list[str] | None = None,
+        hvp: HvpMethod = "auto",
     ) -> None:
         check_int("every_n_steps", every_n_steps, optional=True)
         check_int("every_n_epochs", every_n_epochs, optional=True)
@@ -204,6 +204,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
             warm_start=warm_start,
             params=params,
             blocks=blocks,
+            hvp=hvp,
         )
         for block in blocks or []:
             _tags.check_name(block, "blocks")  # each block is a tag segment

@@ -33,6 +33,7 @@ from lightning_landscape.curvature.batch_sharpness import batch_sharpness
 from lightning_landscape.curvature.operators import (
     DenseOperator,
     HessianOperator,
+    HvpMethod,
     LinearOperator,
     NonFiniteError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     # operators
     "DenseOperator",
     "HessianOperator",
+    "HvpMethod",
     "LinearOperator",
     "LossFn",
     "NonFiniteError",

@@ -30,7 +30,8 @@ from lightning_landscape.curvature._model_state import (
     rng_devices,
     swapped_buffers,
 )
-from lightning_landscape.curvature.operators.hessian import HessianOperator, NonFiniteError, OperatorInputs
+from lightning_landscape.curvature.operators.hessian import HessianOperator, NonFiniteError
+from lightning_landscape.curvature.operators.inputs import OperatorInputs
 from lightning_landscape.curvature.results import EigenResult
 
 

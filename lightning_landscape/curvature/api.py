@@ -28,7 +28,12 @@ from lightning_landscape.curvature.algorithms.lanczos import lanczos
 from lightning_landscape.curvature.algorithms.power import power_iteration
 from lightning_landscape.curvature.algorithms.slq import slq
 from lightning_landscape.curvature.algorithms.trace import TraceMethod, check_trace_args, trace_of
-from lightning_landscape.curvature.operators.hessian import HessianOperator, MemoryMode, OperatorInputs
+from lightning_landscape.curvature.operators.hessian import (
+    HessianOperator,
+    HvpMethod,
+    MemoryMode,
+    OperatorInputs,
+)
 from lightning_landscape.curvature.results import EigenResult, SpectralDensity, TraceResult
 
 Backend = Literal["lanczos", "power", "pyhessian"]
@@ -57,6 +62,7 @@ def hessian_eigenvalues(
     return_eigenvectors: bool = False,
     train_mode: bool = False,
     memory: MemoryMode = "auto",
+    hvp: HvpMethod = "auto",
     seed: int = 0,
     v0: Tensor | None = None,
     params: ParamSelection = None,
@@ -85,6 +91,8 @@ def hessian_eigenvalues(
         return_eigenvectors: also return unit eigenvectors (flat, parameters' dtype and device).
         train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see :class:`HessianOperator`).
+        hvp: how products are taken: ``"auto"``, ``"double_backward"``, ``"forward_over_reverse"`` or
+            ``"finite_difference"`` (see :class:`HessianOperator`).
         seed: seeds the private generator of start vectors (the global RNG is never touched).
         v0: warm start (Lanczos and power only): a flat vector of length ``n`` (the number of trainable
             parameters) or a ``[j, n]`` block, typically the ``eigenvectors`` (and ``smallest_eigenvectors``)
@@ -120,7 +128,7 @@ def hessian_eigenvalues(
         >>> head.eigenvalues.shape
         torch.Size([1])
     """
-    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params)
+    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params, hvp)
     check_choice("backend", backend, BACKENDS)
     if backend == "pyhessian" and v0 is not None:
         raise ValueError(
@@ -159,6 +167,7 @@ def hessian_trace(
     seed: int = 0,
     train_mode: bool = False,
     memory: MemoryMode = "auto",
+    hvp: HvpMethod = "auto",
     method: TraceMethod = "hutchinson",
     params: ParamSelection = None,
 ) -> TraceResult:
@@ -173,6 +182,8 @@ def hessian_trace(
         seed: seeds the private generator of the probes.
         train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see :class:`HessianOperator`).
+        hvp: how products are taken: ``"auto"``, ``"double_backward"``, ``"forward_over_reverse"`` or
+            ``"finite_difference"`` (see :class:`HessianOperator`).
         method: ``"hutchinson"`` (default), ``"hutchpp"`` or ``"xtrace"`` (see :mod:`~.algorithms.trace`):
             the two variance-reduced estimators are far more accurate at equal budget when the spectrum has a
             few large eigenvalues, as Hessians of networks do.
@@ -196,7 +207,7 @@ def hessian_trace(
         >>> abs(res.trace - exact) < 1e-12, res.method  # a budget of n products is exact
         (True, 'exact')
     """
-    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params)
+    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params, hvp)
     check_trace_args(method, num_samples)
     with _operator(inputs, train_mode, seed) as op:
         return trace_of(op, method=method, num_samples=num_samples, seed=seed)
@@ -211,6 +222,7 @@ def spectral_density(
     seed: int = 0,
     train_mode: bool = False,
     memory: MemoryMode = "auto",
+    hvp: HvpMethod = "auto",
     params: ParamSelection = None,
 ) -> SpectralDensity:
     """The Hessian's spectral density by stochastic Lanczos quadrature (see :func:`~.algorithms.slq.slq`).
@@ -227,6 +239,8 @@ def spectral_density(
         seed: seeds the private generator of the start vectors.
         train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see :class:`HessianOperator`).
+        hvp: how products are taken: ``"auto"``, ``"double_backward"``, ``"forward_over_reverse"`` or
+            ``"finite_difference"`` (see :class:`HessianOperator`).
         params: a block of the Hessian (see :func:`hessian_eigenvalues`).
 
     Returns:
@@ -247,7 +261,7 @@ def spectral_density(
         >>> sd.nodes.shape, grid.shape == density.shape
         (torch.Size([4, 20]), True)
     """
-    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params)
+    inputs = OperatorInputs.check(model, loss_fn, batches, memory, params, hvp)
     check_int("num_iter", num_iter)
     check_int("num_runs", num_runs)
     with _operator(inputs, train_mode, seed) as op:

@@ -213,7 +213,7 @@ def hessian_directions(
 
     The Hessian is the one of :func:`~lightning_landscape.curvature.hessian_eigenvalues` (batch-size-weighted
     mean of ``loss_fn`` over ``batches``, eval mode); further keyword arguments (``max_iter``, ``memory``,
-    ``train_mode``, ``backend``) go to it. The model is left exactly as found.
+    ``train_mode``, ``backend``, ``hvp``) go to it. The model is left exactly as found.
 
     Returns:
         A :class:`HessianDirections` (directions of unit norm, eigenvalues, converged flag).

@@ -9,15 +9,18 @@ segment ``towards`` another model its floating buffers are interpolated too).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.curvature._checks import check_int
+from lightning_landscape.curvature import HessianOperator, HvpMethod
+from lightning_landscape.curvature._checks import check_choice, check_int
 from lightning_landscape.curvature._inputs import LossFn, LossOf, batch_size
-from lightning_landscape.curvature._model_state import probe_context
+from lightning_landscape.curvature._model_state import math_attention, probe_context
+from lightning_landscape.curvature.operators.hessian import HVP_METHODS
 from lightning_landscape.landscape._evaluate import (
     GridEvaluator,
     check_finite,
@@ -54,9 +57,48 @@ def _slope_curvature(
     direction: Direction,
     train_mode: bool,
     seed: int,
+    hvp: HvpMethod = "auto",
 ) -> tuple[float, float]:
-    r""":math:`g^\top d` and :math:`d^\top H d` of the mean loss at the model's weights (double backward on
-    detached copies of the weights: the model's parameters and ``.grad`` are not involved)."""
+    r""":math:`g^\top d` and :math:`d^\top H d` of the mean loss at the model's weights.
+
+    Double backward (``hvp`` ``"auto"`` or ``"double_backward"``) on detached copies of the weights under the
+    math attention kernel (the model's parameters and ``.grad`` are not involved); otherwise, or where the
+    double backward fails under ``"auto"`` (one warning), the slope by one gradient and the curvature by
+    one product of a :class:`~lightning_landscape.curvature.HessianOperator` taken the ``hvp`` way.
+    """
+    if hvp in ("auto", "double_backward"):
+        try:
+            with math_attention():
+                return _first_and_second(model, loss_fn, batches, direction, train_mode, seed, second=True)
+        except (RuntimeError, NotImplementedError) as err:
+            if hvp == "double_backward":
+                raise
+            warnings.warn(
+                "hvp='auto': the line's curvature is taken by finite differences, since the double backward "
+                f"failed ({str(err).splitlines()[0]}). Pass hvp='finite_difference' to choose it without "
+                "this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+            hvp = "finite_difference"
+    slope, _ = _first_and_second(model, loss_fn, batches, direction, train_mode, seed, second=False)
+    op = HessianOperator(
+        model, loss_fn, batches, memory="recompute", train_mode=train_mode, seed=seed, hvp=hvp
+    )
+    v = torch.cat([direction[n].reshape(-1).to(op.dtype) for n in op.param_names])
+    return slope, float(torch.dot(v, op.matvec(v)))
+
+
+def _first_and_second(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    direction: Direction,
+    train_mode: bool,
+    seed: int,
+    second: bool,
+) -> tuple[float, float]:
+    """Slope, and with ``second`` the curvature by double backward (else 0), all-reduced under DDP."""
     weights = named_trainable(model)
     wrapper = LossOf(model, loss_fn)
     sizes = [float(batch_size(b)) for b in batches]
@@ -67,13 +109,13 @@ def _slope_curvature(
             leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
             state = {f"model.{n}": t for n, t in leaves.items()}
             loss = torch.func.functional_call(wrapper, state, (batch,), strict=False)
-            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=second, allow_unused=True)
             gd = sum(
                 ((g * direction[n]).sum() for n, g in zip(leaves, grads, strict=True) if g is not None),
                 torch.zeros((), dtype=torch.float64),
             )
             dhd = 0.0
-            if isinstance(gd, Tensor) and gd.requires_grad:
+            if second and isinstance(gd, Tensor) and gd.requires_grad:
                 hds = torch.autograd.grad(gd, list(leaves.values()), allow_unused=True)
                 dhd = sum(
                     float((h * direction[n]).sum()) for n, h in zip(leaves, hds, strict=True) if h is not None
@@ -103,6 +145,7 @@ def loss_line(
     memory_budget: int | None = None,
     vectorize: bool = True,
     seed: int = 0,
+    hvp: HvpMethod = "auto",
 ) -> LineResult:
     r"""The loss along :math:`\theta + \alpha d` for ``steps`` values of :math:`\alpha` in ``span``.
 
@@ -128,6 +171,10 @@ def loss_line(
         memory_budget: bytes a chunk may use (``None``: a quarter of the free device memory).
         vectorize: ``False`` evaluates point by point.
         seed: the random direction's seed (and that of random layers in train mode).
+        hvp: how the curvature :math:`d^\top H d` is taken: ``"auto"`` (double backward under the math
+            attention kernel, finite differences where that fails, with a warning), ``"double_backward"``,
+            ``"forward_over_reverse"`` or ``"finite_difference"`` (see
+            :class:`~lightning_landscape.curvature.HessianOperator`).
 
     Returns:
         A :class:`LineResult`.
@@ -147,6 +194,7 @@ def loss_line(
         (torch.Size([11]), 0.0)
     """
     check_int("steps", steps, minimum=2)
+    check_choice("hvp", hvp, HVP_METHODS)
     evaluator = GridEvaluator(
         model,
         loss_fn,
@@ -178,7 +226,7 @@ def loss_line(
     check_finite(losses, "line")
     slope = curvature = None
     if quadratic:
-        slope, curvature = _slope_curvature(model, loss_fn, evaluator.batches, d, train_mode, seed)
+        slope, curvature = _slope_curvature(model, loss_fn, evaluator.batches, d, train_mode, seed, hvp)
     return LineResult(alphas, losses[:-1], float(losses[-1]), slope, curvature, meta)
 
 

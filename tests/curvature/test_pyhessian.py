@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_landscape.curvature import _pyhessian, hessian_eigenvalues
-from lightning_landscape.curvature.operators.hessian import OperatorInputs
+from lightning_landscape.curvature.operators.inputs import OperatorInputs
 from tests.curvature.cases import CASE_NAMES, CountingLoss, case, dense_hessian, rel_err, truth
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")

@@ -18,6 +18,10 @@ from torch import Tensor
 from lightning_landscape.curvature._checks import check_int
 from lightning_landscape.curvature.operators.base import LinearOperator, apply_block, random_vector
 
+# Rows a bounded basis reserves (and adds at a time) beyond `max_basis + 1` for the copies search. Reserved
+# rows are never written unless used (on the CPU they take no resident memory until then).
+_COPIES_ROOM = 4
+
 
 class LanczosRun:
     r"""Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) and restartable blocks.
@@ -30,10 +34,18 @@ class LanczosRun:
     between the residual :math:`f_e` left at the end :math:`e` of an earlier block and each later basis
     vector :math:`q_j`.
 
+    With ``max_basis`` the basis is bounded (thick restart, Wu and Simon 2000): :meth:`restart` replaces the
+    basis by chosen Ritz vectors :math:`Y = Q S_\mathrm{keep}` and the next Lanczos vector :math:`q`, and
+    :math:`M` by the arrow matrix :math:`\operatorname{diag}(\theta_\mathrm{keep})` coupled to :math:`q`
+    by :math:`\beta s_{m, \mathrm{keep}}`. :math:`HQ = QM + \beta q e^\top` holds on, so the residual
+    bounds keep their meaning; memory stays at ``max_basis + 1`` parameter-sized vectors (the basis is held in
+    the operator's dtype, on its device, never copied whole: :meth:`restart` rewrites it in column chunks).
+
     Args:
         op: a symmetric operator.
         v0: the start vector (any non-zero norm; normalized here).
         max_steps: the most steps (capped at ``n``).
+        max_basis: the most basis vectors before a :meth:`restart` is possible (``None``: unbounded).
 
     Example:
         >>> from lightning_landscape.curvature.operators.base import DenseOperator
@@ -45,10 +57,18 @@ class LanczosRun:
         [1.0, 2.0, 3.0, 4.0]
     """
 
-    def __init__(self, op: LinearOperator, v0: Tensor, max_steps: int) -> None:
+    def __init__(self, op: LinearOperator, v0: Tensor, max_steps: int, max_basis: int | None = None) -> None:
         self.op = op
         self.max_steps = min(max_steps, op.num_params)
-        self.capacity = min(self.max_steps + 1, 32)
+        self.max_basis = None if max_basis is None or max_basis >= self.max_steps else max(int(max_basis), 3)
+        #: Products taken (``steps`` is the basis size, which a restart shrinks).
+        self.products = 0
+        self.restarts = 0
+        # The basis grows as it goes (a whole parameter-sized vector per step): start small.
+        # Bounded: room for the copies search too (a second block cannot restart), so that its few steps
+        # need no torch.cat of the basis (old and new copies alive together: the peak of a bounded probe).
+        bounded = 8 if self.max_basis is None else self.max_basis + 1 + _COPIES_ROOM
+        self.capacity = min(self.max_steps + 1, bounded)
         self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
         self.Q[0] = v0 / torch.linalg.vector_norm(v0)
         self.alphas: list[float] = []
@@ -70,14 +90,21 @@ class LanczosRun:
         return self.Q[self.steps]
 
     def _orthogonalize(self, w: Tensor, m: int) -> Tensor:
+        # Classical Gram-Schmidt, repeated once only where it is needed (Daniel, Gragg, Kaufman and Stewart
+        # 1976): when the pass removed more than 1 - 1/sqrt(2) of w's norm. In place: one basis-sized read
+        # per pass, no parameter-sized temporaries (this is most of a large model's non-product time).
         basis = self.Q[:m]
         for _ in range(2):
-            w = w - basis.T @ (basis @ w)
+            before = float(torch.linalg.vector_norm(w))
+            w.addmv_(basis.T, basis @ w, alpha=-1.0)
+            if float(torch.linalg.vector_norm(w)) > 0.7071 * before:
+                break
         return w
 
     def _grow(self) -> None:
         if self.steps >= self.capacity:
-            grow = min(self.capacity * 2, self.max_steps + 1) - self.capacity
+            double = self.capacity * 2 if self.max_basis is None else self.capacity + _COPIES_ROOM
+            grow = min(double, self.max_steps + 1) - self.capacity
             extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
             self.Q = torch.cat([self.Q, extra])
             M = torch.zeros(self.capacity + grow, self.capacity + grow, dtype=torch.float64)
@@ -98,10 +125,11 @@ class LanczosRun:
                 f.sub_(c * q)
         if w is None:
             w = self.op.matvec(q)
+        self.products += 1
         alpha = float(torch.dot(w, q))
-        w = w - alpha * q
+        w = torch.sub(w, q, alpha=alpha)
         if j > self.block_start:
-            w = w - self.betas[j - 1] * self.Q[j - 1]
+            w.sub_(self.Q[j - 1], alpha=self.betas[j - 1])
         w = self._orthogonalize(w, j + 1)
         beta = float(torch.linalg.vector_norm(w))
         self.alphas.append(alpha)
@@ -123,6 +151,44 @@ class LanczosRun:
             self.M[j + 1, j] = beta
             self.Q[j + 1] = w / beta
 
+    @property
+    def can_restart(self) -> bool:
+        """Whether the basis is full and may be restarted (a bounded run, one block, no breakdown)."""
+        return (
+            self.max_basis is not None
+            and self.steps >= self.max_basis
+            and not self.ends
+            and not self.broke_down
+            and self.steps < self.op.num_params
+        )
+
+    def restart(self, keep: Sequence[int]) -> None:
+        """Thick restart: keep the Ritz vectors of the columns ``keep`` of the eigenvectors of M and go on
+        from the current Lanczos vector (see the class docstring)."""
+        m = self.steps
+        theta, S = self.ritz()
+        idx = sorted(set(keep))
+        kept = len(idx)
+        assert 0 < kept < m
+        coeffs = S[:, idx].T.to(device=self.op.device, dtype=self.op.dtype)  # [l, m]
+        n = self.op.num_params
+        chunk = max(1, (1 << 22) // max(m, 1))  # a few MB of temporaries at a time
+        for a in range(0, n, chunk):
+            self.Q[:kept, a : a + chunk] = coeffs @ self.Q[:m, a : a + chunk]
+        self.Q[kept] = self.Q[m]
+        b = self.residual * S[m - 1, idx]
+        self.M.zero_()
+        self.M[range(kept), range(kept)] = theta[idx]
+        self.M[:kept, kept] = b
+        self.M[kept, :kept] = b
+        self.alphas = [float(t) for t in theta[idx]]
+        # The three-term recurrence's previous vector is replaced by the couplings b (held in M; the full
+        # reorthogonalization of the next step removes those components).
+        self.betas = [0.0] * kept
+        self.steps = kept
+        self.restarts += 1
+        self._ritz_cache.clear()
+
     def new_block(self, gen: torch.Generator) -> None:
         """Go on from a random vector (``gen``) orthogonal to the basis; the residual becomes an end."""
         m = self.steps
@@ -134,7 +200,7 @@ class LanczosRun:
         else:
             self.betas.append(0.0)
         self.ends.append((m - 1, self._w.clone()))
-        u = self._orthogonalize(random_vector(self.op, gen), m)
+        u = self._orthogonalize(random_vector(self.op, gen).contiguous(), m)
         self.Q[m] = u / torch.linalg.vector_norm(u)
         self.block_start = m
         self.residual = 0.0

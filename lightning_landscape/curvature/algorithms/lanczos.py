@@ -34,6 +34,24 @@ def default_max_iter(n: int, k: int) -> int:
     return min(n, max(100, 20 * k))
 
 
+# The basis may always hold this many bytes; past it, it is bounded at `need + 6` vectors (thick restarts).
+BASIS_BYTES = 64 * 2**20
+
+
+def default_max_basis(n: int, need: int, itemsize: int) -> int:
+    """Default basis bound: ``max(need + 6, BASIS_BYTES // (n * itemsize))`` vectors.
+
+    Small models keep the whole basis (no restart: the products are exactly those of plain Lanczos); large
+    ones keep ``need + 6`` parameter-sized vectors (16.8M float32 parameters: 7 x 67 MB for a top-1), about
+    the memory of two optimizer moments, instead of one vector per product.
+
+    Example:
+        >>> default_max_basis(10**8, 1, 4), default_max_basis(1000, 1, 8) > 1000
+        (7, True)
+    """
+    return max(need + 6, BASIS_BYTES // max(n * itemsize, 1))
+
+
 def _block_settled(run: LanczosRun, which: str, theta: Tensor, k: int, tol: float, floor: float) -> bool:
     """Has the newest block resolved its extreme Ritz value(s) at the wanted end(s)?
 
@@ -67,6 +85,19 @@ def _block_found_more(run: LanczosRun, which: str, theta: Tensor, k: int) -> boo
     return found
 
 
+def _keep(m: int, which: str, k: int) -> list[int]:
+    """The Ritz indices (ascending values) a thick restart of an ``m``-vector basis keeps: ``k + 2`` at each
+    wanted end, fewer if that would leave under two new vectors per restart (never under ``k``)."""
+    ends = 2 if which == "both" else 1
+    j = max(k, min(k + 2, (m - 2) // ends))
+    keep: list[int] = []
+    if which in ("largest", "both"):
+        keep += list(range(m - j, m))
+    if which in ("smallest", "both"):
+        keep += list(range(j))
+    return sorted(set(keep))
+
+
 def lanczos(
     op: LinearOperator,
     *,
@@ -78,6 +109,7 @@ def lanczos(
     return_eigenvectors: bool = False,
     find_copies: bool = True,
     v0: Tensor | None = None,
+    max_basis: int | None = None,
 ) -> EigenResult:
     """Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -109,6 +141,10 @@ def lanczos(
             ``find_copies`` (whose random block checks the complement) any ``v0`` gives the right values and
             a good one needs fewer products; without it a ``v0`` near a wrong eigenvector can stop there.
             ``None`` (default): a random start.
+        max_basis: the most basis vectors kept (thick restart past it, keeping the ``k + 2`` Ritz vectors
+            nearest each wanted end); default :func:`default_max_basis` (unbounded for models under 64 MiB of
+            basis). Residual bounds and ``converged`` mean the same with restarts; the copies search (a
+            second block) runs on an unbounded basis.
 
     Returns:
         An :class:`EigenResult` with per-value residual bounds; ``num_products`` counts this call's
@@ -123,7 +159,8 @@ def lanczos(
         >>> from lightning_landscape.curvature.operators.base import DenseOperator
         >>> op = DenseOperator(torch.diag(torch.arange(10.0, dtype=torch.float64)))
         >>> res = lanczos(op, k=2, which="both", tol=1e-8)
-        >>> res.eigenvalues.round(decimals=8).tolist(), res.smallest.round(decimals=8).tolist(), res.converged
+        >>> bottom = (res.smallest.round(decimals=8) + 0.0).tolist()  # + 0.0: no -0.0
+        >>> res.eigenvalues.round(decimals=8).tolist(), bottom, res.converged
         ([9.0, 8.0], [0.0, 1.0], True)
         >>> bool(res.value_converged.all()), bool((res.residuals <= 1e-8 * 9).all())
         (True, True)
@@ -133,13 +170,15 @@ def lanczos(
     steps = default_max_iter(n, k) if max_iter is None else max_iter
     gen = make_generator(seed)
     start = random_vector(op, gen) if v0 is None else warm_start_vector(op, v0, gen)
-    run = LanczosRun(op, start, steps)
     need = min(n, 2 * k if which == "both" else k)
+    itemsize = torch.empty((), dtype=op.dtype).element_size()
+    bound = default_max_basis(n, need, itemsize) if max_basis is None else max_basis
+    run = LanczosRun(op, start, steps, max_basis=max(bound, need + 3))
     floor = zero_floor(op.dtype)
     converged = False
     ok = False
     m = 0
-    while run.steps < run.max_steps:
+    while run.products < run.max_steps:
         run.step()
         m = run.steps
         if m >= n:
@@ -161,6 +200,8 @@ def lanczos(
             wanted += list(range(min(k, m)))
         ok = all(bounds[i] <= tol * max(abs(values[i]), floor * scale) for i in wanted)
         if not ok:
+            if run.can_restart:
+                run.restart(_keep(m, which, k))
             continue
         if not find_copies:
             converged = True
@@ -185,12 +226,14 @@ def lanczos(
     if m >= n:  # the basis spans the space: the values are exact
         residuals = torch.zeros_like(residuals)
     good = accepted(theta, residuals, tol, floor, float(theta.abs().max()))
-    converged = converged and bool(good[top].all()) and (which == "largest" or bool(good[bottom].all()))
+    # Each wanted end must have converged (and only the wanted ones: "smallest" asks nothing of the top).
+    top_ok = which == "smallest" or bool(good[top].all())
+    converged = converged and top_ok and (which == "largest" or bool(good[bottom].all()))
     if which == "smallest":
         return EigenResult(
             eigenvalues=theta[bottom].clone(),
             eigenvectors=run.vectors(S, bottom) if return_eigenvectors else None,
-            num_products=run.steps,
+            num_products=run.products,
             converged=converged,
             backend="lanczos",
             residuals=residuals[bottom].clone(),
@@ -202,7 +245,7 @@ def lanczos(
         smallest=theta[bottom].clone() if both else None,
         eigenvectors=run.vectors(S, top) if return_eigenvectors else None,
         smallest_eigenvectors=run.vectors(S, bottom) if return_eigenvectors and both else None,
-        num_products=run.steps,
+        num_products=run.products,
         converged=converged,
         backend="lanczos",
         residuals=residuals[top].clone(),

@@ -17,21 +17,19 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.curvature._checks import check_choice
-from lightning_landscape.curvature._inputs import LossFn, batch_size, validate_inputs
+from lightning_landscape.curvature._inputs import LossFn, batch_size
 from lightning_landscape.curvature._memory import SavedBytes, available_bytes
 from lightning_landscape.curvature._model_state import math_attention, probe_context
-from lightning_landscape.curvature._params import ParamSelection, select_parameters
+from lightning_landscape.curvature._params import ParamSelection
 from lightning_landscape.curvature.operators._double_backward import DoubleBackward
-
-MemoryMode = Literal["auto", "reuse", "recompute"]
-MEMORY_MODES = ("auto", "reuse", "recompute")
+from lightning_landscape.curvature.operators._methods import HVP_METHODS, HvpMethod, ProductMethods
+from lightning_landscape.curvature.operators._strategies import wants_fsdp
+from lightning_landscape.curvature.operators.inputs import MemoryMode, OperatorInputs
 
 # Fraction of the free memory that "auto" lets the kept double-backward graph use.
 _AUTO_MEMORY_FRACTION = 0.25
@@ -41,64 +39,26 @@ class NonFiniteError(ValueError):
     """Raised when the loss or a Hessian-vector product is not finite (NaN or infinite)."""
 
 
-@dataclass(frozen=True)
-class OperatorInputs:
-    """What a :class:`HessianOperator` differentiates, checked once where it enters.
-
-    Build it with :meth:`check`; a model-level function checks its own arguments against
-    :attr:`num_params` before any evaluation and hands it to :meth:`HessianOperator.from_inputs`.
-
-    Example:
-        >>> inputs = OperatorInputs.check(nn.Linear(3, 1), lambda m, b: m(b).sum(), [torch.ones(2, 3)])
-        >>> inputs.names, inputs.num_params
-        (['weight', 'bias'], 4)
-    """
-
-    model: nn.Module
-    loss_fn: LossFn
-    batches: list[Any]
-    names: list[str]
-    params: list[Tensor]
-    memory: MemoryMode = "auto"
-
-    @classmethod
-    def check(
-        cls,
-        model: nn.Module,
-        loss_fn: LossFn,
-        batches: Sequence[Any],
-        memory: MemoryMode = "auto",
-        params: ParamSelection = None,
-    ) -> OperatorInputs:
-        """Validate the arguments of :class:`HessianOperator` (see there) and select its parameters.
-
-        Raises:
-            TypeError, ValueError: as :class:`HessianOperator`, before any evaluation.
-        """
-        checked = validate_inputs(model, loss_fn, batches)
-        check_choice("memory", memory, MEMORY_MODES)
-        named = select_parameters(model, params)
-        return cls(model, loss_fn, checked, [n for n, _ in named], [p for _, p in named], memory)
-
-    @property
-    def num_params(self) -> int:
-        """The number of selected parameter entries: the size :math:`n` of the operator."""
-        return sum(p.numel() for p in self.params)
-
-
-def _wants_ddp(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a ``HessianOperator(*args, **kwargs)`` call asks for the all-reducing operator."""
+def _strategy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Which operator a ``HessianOperator(*args, **kwargs)`` call asks for: "fsdp", "ddp" or ""."""
     try:
         bound = inspect.signature(HessianOperator.__init__).bind_partial(None, *args, **kwargs)
     except TypeError:  # __init__ raises it with its own message
-        return False
+        return ""
+    if wants_fsdp(bound.arguments.get("model")):
+        return "fsdp"
+    return "ddp" if _wants_ddp(bound) else ""
+
+
+def _wants_ddp(bound: inspect.BoundArguments) -> bool:
+    """Whether the bound arguments of a ``HessianOperator`` call ask for the all-reducing operator."""
     distributed = bound.arguments.get("distributed")
     if distributed is None:
         return torch.distributed.is_available() and torch.distributed.is_initialized()
     return bool(distributed)
 
 
-class HessianOperator:
+class HessianOperator(ProductMethods):
     r"""The Hessian of a loss over fixed batches w.r.t. a model's trainable parameters, as a linear operator.
 
     The loss is the batch-size-weighted mean of ``loss_fn(model, batch)`` over ``batches`` (the batch size
@@ -106,9 +66,22 @@ class HessianOperator:
     ``requires_grad=False`` are left out; vectors are flat, in the order of ``model.parameters()``, in the
     parameters' dtype and on their device.
 
-    Products are reverse-over-reverse (double backward), which works where forward-over-reverse does not
-    (``jvp`` of a gradient breaks on ``nn.MSELoss``, pytorch issue 123996) and are run under the math
-    scaled-dot-product-attention kernel, the only one with a double backward (CPU flash attention has none).
+    ``hvp`` chooses how a product is taken, every way under the math scaled-dot-product-attention kernel
+    (flash and memory-efficient attention have no double backward):
+
+    * ``"double_backward"``: reverse-over-reverse through a gradient graph (kept or rebuilt, see
+      ``memory``); exact to rounding, works where forward-over-reverse does not.
+    * ``"forward_over_reverse"``: ``torch.func.jvp`` of the gradient; exact to rounding, no graph kept
+      between products; fails on operations without a forward-mode rule (``F.mse_loss``'s backward,
+      pytorch issue 123996; custom ``autograd.Function``\ s without ``jvp``).
+    * ``"finite_difference"``: :math:`(\nabla L(\theta + hv) - \nabla L(\theta - hv)) / 2h` with
+      :math:`h = \epsilon^{1/3} \max(\|\theta\|, 1) / \|v\|` (:mod:`._finite_difference`): first-order
+      backward passes only (fused kernels, FSDP), relative error about :math:`\epsilon^{2/3}`.
+    * ``"auto"`` (default): double backward where it works, else the next that does, chosen at the first
+      product with one warning saying why; :attr:`hvp` then names the method.
+
+    Under FSDP2 (``fully_shard``) the constructor returns a :class:`~.fsdp.FSDPHessianOperator` (finite
+    differences of sharded gradients); DeepSpeed and tensor-parallel parameters are refused.
 
     ``memory`` chooses how:
 
@@ -157,12 +130,14 @@ class HessianOperator:
             regular expression: the parameters whose Hessian block the operator is.
         batched: let :meth:`matmat` vectorize its products over the vectors (falls back to one backward per
             vector, for good, if an operation of the model has no batching rule).
+        hvp: ``"auto"``, ``"double_backward"``, ``"forward_over_reverse"`` or ``"finite_difference"``.
 
     Raises:
         TypeError: for a non-module ``model``, a non-callable ``loss_fn`` or batches that are not a list of
             tensors/tuples/dicts.
-        ValueError: for empty ``batches``, no trainable parameters, an unknown ``memory``, a ``params`` that
-            selects nothing or a loss that is not a scalar.
+        ValueError: for empty ``batches``, no trainable parameters, an unknown ``memory`` or ``hvp``, a
+            ``params`` that selects nothing, a loss that is not a scalar, DeepSpeed or tensor-parallel
+            parameters, or under FSDP an ``hvp`` other than ``"auto"``/``"finite_difference"``.
         NonFiniteError: if the loss (on construction with ``"reuse"``, otherwise on a product) or a product
             is not finite.
 
@@ -182,7 +157,12 @@ class HessianOperator:
     distributed: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> HessianOperator:
-        if cls is HessianOperator and _wants_ddp(args, kwargs):
+        strategy = _strategy(args, kwargs) if cls is HessianOperator else ""
+        if strategy == "fsdp":
+            from lightning_landscape.curvature.operators.fsdp import FSDPHessianOperator
+
+            return super().__new__(FSDPHessianOperator)
+        if strategy == "ddp":
             from lightning_landscape.curvature.operators.ddp import DDPHessianOperator
 
             return super().__new__(DDPHessianOperator)
@@ -199,8 +179,10 @@ class HessianOperator:
         distributed: bool | None = None,
         params: ParamSelection = None,
         batched: bool = True,
+        hvp: HvpMethod = "auto",
     ) -> None:
-        self._start(OperatorInputs.check(model, loss_fn, batches, memory, params), train_mode, seed, batched)
+        inputs = OperatorInputs.check(model, loss_fn, batches, memory, params, hvp)
+        self._start(inputs, train_mode, seed, batched)
 
     @classmethod
     def from_inputs(
@@ -220,7 +202,7 @@ class HessianOperator:
             >>> HessianOperator.from_inputs(inputs).dense().tolist()
             [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
         """
-        op = cls.__new__(cls, distributed=distributed)
+        op = cls.__new__(cls, inputs.model, distributed=distributed)
         op._start(inputs, train_mode, seed, batched)
         return op
 
@@ -241,9 +223,15 @@ class HessianOperator:
         self.total_weight = self._total_weight(sum(self._weights))
         self._grads: list[Tensor | None] | None = None
         self._bad_loss = False
+        #: How products are taken: the method asked for, or ``"auto"`` until the first product chooses.
+        self.hvp: HvpMethod = self._default_hvp(inputs.hvp)
         self.memory: Literal["reuse", "recompute"] = "recompute" if inputs.memory == "recompute" else "reuse"
-        if inputs.memory != "recompute":
+        if inputs.memory != "recompute" and self.hvp in ("auto", "double_backward"):
             self._build_graph(auto=inputs.memory == "auto")
+
+    def _default_hvp(self, hvp: HvpMethod) -> HvpMethod:
+        """The product method this operator runs for ``hvp`` (the FSDP operator can only difference)."""
+        return hvp
 
     # -- what the all-reducing subclass changes ---------------------------------------------------------
     def _total_weight(self, local: float) -> float:
@@ -358,7 +346,29 @@ class HessianOperator:
         rows = rows.to(device=self.device, dtype=self.dtype)
         j = rows.shape[0]
         loss_bad = self._bad_loss
+        if self.hvp == "auto":
+            hv, loss_bad = self._auto(rows, loss_bad)
+        elif self.hvp == "forward_over_reverse":
+            hv = self._forward_over_reverse(rows)
+        elif self.hvp == "finite_difference":
+            hv = self._finite_difference(rows)
+        else:
+            hv, loss_bad = self._double_backward(rows, loss_bad)
+        hv = self._reduce(hv, loss_bad)
+        self.num_products += j
+        # One reduction (no mask the size of the product); the exact check only when the sum is not finite.
+        if not bool(torch.isfinite(hv.sum())) and not bool(torch.isfinite(hv).all()):
+            raise NonFiniteError(
+                f"The Hessian-vector product is not finite ({int((~torch.isfinite(hv)).sum())} of "
+                f"{hv.numel()} entries) at product {self.num_products}."
+            )
+        return hv
+
+    def _double_backward(self, rows: Tensor, loss_bad: bool) -> tuple[Tensor, bool]:
+        j = rows.shape[0]
         if self.memory == "reuse":
+            if self._grads is None:
+                self._build_graph(auto=False)
             assert self._grads is not None
             hv = self._products(self._grads, rows, retain=True)
         else:
@@ -373,14 +383,7 @@ class HessianOperator:
                     acc += self._products(grads, rows, retain=False) * self._weights[i]
                     del grads
             hv = acc / self.total_weight
-        hv = self._reduce(hv, loss_bad)
-        self.num_products += j
-        if not bool(torch.isfinite(hv).all()):
-            raise NonFiniteError(
-                f"The Hessian-vector product is not finite ({int((~torch.isfinite(hv)).sum())} of "
-                f"{hv.numel()} entries) at product {self.num_products}."
-            )
-        return hv
+        return hv, loss_bad
 
     def close(self) -> None:
         """Free the kept gradient graph (also done when the operator is garbage collected)."""
@@ -393,4 +396,4 @@ class HessianOperator:
         return torch.cat(cols, dim=1)
 
 
-__all__ = ["MEMORY_MODES", "HessianOperator", "MemoryMode", "NonFiniteError", "OperatorInputs"]
+__all__ = ["HVP_METHODS", "HessianOperator", "HvpMethod", "NonFiniteError"]

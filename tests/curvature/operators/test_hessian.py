@@ -19,7 +19,7 @@ from lightning_landscape.curvature import (
     spectral_density,
 )
 from lightning_landscape.curvature.operators import hessian as operator_module
-from lightning_landscape.curvature.operators.hessian import OperatorInputs
+from lightning_landscape.curvature.operators.inputs import OperatorInputs
 from tests.curvature.cases import CASE_NAMES, case, dense_hessian, mse_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")

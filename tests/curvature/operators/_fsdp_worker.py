@@ -1,0 +1,51 @@
+"""Worker for the 2-process gloo FSDP2 test: the model is ``fully_shard``-ed, each rank holds half the
+batches, products are finite differences of sharded gradients."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def run(rank: int, port: int, out_dir: str) -> None:
+    from tests.curvature.operators._dist_worker import _import_curvature_alone
+
+    _import_curvature_alone()
+    from torch.distributed.fsdp import fully_shard
+
+    from lightning_landscape.curvature import HessianOperator, hessian_eigenvalues
+    from tests.curvature.cases import case
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        c = case("relu_trained")
+        fully_shard(c.model)  # every parameter a DTensor, sharded on dim 0 over the two ranks
+        mine = [c.batches[rank]]  # rank 0: 40 samples, rank 1: 24 (unequal: the weighting matters)
+        both = hessian_eigenvalues(
+            c.model, c.loss_fn, mine, k=2, which="both", tol=1e-6, hvp="finite_difference"
+        )
+        auto = HessianOperator(c.model, c.loss_fn, mine, hvp="auto")
+        refused = ""
+        try:
+            HessianOperator(c.model, c.loss_fn, mine, hvp="double_backward")
+        except (TypeError, ValueError) as err:
+            refused = str(err)
+        torch.save(
+            {
+                "top": both.eigenvalues,
+                "bottom": both.smallest,
+                "converged": both.converged,
+                "auto": auto.hvp,
+                "refused": refused,
+                "sharded": all(type(p).__name__ == "DTensor" for p in c.model.parameters()),
+            },
+            Path(out_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
