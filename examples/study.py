@@ -906,6 +906,19 @@ def answer_lines(
     return lines
 
 
+def training_text(cfg: StudyConfig) -> str:
+    """How the initializations were trained, for the report's header."""
+    if not cfg.prune_at:
+        return f"{cfg.steps} steps; {cfg.seeds} initializations"
+    from lightning_landscape.multiseed.halving_simulation import survivors_after
+
+    survivors = survivors_after(cfg.seeds, cfg.prune_keep)
+    return (
+        f"{cfg.seeds} initializations to step {cfg.prune_at} (successive halving), the best {survivors} "
+        f"by population risk there to step {cfg.steps}"
+    )
+
+
 def write_report(
     cfg: StudyConfig,
     root: Path,
@@ -928,8 +941,8 @@ def write_report(
 
 Network (1, {", ".join(map(str, cfg.hidden))}, 1), ReLU, He-normal weights, {cfg.bias_init} biases; target
 {cfg.target} on X ~ U[0, 1]; Adam (0.9, 0.999, 1e-8) with learning rate {sched} at step i; a fresh batch
-of {cfg.batch_size} samples per step (shared by all initializations); {cfg.steps} steps; {cfg.seeds}
-initializations trained as one vectorized ensemble. Risk, gradient and Hessian are those of the population
+of {cfg.batch_size} samples per step (shared by all initializations); {training_text(cfg)}, as one
+vectorized ensemble. Risk, gradient and Hessian are those of the population
 risk R(θ) = ∫₀¹ (N_θ(x) - f(x))² dx by the {cfg.grid_size}-point midpoint rule. Wall time: training
 {wall["train"]:.0f} s, end-point analysis {wall["analysis"]:.0f} s.
 
@@ -952,7 +965,8 @@ risk R(θ) = ∫₀¹ (N_θ(x) - f(x))² dx by the {cfg.grid_size}-point midpoin
 ![best of k](best_of_k.png)
 
 The risk around the best end point along its top-2 Hessian eigenvectors, and the linear barriers
-max_t R((1-t)θ_a + tθ_b) - ((1-t)R(θ_a) + tR(θ_b)) between the {BARRIER_SEEDS} lowest end points, raw
+max_t R((1-t)θ_a + tθ_b) - ((1-t)R(θ_a) + tR(θ_b)) between the {min(BARRIER_SEEDS, len(ends))} lowest end
+points, raw
 (left) and after aligning θ_b's hidden units to θ_a's (right; a permutation and ReLU rescaling, so the same
 function: a raw barrier alone cannot tell two valleys from two copies of one) (`{PLANE}`, `{BARRIERS}`,
 which also holds the RMS distance between the networks' outputs):
