@@ -29,9 +29,9 @@ Run: ``python benchmarks/curvature.py [eigen] [trace] [probe]`` (default: all; a
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -414,11 +414,21 @@ def probe_section() -> None:
     _probe_model("BatchNorm CNN", bn_cnn)
 
 
-def main() -> None:
+SECTIONS = {"eigen": eigen_section, "trace": trace_section, "probe": probe_section}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0] if __doc__ else None,
+        epilog="Sections: eigen (vs pyhessian), trace (vs curvlinops), probe (one operator vs three).",
+    )
+    parser.add_argument(
+        "sections", nargs="*", choices=[*SECTIONS, []], default=list(SECTIONS), metavar="SECTION"
+    )
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    sections = sys.argv[1:] or ["eigen", "trace", "probe"]
-    for section in sections:
-        {"eigen": eigen_section, "trace": trace_section, "probe": probe_section}[section]()
+    for section in args.sections or list(SECTIONS):
+        SECTIONS[section]()
 
 
 if __name__ == "__main__":
