@@ -422,10 +422,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__.split("\n\n", 1)[0] if __doc__ else None,
         epilog="Sections: eigen (vs pyhessian), trace (vs curvlinops), probe (one operator vs three).",
     )
-    parser.add_argument(
-        "sections", nargs="*", choices=[*SECTIONS, []], default=list(SECTIONS), metavar="SECTION"
-    )
+    parser.add_argument("sections", nargs="*", metavar="SECTION", help="eigen, trace or probe (default: all)")
     args = parser.parse_args(argv)
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}: choose from {list(SECTIONS)}")
     torch.set_num_threads(1)
     for section in args.sections or list(SECTIONS):
         SECTIONS[section]()
