@@ -15,7 +15,7 @@ from lightning_landscape.curvature import (
     hessian_trace,
     spectral_density,
 )
-from lightning_landscape.curvature.operators import hessian as operator_module
+from lightning_landscape.curvature.operators import inputs as operator_module
 from tests.curvature.cases import CountingLoss, case
 
 
