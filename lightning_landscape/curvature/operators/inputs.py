@@ -26,6 +26,7 @@ class OperatorInputs:
     :attr:`num_params` before any evaluation and hands it to :meth:`HessianOperator.from_inputs`.
 
     Example:
+        >>> import torch
         >>> inputs = OperatorInputs.check(nn.Linear(3, 1), lambda m, b: m(b).sum(), [torch.ones(2, 3)])
         >>> inputs.names, inputs.num_params
         (['weight', 'bias'], 4)
