@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from torch.func import functional_call
 
 from lightning_landscape.curvature import batch_size
 from lightning_landscape.curvature._checks import check_choice, check_int, check_positive
-from lightning_landscape.curvature._inputs import LossFn, LossOf
+from lightning_landscape.curvature._inputs import LossFn, LossOf, validate_inputs
 
 Norm = Literal[2, "inf"]
 Kind = Literal["worst", "average"]
@@ -102,23 +102,6 @@ def _norm_arg(p: Any) -> Norm:
         if math.isinf(p) and p > 0:
             return "inf"
     raise ValueError(f"`p` must be 2 or 'inf' (float('inf') too), got {p!r}.")
-
-
-def _check_inputs(model: Any, loss_fn: Any, batches: Any) -> list[Any]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}.")
-    if isinstance(batches, (Tensor, Mapping)) or not isinstance(batches, Sequence):
-        raise TypeError(
-            "`batches` must be a list or tuple of batches (tensors, tuples or dicts), "
-            f"got {type(batches).__name__}."
-        )
-    if len(batches) == 0:
-        raise ValueError("`batches` is empty: pass at least one batch.")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("`model` has no trainable parameters (none with requires_grad=True).")
-    return list(batches)
 
 
 class _Probe:
@@ -244,7 +227,7 @@ def adaptive_sharpness(
         >>> round(res.value, 6)  # at delta = 0.1 w: 0.1 |w|^2 + 0.005 |w|^2
         0.525
     """
-    batches = _check_inputs(model, loss_fn, batches)
+    batches = validate_inputs(model, loss_fn, batches)
     check_positive("rho", rho)
     norm = _norm_arg(p)
     check_choice("kind", kind, ("worst", "average"))

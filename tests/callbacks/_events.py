@@ -31,24 +31,6 @@ def read_event_tags(log_dir: str | Path) -> dict[str, list[str]]:
     return tags
 
 
-def read_layout_categories(log_dir: str | Path) -> list[list[str]]:
-    """Titles of the categories of every custom-scalars layout written under ``log_dir``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.custom_scalar import layout_pb2
-
-    layouts = []
-    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(path), size_guidance={"tensors": 0})
-        acc.Reload()
-        if "custom_scalars__config__" not in acc.Tags()["tensors"]:
-            continue
-        for event in acc.Tensors("custom_scalars__config__"):
-            layout = layout_pb2.Layout()
-            layout.ParseFromString(event.tensor_proto.string_val[0])
-            layouts.append([c.title for c in layout.category])
-    return layouts
-
-
 def read_layouts(log_dir: str | Path) -> list[dict[str, list[str]]]:
     """Every custom-scalars layout written under ``log_dir`` as ``{category: [chart titles]}``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -65,3 +47,8 @@ def read_layouts(log_dir: str | Path) -> list[dict[str, list[str]]]:
             layout.ParseFromString(event.tensor_proto.string_val[0])
             layouts.append({c.title: [chart.title for chart in c.chart] for c in layout.category})
     return layouts
+
+
+def read_layout_categories(log_dir: str | Path) -> list[list[str]]:
+    """Titles of the categories of every custom-scalars layout written under ``log_dir``."""
+    return [list(layout) for layout in read_layouts(log_dir)]
