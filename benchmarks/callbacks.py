@@ -18,8 +18,9 @@ Configurations (same model, data, seed, Trainer options and TensorBoardLogger; o
 
 ``--configs`` runs a subset (``none`` is always included, as the reference).
 
-Each configuration is fitted ``--repeats`` times, interleaved round-robin so that load on the machine hits all
-alike; the fastest fit of each (the least disturbed by other load) is reported with its ratio to ``none``.
+Each configuration is fitted ``--repeats`` times, interleaved round-robin (the order rotating each round) so
+that load on the machine hits all alike; each round's fit is divided by the same round's ``none`` fit, and the
+median and range of those ratios are reported.
 On a shared machine fit times move by several percent from run to run, more than a probe costs; so for the
 Hessian configurations the time spent inside the monitor's step hook (the probes themselves) is also
 measured and reported as a share of the ``none`` fit, which load disturbs much less.
@@ -29,6 +30,7 @@ Run ``python benchmarks/callbacks.py``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import warnings
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _stats import ratios, spread  # benchmarks/_stats.py (this script's folder is on sys.path)
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
@@ -195,40 +198,53 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in configs}
     hooks: dict[str, list[float]] = {name: [] for name in configs}
     fit_time(50, CONFIGS["none"][0], False)  # warm-up: imports, allocator
-    for _ in range(args.repeats):
-        for name, (callbacks, lightning_route) in configs.items():
+    names = list(configs)
+    for r in range(args.repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            callbacks, lightning_route = configs[name]
             elapsed, in_hooks = fit_time(args.steps, callbacks, lightning_route)
             times[name].append(elapsed)
             hooks[name].append(in_hooks)
-    base = min(times["none"])
-    print(f"small MLP (32-64-64-10, batch 64), {args.steps} steps, best of {args.repeats}, TensorBoardLogger")
-    print(f"{'configuration':34s} {'fit s':>8s} {'x none':>8s}")
+    # Rounds are paired: every ratio is round r of a configuration over round r of ``none``.
+    print(
+        f"small MLP (32-64-64-10, batch 64), {args.steps} steps, {args.repeats} interleaved rounds, "
+        "TensorBoardLogger; ratios: median [min, max] over the rounds"
+    )
+    print(f"{'configuration':34s} {'fit s (median)':>15s}  x none")
     for name, ts in times.items():
-        med = min(ts)
-        print(f"{name:34s} {med:8.3f} {med / base:8.3f}")
+        print(f"{name:34s} {statistics.median(ts):15.3f}  {spread(ratios(ts, times['none']), '.3f')}")
     if {"grad_norm_every_step", "lightning_grad_norm_every_step"} <= set(times):
-        ours = min(times["grad_norm_every_step"]) - base
-        theirs = min(times["lightning_grad_norm_every_step"]) - base
-        versus = ours / max(theirs, 1e-9)
-        print(f"per-step logging overhead, ours vs Lightning grad_norm+log_dict: {versus:.2f}x")
-        print(f"  ({1e3 * ours / args.steps:.3f} ms vs {1e3 * theirs / args.steps:.3f} ms per step)")
-    hessian = ("hessian_top1", "hessian_top1_cold", "pyhessian_top1")
-    if set(hessian) <= set(times):
-        ratio = {name: min(times[name]) / base for name in hessian}
-        probe = {name: 1 + min(hooks[name]) / base for name in ratio}
+        ours = [t - b for t, b in zip(times["grad_norm_every_step"], times["none"], strict=True)]
+        theirs = [t - b for t, b in zip(times["lightning_grad_norm_every_step"], times["none"], strict=True)]
         print(
-            f"Hessian top-1 every 100 steps, fit time x none: ours {ratio['hessian_top1']:.3f}x "
-            f"(cold start {ratio['hessian_top1_cold']:.3f}x), pyhessian {ratio['pyhessian_top1']:.3f}x"
+            "per-step logging overhead, ours vs Lightning grad_norm+log_dict: "
+            f"{spread(ratios(ours, [max(t, 1e-9) for t in theirs]))}"
         )
         print(
-            f"  time in the probing hook, as 1 + share of the none fit: ours {probe['hessian_top1']:.3f}x "
-            f"(cold start {probe['hessian_top1_cold']:.3f}x), pyhessian {probe['pyhessian_top1']:.3f}x"
+            f"  ({1e3 * statistics.median(ours) / args.steps:.3f} ms vs "
+            f"{1e3 * statistics.median(theirs) / args.steps:.3f} ms per step, medians)"
+        )
+    hessian = ("hessian_top1", "hessian_top1_cold", "pyhessian_top1")
+    if set(hessian) <= set(times):
+        fit = {name: spread(ratios(times[name], times["none"]), ".3f") for name in hessian}
+        probe = {
+            name: spread([1 + h / b for h, b in zip(hooks[name], times["none"], strict=True)], ".3f")
+            for name in hessian
+        }
+        print(
+            f"Hessian top-1 every 100 steps, fit time x none: ours {fit['hessian_top1']} "
+            f"(cold start {fit['hessian_top1_cold']}), pyhessian {fit['pyhessian_top1']}"
+        )
+        print(
+            f"  time in the probing hook, as 1 + share of the none fit: ours {probe['hessian_top1']} "
+            f"(cold start {probe['hessian_top1_cold']}), pyhessian {probe['pyhessian_top1']}"
         )
     for name, what in (("noise_scale", "gradient noise scale"), ("stability", "edge of stability")):
         if name in times:
+            hook = [1 + h / b for h, b in zip(hooks[name], times["none"], strict=True)]
             print(
-                f"{what} at defaults, fit time x none: {min(times[name]) / base:.3f}x; "
-                f"time in its hook as 1 + share of the none fit: {1 + min(hooks[name]) / base:.3f}x"
+                f"{what} at defaults, fit time x none: {spread(ratios(times[name], times['none']), '.3f')}; "
+                f"time in its hook as 1 + share of the none fit: {spread(hook, '.3f')}"
             )
 
 
