@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _stats import ratios, spread  # benchmarks/_stats.py
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -54,6 +55,7 @@ from lightning_landscape.curvature import (
 
 DTYPE = torch.float64
 REL = 1e-3
+EIGEN_ROUNDS = 3
 
 
 def mse(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -123,7 +125,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def product_cost(
     model: nn.Module, loss_fn: Callable[..., Tensor], batches: list[Any], reps: int
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
     params = [p for p in model.parameters() if p.requires_grad]
 
     def gradient() -> None:
@@ -131,12 +133,15 @@ def product_cost(
 
     ops = {m: HessianOperator(model, loss_fn, batches, memory=m) for m in ("reuse", "recompute")}
     v = torch.randn(ops["reuse"].num_params, dtype=DTYPE)
-    out = {}
-    for name, fn in [("gradient", gradient)] + [(m, lambda o=op: o.matvec(v)) for m, op in ops.items()]:
+    fns: dict[str, Callable[[], Any]] = {"gradient": gradient}
+    fns.update({m: (lambda o=op: o.matvec(v)) for m, op in ops.items()})
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()  # warm-up
-        best = min(timed(fn)[1] for _ in range(reps))
-        out[name] = best
-    return out
+    for _ in range(reps):  # interleaved rounds
+        for name, fn in fns.items():
+            times[name].append(timed(fn)[1])
+    return times
 
 
 def eigen_section() -> None:
@@ -157,29 +162,45 @@ def eigen_section() -> None:
             source = f"Lanczos tol=1e-8 ({res.num_products} products, converged={res.converged})"
         costs = product_cost(model, loss_fn, batches, reps=3 if n > 1000 else 20)
         for k in (1, 5):
+            walls: dict[str, list[float]] = {"lanczos": [], "pyhessian": []}
+            results: dict[str, Any] = {}
+            for r in range(EIGEN_ROUNDS):  # interleaved rounds, the order alternating
+                for backend in ("lanczos", "pyhessian") if r % 2 == 0 else ("pyhessian", "lanczos"):
+                    start = time.perf_counter()
+                    results[backend] = hessian_eigenvalues(
+                        model, loss_fn, batches, k=k, tol=1e-3, backend=backend
+                    )
+                    walls[backend].append(time.perf_counter() - start)
             for backend in ("lanczos", "pyhessian"):
-                start = time.perf_counter()
-                res = hessian_eigenvalues(model, loss_fn, batches, k=k, tol=1e-3, backend=backend)
-                wall = time.perf_counter() - start
+                res = results[backend]
                 rows.append(
-                    (label, k, backend, res.num_products, wall, accurate(res.eigenvalues, truth[:k]), k)
+                    (label, k, backend, res.num_products, walls, accurate(res.eigenvalues, truth[:k]), k)
                 )
         print(f"\n{label}: n={n} parameters, truth = {source}")
         print("  top-5 truth: " + ", ".join(f"{t:.6g}" for t in truth.tolist()))
         print(
-            f"  one product / one gradient: reuse {costs['reuse'] / costs['gradient']:.2f}x, "
-            f"recompute {costs['recompute'] / costs['gradient']:.2f}x "
-            f"(gradient {costs['gradient'] * 1e3:.2f} ms)"
+            f"  one product / one gradient: reuse {spread(ratios(costs['reuse'], costs['gradient']))}, "
+            f"recompute {spread(ratios(costs['recompute'], costs['gradient']))} "
+            f"(gradient {_median(costs['gradient']) * 1e3:.2f} ms; "
+            f"median [range] of {len(costs['gradient'])} rounds)"
         )
     print(f"\n{validation}")
-    header = f"{'model':<22}{'k':>3}  {'backend':<10}{'products':>9}{'wall s':>9}{'accurate (1e-3)':>17}"
+    header = (
+        f"{'model':<22}{'k':>3}  {'backend':<10}{'products':>9}{'wall s (median)':>16}{'accurate (1e-3)':>17}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
-    for label, k, backend, prods, wall, acc, kk in rows:
-        print(f"{label:<22}{k:>3}  {backend:<10}{prods:>9}{wall:>9.3f}{f'{acc}/{kk}':>17}")
-    print("\nratio pyhessian/ours (products):")
+    for label, k, backend, prods, walls, acc, kk in rows:
+        print(
+            f"{label:<22}{k:>3}  {backend:<10}{prods:>9}{_median(walls[backend]):>16.3f}{f'{acc}/{kk}':>17}"
+        )
+    print(
+        "\nratio pyhessian/ours: products, and wall time "
+        f"(median [range] of {EIGEN_ROUNDS} interleaved rounds)"
+    )
     for i in range(0, len(rows), 2):
         ours, theirs = rows[i], rows[i + 1]
-        print(f"  {ours[0]:<22} top-{ours[1]}: {theirs[3] / ours[3]:.1f}x")
+        wall = spread(ratios(ours[4]["pyhessian"], ours[4]["lanczos"]))
+        print(f"  {ours[0]:<22} top-{ours[1]}: {theirs[3] / ours[3]:.1f}x products, wall {wall}")
 
 
 class TinyTransformer(nn.Module):
@@ -320,10 +341,10 @@ def _trace_model(curvlinops: Any, label: str, build: Callable[[], Any], budget: 
         best_peer = min(peers, key=err.__getitem__)
         fastest_peer = min(peers, key=lambda m: _median(walls[m]))
         best = min(mine, key=err.__getitem__)
+        wall = spread(ratios(walls[best][:count], walls[fastest_peer][:count]))
         print(
             f"  {count} seeds: {best} error {err[best] / err[best_peer]:.2f}x that of the most accurate peer "
-            f"({best_peer}); wall {_median(walls[best]) / _median(walls[fastest_peer]):.2f}x that of the "
-            f"fastest peer ({fastest_peer})"
+            f"({best_peer}); wall {wall} that of the fastest peer ({fastest_peer}), per round"
         )
 
 
@@ -362,25 +383,29 @@ def _probe_after(model: nn.Module, loss_fn: Callable[..., Tensor], batches: list
 
 
 class _CountingOperators:
-    """Counts the operators built while active; in "before" mode they run one backward per product."""
+    """Counts the operators started while active; in "before" mode they run one backward per product.
+
+    Every construction path (``HessianOperator(...)``, ``HessianOperator.from_inputs``) goes through
+    ``HessianOperator._start(inputs, train_mode, seed, batched)``, which this wraps.
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self.before = False
-        self._original = HessianOperator.__init__
+        self._original = HessianOperator._start
 
     def __enter__(self) -> _CountingOperators:
         original, counter = self._original, self
 
-        def init(op: HessianOperator, *args: Any, **kwargs: Any) -> None:
+        def start(op: HessianOperator, inputs: Any, train_mode: bool, seed: int, batched: bool) -> None:
             counter.count += 1
-            original(op, *args, **{**kwargs, "batched": not counter.before})
+            original(op, inputs, train_mode, seed, batched and not counter.before)
 
-        HessianOperator.__init__ = init  # type: ignore[method-assign]
+        HessianOperator._start = start  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        HessianOperator.__init__ = self._original  # type: ignore[method-assign]
+        HessianOperator._start = self._original  # type: ignore[method-assign]
 
 
 def _probe_model(label: str, build: Callable[[], Any], rounds: int = 5) -> None:
@@ -389,6 +414,9 @@ def _probe_model(label: str, build: Callable[[], Any], rounds: int = 5) -> None:
     products: dict[str, int] = {}
     operators: dict[str, int] = {"before": 0, "after": 0}
     with _CountingOperators() as counter:
+        for mode in ("before", "after"):  # warm-up, not timed: first-call allocations and lazy imports
+            counter.before = mode == "before"
+            (_probe_before if mode == "before" else _probe_after)(model, loss_fn, batches)
         for r in range(rounds):
             for mode in ["before", "after"] if r % 2 == 0 else ["after", "before"]:
                 counter.before, start = mode == "before", counter.count
@@ -401,14 +429,14 @@ def _probe_model(label: str, build: Callable[[], Any], rounds: int = 5) -> None:
     print(
         f"  {label:<14} before: {products['before']} products, {operators['before']} operators, {b:.3f} s"
         f" | after: {products['after']} products, {operators['after']} operator, {a:.3f} s"
-        f" | after/before wall {a / b:.2f}x"
+        f" | after/before wall {spread(ratios(walls['after'], walls['before']))}"
     )
 
 
 def probe_section() -> None:
     print(
         "\none probe: top-3 + smallest + trace (100 probes) + density (1 x 50 steps), "
-        "median of 5 interleaved rounds"
+        "medians, and the per-round ratio's median [range] over 5 interleaved rounds"
     )
     _probe_model("Transformer", transformer)
     _probe_model("BatchNorm CNN", bn_cnn)
