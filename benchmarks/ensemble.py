@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _stats import ratios as paired
+from _stats import spread  # benchmarks/_stats.py
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch import nn
 
@@ -270,10 +272,12 @@ def bench_k(k: int, args: argparse.Namespace, device: torch.device) -> dict[str,
         for row in order:
             times[row].append(median_step(runs[row](), warmup))
     result = {row: statistics.median(v) * 1e3 for row, v in times.items()}
+    rounds = {row: [t * 1e3 for t in v] for row, v in times.items()}
     bmm_rate, gemm_rate, copy_rate = measure_rates(k, args.batch, device)
     flops, layer2, nbytes = step_cost(k, args.batch)
     return {
         "ms": result,
+        "rounds": rounds,
         "data_ms": data_ms,
         "compile_s": compile_s,
         "bound": {
@@ -320,8 +324,10 @@ def print_table(ks: list[int], results: dict[int, dict[str, Any]]) -> None:
         "hand-written compiled / hand-written eager": (ROWS[5], ROWS[6]),
     }
     rw = max(len(r) for r in ratios) + 2
+    print("(per-round ratios: median [min, max] over the interleaved rounds)")
     for name, (a, b) in ratios.items():
-        print(f"{name:<{rw}}" + "".join(f"{results[k]['ms'][a] / results[k]['ms'][b]:>9.2f}x" for k in ks))
+        cells = [spread(paired(results[k]["rounds"][a], results[k]["rounds"][b])) for k in ks]
+        print(f"{name:<{rw}}" + "".join(f"{cell:>24}" for cell in cells))
     print("\nwhat still differs from the hand-written compiled step, measured (ms per step):")
     diffs = {
         "Lightning's loop (Trainer compiled - bare loop compiled)": (ROWS[0], ROWS[3]),

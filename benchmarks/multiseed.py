@@ -213,7 +213,8 @@ def main() -> None:
     for name, base in (("a bare fit", bare_times), ("a bare fit + last.ckpt every epoch", last_times)):
         ratios = [w / b for w, b in zip(wrapped_times, base, strict=True)]
         print(
-            f"  over {name:36s} median {100 * (statistics.median(ratios) - 1):+5.1f}%,"
+            f"  over {name:36s} median {100 * (statistics.median(ratios) - 1):+5.1f}%"
+            f" [{100 * (min(ratios) - 1):+5.1f}%, {100 * (max(ratios) - 1):+5.1f}%],"
             f" mean {100 * (statistics.fmean(ratios) - 1):+5.1f}%"
             f" (medians: seed {statistics.median(wrapped_times):.3f}s,"
             f" baseline {statistics.median(base):.3f}s)"
