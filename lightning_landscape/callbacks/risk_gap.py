@@ -17,6 +17,7 @@ from typing_extensions import override
 from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._batches import (
     batch_size_of,
+    check_dataloader,
     draw_batches,
     fixed_data_rng,
     iterate_fresh,
@@ -107,6 +108,8 @@ class RiskGapMonitor(Callback):
             running mean of the step losses, under its own tags.
         train_batches: How many training batches form the training risk (``train_risk="batches"``, unless
             ``full_train_risk``).
+        dataloader: The training dataloader the training risk is evaluated on: ``"train"`` (the only one), or
+            ``"train:<name>"`` for the one under key (or index) ``<name>`` of several.
 
     Raises:
         ValueError: If an argument is invalid; at the end of the first epoch (or the sanity check) if a risk
@@ -137,12 +140,17 @@ class RiskGapMonitor(Callback):
         name: str | None = None,
         train_risk: Literal["batches", "running_mean"] = "batches",
         train_batches: int = 8,
+        dataloader: str = "train",
     ) -> None:
         check_str("train_key", train_key)
         check_str("val_key", val_key, optional=True)
         check_float("optimal_risk", optimal_risk, optional=True)
         check_choice("train_risk", train_risk, ("batches", "running_mean"))
         check_int("train_batches", train_batches)
+        if not check_dataloader(dataloader).startswith("train"):
+            raise ValueError(
+                f"`dataloader` must be 'train' or 'train:<name>' (a training dataloader), got {dataloader!r}"
+            )
         if train_risk == "running_mean" and full_train_risk:
             raise ValueError(
                 "`full_train_risk`=True evaluates the risk at the current weights: it cannot be combined "
@@ -163,6 +171,7 @@ class RiskGapMonitor(Callback):
         self.name = name
         self.train_risk = train_risk
         self.train_batches = train_batches
+        self.dataloader = dataloader
         self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
         self._batches: list[Any] | None = None
         self._logged_step = -1  # global step of the last at-weights log
@@ -222,7 +231,7 @@ class RiskGapMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.running_mean and not self.full_train_risk:
-            loader = probe_dataloader(trainer, "train")
+            loader = probe_dataloader(trainer, self.dataloader)
             self._batches = draw_batches(
                 loader, self.train_batches, self.seed, to_device=trainer.strategy.batch_to_device
             )
@@ -340,7 +349,7 @@ class RiskGapMonitor(Callback):
             for batch in self._batches:
                 add(batch)
         else:
-            dataloader = probe_dataloader(trainer, "train")
+            dataloader = probe_dataloader(trainer, self.dataloader)
             with fixed_data_rng(dataloader, self.seed):
                 for batch in iterate_fresh(dataloader):
                     add(trainer.strategy.batch_to_device(batch))

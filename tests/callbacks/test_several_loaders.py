@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 
-from lightning_landscape import HessianEigenMonitor, LossLandscapeMonitor
+from lightning_landscape import HessianEigenMonitor, LossLandscapeMonitor, RiskGapMonitor
 from lightning_landscape.callbacks import tags
 from lightning_landscape.callbacks._batches import check_dataloader, probe_dataloader
 from tests.callbacks._cb_helpers import TinyRegression, make_data, make_loader, mse_loss_fn
@@ -147,3 +147,29 @@ def test_probe_dataloader_resolution() -> None:
     trainer.train_dataloader = {"a": a, "nested": {"x": b}}
     with pytest.raises(ValueError, match="the probe needs a single train DataLoader, found dict"):
         probe_dataloader(trainer, "train:nested")
+
+
+def test_risk_gap_draws_from_the_named_loader(tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
+    """``RiskGapMonitor(dataloader="train:b")``: the training risk is that loader's batches' mean loss at the
+    validation's weights (and the bare ``"train"`` is refused naming the choices, before the first step)."""
+    torch.manual_seed(0)
+    val = make_loader(n=16, batch_size=8, seed=9)
+    monitor = RiskGapMonitor(val_key=None, dataloader="train:b", loss_fn=MSE, train_batches=2)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[monitor], logger=False, **trainer_kwargs)
+    model = TwoTasks()
+    trainer.fit(model, _loaders(), val)
+    with torch.no_grad():
+        expected, other = (
+            float(mse_loss_fn(model, (x[:16], y[:16]))) for x, y in (make_data(32, seed=s) for s in (5, 0))
+        )
+    # Two batches of 8 in the loader's (unshuffled) order: the first 16 samples.
+    assert float(trainer.callback_metrics["risk/train"]) == pytest.approx(expected, rel=1e-6)
+    assert abs(expected - other) > 1e-3 * expected
+
+    with pytest.raises(ValueError, match=re.escape("`dataloader`='train:a' or 'train:b'")):
+        pl.Trainer(
+            max_steps=1, callbacks=[RiskGapMonitor(val_key=None, loss_fn=MSE)], logger=False, **trainer_kwargs
+        ).fit(TwoTasks(), _loaders())
+    for value in ("val", "val:a", "test"):
+        with pytest.raises(ValueError, match=re.escape(f"got {value!r}")):
+            RiskGapMonitor(dataloader=value)
