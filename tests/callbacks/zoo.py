@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from tests.callbacks.zoo_hf import TinyBert, TinyGPT2, classify_loader, hf_loss, lm_loader
+
 
 class TinyTransformer(LightningTransformer):
     """Lightning's demo Transformer (encoder-decoder, dropout, layer norm), tiny, on synthetic tokens.
@@ -205,6 +207,8 @@ class Entry:
     oracle_loss: Callable[[nn.Module, Any], Tensor] | None
     hessian_kwargs: dict[str, Any] = field(default_factory=dict)
     num_optimizers: int = 1
+    needs: str | None = None
+    """A package the entry needs beyond the package's own dependencies (its tests skip without it)."""
 
 
 ZOO: dict[str, Entry] = {
@@ -243,4 +247,6 @@ ZOO: dict[str, Entry] = {
         regression_loader,
         lambda m, b: F.mse_loss(m.net._orig_mod(b[0]), b[1]),  # type: ignore[operator]
     ),
+    "hf_gpt2": Entry("hf_gpt2", TinyGPT2, lm_loader, hf_loss, {"train_mode": False}, needs="transformers"),
+    "hf_bert": Entry("hf_bert", TinyBert, classify_loader, hf_loss, needs="transformers"),
 }
