@@ -8,15 +8,18 @@ landscape's ``.npz``) is compared with the dense float64 Hessian of :mod:`tests.
 was taken at, or with losses and gradients by plain autograd; every fit trains bit-identically to a fit
 without monitors.
 
-Tolerances: GPT-2's loss is float32 whatever the weights (transformers' ``ForCausalLMLoss`` casts the logits
-with ``.float()``), so its values hold to rel 1e-5 (measured: within 2e-6); BERT's are float64 (measured:
-within 1e-7, the event files' float32). Fits and oracles run on one thread (``torch_threads``).
+Tolerances: every eigenvalue, sharpness, curvature and noise estimate within rel 1e-6 of its oracle (measured:
+within 7e-8 on both, the float32 of the event files), landscape losses within rel 1e-6, the landscape's
+sharpness (a difference of two losses) within rel 1e-3: GPT-2's loss is float32 whatever the weights
+(transformers' ``ForCausalLMLoss`` casts the logits with ``.float()``; measured 9e-6). Fits and oracles run on
+one thread (``torch_threads``).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape import EdgeOfStabilityMonitor, GradientNoiseScaleMonitor, HessianEigenMonitor
+from lightning_landscape import (
+    EdgeOfStabilityMonitor,
+    GradientNoiseScaleMonitor,
+    HessianEigenMonitor,
+    RiskGapMonitor,
+)
 from lightning_landscape.callbacks import tags
 from lightning_landscape.callbacks.landscape import LossLandscapeMonitor
 from lightning_landscape.landscape import LineResult, PlaneResult
@@ -50,7 +58,7 @@ BLOCKS = {
     "hf_gpt2": ["model.transformer.h.0", "model.transformer.h.1"],
     "hf_bert": ["model.bert.encoder.layer.0", "model.bert.encoder.layer.1"],
 }
-REL = {"hf_gpt2": 1e-5, "hf_bert": 1e-6}
+REL = 1e-6  # measured: every value within 7e-8 of its oracle (the event files hold float32)
 LANDSCAPES: dict[str, dict[str, Any]] = {
     "line_hessian": {"mode": "line", "directions": "hessian", "steps": 5},
     "line_random": {"mode": "line", "directions": "random", "steps": 5},
@@ -98,6 +106,7 @@ class HFRuns:
     monitors: dict[str, list[pl.Callback]]
     noise: NoiseRecorder
     batch: Any
+    caught: list[warnings.WarningMessage]
     hessian: Tensor  # dense, at the final weights, on the probe batch
     hessian0: Tensor  # dense, at the first weights (where Hessian directions are drawn)
 
@@ -117,6 +126,7 @@ def _main_callbacks(name: str) -> list[pl.Callback]:
         ),
         EdgeOfStabilityMonitor(every_n_steps=STEPS, tol=TOL, train_mode=False, batch_sharpness=True),
         GradientNoiseScaleMonitor(every_n_steps=2, num_chunks=2, log_raw=True),
+        RiskGapMonitor("train_loss", None),
         LossLandscapeMonitor(span=SPAN, **LANDSCAPES["line_hessian"]),
     ]
 
@@ -129,7 +139,8 @@ def hf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     with torch_threads(1):
         pl.seed_everything(0)
         first = entry.build()
-        assert first.model.config._attn_implementation == "sdpa"  # the fused kernel, guarded in the probes
+        config: Any = first.model.config
+        assert config._attn_implementation == "sdpa"  # the fused kernel, guarded in the probes
         batch = next(iter(entry.loader()))
         hessian0 = dense_hessian(first, hf_loss, [batch])
         monitors = {"main": _main_callbacks(name)}
@@ -138,17 +149,20 @@ def hf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
         )
         noise = NoiseRecorder(every=2)
         fits = {}
-        for fit, callbacks in monitors.items():
-            extra = [noise] if fit == "main" and name == "hf_bert" else []
-            fits[fit] = _fit(entry, [*callbacks, *extra], root / fit, STEPS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for fit, callbacks in monitors.items():
+                extra = [noise] if fit == "main" and name == "hf_bert" else []
+                fits[fit] = _fit(entry, [*callbacks, *extra], root / fit, STEPS)
         bare = _fit(entry, [], root / "bare", STEPS)
         hessian = dense_hessian(fits["main"][0], hf_loss, [batch])
-        yield HFRuns(name, entry, bare, fits, monitors, noise, batch, hessian, hessian0)
+        yield HFRuns(name, entry, bare, fits, monitors, noise, batch, caught, hessian, hessian0)
 
 
 def _indices(model: nn.Module, prefix: str) -> Tensor:
     """Rows of the dense Hessian that belong to the parameters under ``prefix``."""
-    rows, offset = [], 0
+    rows: list[int] = []
+    offset = 0
     for n, p in model.named_parameters():
         if p.requires_grad:
             if n.startswith(prefix + "."):
@@ -157,15 +171,16 @@ def _indices(model: nn.Module, prefix: str) -> Tensor:
     return torch.tensor(rows)
 
 
-def _loss_at(model: nn.Module, batch: Any, flat_shift: Tensor) -> float:
+def _loss_at(model: nn.Module, batch: Any, flat_shift: Tensor | None = None) -> float:
     """The eval-mode loss with every trainable parameter moved by its slice of ``flat_shift``."""
     moved = copy.deepcopy(model).eval()  # a deep copy keeps tied weights tied
-    offset = 0
     with torch.no_grad():
-        for p in moved.parameters():
-            if p.requires_grad:
-                p.add_(flat_shift[offset : offset + p.numel()].view_as(p).to(p))
-                offset += p.numel()
+        if flat_shift is not None:
+            offset = 0
+            for p in moved.parameters():
+                if p.requires_grad:
+                    p.add_(flat_shift[offset : offset + p.numel()].view_as(p).to(p))
+                    offset += p.numel()
         return float(hf_loss(moved, batch))
 
 
@@ -174,8 +189,21 @@ def test_training_is_bit_identical_with_and_without_every_monitor(hf: HFRuns) ->
         _assert_same_training(fit, hf.bare)
 
 
+def test_second_order_work_takes_double_backward_through_the_math_kernel(hf: HFRuns) -> None:
+    # No probe skipped, unconverged or fallen back from double backward (hvp="auto" warns when it does).
+    messages = [str(w.message) for w in hf.caught]
+    assert not [m for m in messages if "hvp=" in m or "skipp" in m or "converge" in m], messages
+    assert not [w for w in hf.caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_risk_is_the_mean_loss_over_the_training_batches(hf: HFRuns) -> None:
+    model = hf.fits["main"][0]
+    risk = sum(_loss_at(model, batch) for batch in hf.entry.loader()) / STEPS
+    assert hf.scalars("main")[tags.RISK_TRAIN] == {3: pytest.approx(risk, rel=REL)}
+
+
 def test_per_layer_hessian_blocks_equal_the_dense_blocks(hf: HFRuns) -> None:
-    s, model, rel = hf.scalars("main"), hf.fits["main"][0], REL[hf.name]
+    s, model, rel = hf.scalars("main"), hf.fits["main"][0], REL
     full = torch.linalg.eigvalsh(hf.hessian)
     scale = float(full.abs().max())
     assert s[tags.hessian_eig_tag(1, name="layers")] == {3: pytest.approx(float(full[-1]), rel=rel)}
@@ -196,7 +224,7 @@ def test_per_layer_hessian_blocks_equal_the_dense_blocks(hf: HFRuns) -> None:
 
 
 def test_edge_of_stability_equals_the_dense_preconditioned_sharpness(hf: HFRuns) -> None:
-    s, rel = hf.scalars("main"), REL[hf.name]
+    s, rel = hf.scalars("main"), REL
     model, trainer, _ = hf.fits["main"]
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.AdamW)
@@ -226,18 +254,18 @@ def test_gradient_noise_scale_equals_chunk_gradients_by_autograd(hf: HFRuns) -> 
         # trace of a covariance is positive, and the logged averages are the debiased EMA of the raw values.
         assert all(v > 0 for v in raw_trace.values())
         ema = (0.9 * 0.1 * raw_trace[0] + 0.1 * raw_trace[2]) / (1 - 0.9**2)
-        assert s[tags.noise_scale_tag(tags.TRACE_COV)][2] == pytest.approx(ema, rel=1e-5)
+        assert s[tags.noise_scale_tag(tags.TRACE_COV)][2] == pytest.approx(ema, rel=REL)
         return
     assert sorted(hf.noise.raw) == [0, 2]
     for step, (grad_sq, trace) in hf.noise.raw.items():
-        assert raw_sq[step] == pytest.approx(grad_sq, rel=1e-5)
-        assert raw_trace[step] == pytest.approx(trace, rel=1e-5)
+        assert raw_sq[step] == pytest.approx(grad_sq, rel=REL)
+        assert raw_trace[step] == pytest.approx(trace, rel=REL)
 
 
 @pytest.mark.parametrize("kind", list(LANDSCAPES))
 def test_landscape_values_equal_losses_and_curvature_by_autograd(hf: HFRuns, kind: str) -> None:
     fit = "main" if kind == "line_hessian" else kind
-    s, model, rel = hf.scalars(fit), hf.fits[fit][0], REL[hf.name]
+    s, model, rel = hf.scalars(fit), hf.fits[fit][0], REL
     (monitor,) = [m for m in hf.monitors[fit] if isinstance(m, LossLandscapeMonitor)]
     assert monitor._directions is not None
     dirs = [d.double() for d in monitor._directions]
@@ -246,9 +274,9 @@ def test_landscape_values_equal_losses_and_curvature_by_autograd(hf: HFRuns, kin
         vectors = torch.linalg.eigh(hf.hessian0).eigenvectors
         for d, v in zip(dirs, (vectors[:, -1], vectors[:, -2]), strict=True):
             assert float(d.norm()) == pytest.approx(1.0, rel=1e-6)
-            assert abs(float(d @ v)) == pytest.approx(1.0, abs=1e-5)
+            assert abs(float(d @ v)) == pytest.approx(1.0, abs=1e-6)  # measured: 3e-7
     path = hf.log_dir(fit) / "landscape" / "epoch_0.npz"
-    center = _loss_at(model, hf.batch, torch.zeros_like(dirs[0]))
+    center = _loss_at(model, hf.batch)
     assert s[tags.LANDSCAPE_CENTER_LOSS] == {3: pytest.approx(center, rel=1e-6)}
     if LANDSCAPES[kind]["mode"] == "line":
         line = LineResult.load(path)
@@ -272,9 +300,11 @@ def test_eager_attention_logs_what_sdpa_logs(hf: HFRuns, tmp_path: Path) -> None
     module = TinyGPT2 if hf.name == "hf_gpt2" else TinyBert
     eager = Entry(hf.name, lambda: module("eager"), hf.entry.loader, hf.entry.oracle_loss)
     model, trainer, _ = _fit(eager, _main_callbacks(hf.name), tmp_path, STEPS)
-    assert model.model.config._attn_implementation == "eager"
+    config: Any = model.model.config
+    assert config._attn_implementation == "eager"
     assert trainer.logger is not None and trainer.logger.log_dir is not None
     s, sdpa = read_scalars(trainer.logger.log_dir), hf.scalars("main")
     assert sorted(s) == sorted(sdpa)
     for tag, series in sdpa.items():
-        assert s[tag] == pytest.approx(series, rel=1e-5, abs=1e-7), tag
+        # Measured: equal in the event files' float32 (the probes run both on the math kernel).
+        assert s[tag] == pytest.approx(series, rel=REL, abs=1e-9), tag
