@@ -107,6 +107,7 @@ class HFRuns:
     noise: NoiseRecorder
     batch: Any
     caught: list[warnings.WarningMessage]
+    first: dict[str, Tensor]  # the trainable parameters at the first weights (where directions are drawn)
     hessian: Tensor  # dense, at the final weights, on the probe batch
     hessian0: Tensor  # dense, at the first weights (where Hessian directions are drawn)
 
@@ -156,7 +157,8 @@ def hf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
                 fits[fit] = _fit(entry, [*callbacks, *extra], root / fit, STEPS)
         bare = _fit(entry, [], root / "bare", STEPS)
         hessian = dense_hessian(fits["main"][0], hf_loss, [batch])
-        yield HFRuns(name, entry, bare, fits, monitors, noise, batch, caught, hessian, hessian0)
+        start = {n: p.detach().clone() for n, p in first.named_parameters() if p.requires_grad}
+        yield HFRuns(name, entry, bare, fits, monitors, noise, batch, caught, start, hessian, hessian0)
 
 
 def _indices(model: nn.Module, prefix: str) -> Tensor:
@@ -275,6 +277,15 @@ def test_landscape_values_equal_losses_and_curvature_by_autograd(hf: HFRuns, kin
         for d, v in zip(dirs, (vectors[:, -1], vectors[:, -2]), strict=True):
             assert float(d.norm()) == pytest.approx(1.0, rel=1e-6)
             assert abs(float(d @ v)) == pytest.approx(1.0, abs=1e-6)  # measured: 3e-7
+    else:
+        # Filter-normalized at the first weights: a filter is an output unit, a column of GPT-2's Conv1D.
+        sizes = [p.numel() for p in hf.first.values()]
+        direction = dict(zip(hf.first, torch.split(dirs[0], sizes), strict=True))
+        for n, w in hf.first.items():
+            if n.endswith("mlp.c_fc.weight") or n.endswith("intermediate.dense.weight"):
+                axis = 0 if hf.name == "hf_gpt2" else 1  # Conv1D (in, out); nn.Linear (out, in)
+                got = direction[n].view_as(w).norm(dim=axis)
+                torch.testing.assert_close(got, w.double().norm(dim=axis), rtol=1e-12, atol=0)
     path = hf.log_dir(fit) / "landscape" / "epoch_0.npz"
     center = _loss_at(model, hf.batch)
     assert s[tags.LANDSCAPE_CENTER_LOSS] == {3: pytest.approx(center, rel=1e-6)}
