@@ -29,4 +29,4 @@ def test_a_tied_weight_is_one_variable_in_every_module_using_it() -> None:
 
     x = torch.tensor([[3.0]], dtype=torch.float64)
     assert dense_hessian(model, loss, [x]).tolist() == [[18.0]]
-    assert model.b.weight is model.a.weight and float(model.a.weight) == 0.5
+    assert model.b.weight is model.a.weight and model.a.weight.item() == 0.5

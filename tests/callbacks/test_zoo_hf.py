@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from lightning_landscape import (
     EdgeOfStabilityMonitor,
     GradientNoiseScaleMonitor,
+    GradientNormMonitor,
     HessianEigenMonitor,
     RiskGapMonitor,
 )
@@ -42,7 +43,7 @@ from lightning_landscape.landscape import LineResult, PlaneResult
 from tests.callbacks._events import read_scalars
 from tests.callbacks.conftest import torch_threads
 from tests.callbacks.test_stability import _adam_diag
-from tests.callbacks.test_zoo import _assert_same_training, _fit
+from tests.callbacks.test_zoo import GradRecorder, _assert_same_training, _fit
 from tests.callbacks.zoo import ZOO, Entry
 from tests.callbacks.zoo_hf import TinyBert, TinyGPT2, hf_loss
 from tests.oracle import dense_hessian
@@ -105,6 +106,7 @@ class HFRuns:
     fits: dict[str, FitRun]
     monitors: dict[str, list[pl.Callback]]
     noise: NoiseRecorder
+    grads: GradRecorder
     batch: Any
     caught: list[warnings.WarningMessage]
     first: dict[str, Tensor]  # the trainable parameters at the first weights (where directions are drawn)
@@ -128,6 +130,7 @@ def _main_callbacks(name: str) -> list[pl.Callback]:
         EdgeOfStabilityMonitor(every_n_steps=STEPS, tol=TOL, train_mode=False, batch_sharpness=True),
         GradientNoiseScaleMonitor(every_n_steps=2, num_chunks=2, log_raw=True),
         RiskGapMonitor("train_loss", None),
+        GradientNormMonitor(),  # per module (the zoo test takes them per parameter)
         LossLandscapeMonitor(span=SPAN, **LANDSCAPES["line_hessian"]),
     ]
 
@@ -148,17 +151,17 @@ def hf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
         monitors.update(
             {k: [LossLandscapeMonitor(span=SPAN, **v)] for k, v in LANDSCAPES.items() if k != "line_hessian"}
         )
-        noise = NoiseRecorder(every=2)
+        noise, grads = NoiseRecorder(every=2), GradRecorder()
         fits = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for fit, callbacks in monitors.items():
-                extra = [noise] if fit == "main" and name == "hf_bert" else []
+                extra = [] if fit != "main" else [grads, noise] if name == "hf_bert" else [grads]
                 fits[fit] = _fit(entry, [*callbacks, *extra], root / fit, STEPS)
         bare = _fit(entry, [], root / "bare", STEPS)
         hessian = dense_hessian(fits["main"][0], hf_loss, [batch])
         start = {n: p.detach().clone() for n, p in first.named_parameters() if p.requires_grad}
-        yield HFRuns(name, entry, bare, fits, monitors, noise, batch, caught, start, hessian, hessian0)
+        yield HFRuns(name, entry, bare, fits, monitors, noise, grads, batch, caught, start, hessian, hessian0)
 
 
 def _indices(model: nn.Module, prefix: str) -> Tensor:
@@ -196,6 +199,17 @@ def test_second_order_work_takes_double_backward_through_the_math_kernel(hf: HFR
     messages = [str(w.message) for w in hf.caught]
     assert not [m for m in messages if "hvp=" in m or "skipp" in m or "converge" in m], messages
     assert not [w for w in hf.caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_gradient_norms_per_module_add_up_to_the_total(hf: HFRuns) -> None:
+    s = hf.scalars("main")
+    total = s[tags.GRAD_NORM_TOTAL]
+    assert total == {k: pytest.approx(v, rel=REL) for (k, _), v in hf.grads.norms.items()}
+    modules = {t: v for t, v in s.items() if t.startswith("grad_norm/") and t != tags.GRAD_NORM_TOTAL}
+    # Every module with parameters once; GPT-2's LM head shares the token embedding's weight: counted there.
+    assert "grad_norm/model.lm_head" not in modules and len(modules) > 10
+    for step, value in total.items():
+        assert sum(series[step] ** 2 for series in modules.values()) ** 0.5 == pytest.approx(value, rel=REL)
 
 
 def test_risk_is_the_mean_loss_over_the_training_batches(hf: HFRuns) -> None:
