@@ -1,12 +1,13 @@
 """Every monitor on Hugging Face GPT-2 and BERT (tests/callbacks/zoo_hf.py), through fused attention.
 
-The zoo test (test_zoo.py) covers the top-k and smallest eigenvalue, gradient norms and the risk on them;
-here, per model, one fit carries the per-layer Hessian blocks, the edge of stability, the gradient noise scale
-and a landscape line along Hessian directions, and three more fits the other landscapes (one
-LossLandscapeMonitor per fit: they share their tags). Every value read back from the event files (or the
-landscape's ``.npz``) is compared with the dense float64 Hessian of :mod:`tests.oracle` at the weights it
-was taken at, or with losses and gradients by plain autograd; every fit trains bit-identically to a fit
-without monitors.
+The zoo test (test_zoo.py) covers the top-2 and smallest eigenvalue and the gradient norms per parameter on
+them; here, per model, one fit carries the per-layer Hessian blocks, the edge of stability, the gradient noise
+scale, the risk, gradient norms per module and a landscape line along Hessian directions, and three more fits
+the other landscapes (one LossLandscapeMonitor per fit: they share their tags). Every value read back from the
+event files (or the landscape's ``.npz``) is compared with the dense float64 Hessian of :mod:`tests.oracle` at
+the weights it was taken at, or with losses and gradients by plain autograd; every fit trains bit-identically
+to a fit without monitors; no probe falls back from double backward (the math-kernel guard works) or is
+skipped; the eager attention form logs the same values.
 
 Tolerances: every eigenvalue, sharpness, curvature and noise estimate within rel 1e-6 of its oracle (measured:
 within 7e-8 on both, the float32 of the event files), landscape losses within rel 1e-6, the landscape's
