@@ -177,11 +177,10 @@ def random_directions(
         norm_params = _norm_layer_params(model)
         skip = [name for name, w in weights.items() if w.dim() <= 1 or name in norm_params]
     gen = make_generator(seed)
-    last = _filters_last(model)
     out = []
     for _ in range(n):
         raw = {name: torch.randn(w.shape, generator=gen, dtype=torch.float64) for name, w in weights.items()}
-        out.append(normalize_direction(raw, weights, normalization, skip, sorted(last)))
+        out.append(normalize_direction(raw, weights, normalization, skip, sorted(_filters_last(model))))
     return out
 
 
