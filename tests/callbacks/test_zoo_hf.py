@@ -342,6 +342,18 @@ def test_every_product_method_through_fused_attention(hf: HFRuns, hvp: HvpMethod
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_the_tied_lm_head_selects_the_token_embedding(hf: HFRuns) -> None:
+    if hf.name != "hf_gpt2":
+        pytest.skip("BERT's classifier head has no tied weight")
+    model = hf.fits["main"][0]
+    assert model.model.lm_head.weight is model.model.transformer.wte.weight
+    result = hessian_eigenvalues(model, hf_loss, [hf.batch], k=1, tol=TOL, params=["model.lm_head"])
+    rows = _indices(model, "model.transformer.wte")
+    truth = float(torch.linalg.eigvalsh(hf.hessian[rows][:, rows])[-1])
+    assert float(result.eigenvalues[0]) == pytest.approx(truth, rel=1e-8)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_eager_attention_logs_what_sdpa_logs(hf: HFRuns, tmp_path: Path) -> None:
     module = TinyGPT2 if hf.name == "hf_gpt2" else TinyBert
     eager = Entry(hf.name, lambda: module("eager"), hf.entry.loader, hf.entry.oracle_loss)
