@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from tests._shared import QUIET
+from tests._shared import QUIET, torch_threads
 
 
 @pytest.fixture
@@ -35,18 +33,6 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent.parent), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return env
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """``n`` intra-op threads inside, the previous number restored after (tiny models on a shared machine:
-    the dense oracle of a 450-parameter Transformer takes 1 s on one thread, over 20 s on two busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -43,8 +43,8 @@ from lightning_landscape.callbacks.landscape import LossLandscapeMonitor
 from lightning_landscape.curvature import hessian_eigenvalues
 from lightning_landscape.curvature.operators import HvpMethod
 from lightning_landscape.landscape import LineResult, PlaneResult
+from tests._shared import torch_threads
 from tests.callbacks._events import read_scalars
-from tests.callbacks.conftest import torch_threads
 from tests.callbacks.test_stability import _adam_diag
 from tests.callbacks.test_zoo import GradRecorder, _assert_same_training, _fit
 from tests.callbacks.zoo import ZOO, Entry
