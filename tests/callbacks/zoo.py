@@ -2,7 +2,8 @@
 
 Each zoo entry builds a fresh module and its (unshuffled) train loader and names an independent loss
 ``oracle_loss(model, batch)`` for :mod:`tests.oracle` (``None`` where the dense Hessian is too big to be
-cheap). Every module is tiny so that a fit takes well under a second.
+cheap). Every module is tiny so that a fit takes well under a second. The Hugging Face GPT-2 and BERT
+(:mod:`tests.callbacks.zoo_hf`) need ``transformers``; their tests skip without it.
 """
 
 from __future__ import annotations
