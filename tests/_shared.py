@@ -7,6 +7,8 @@ Floor-specific models and data stay beside their tests (``tests/curvature/cases.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,18 @@ QUIET: dict[str, Any] = {
     "enable_model_summary": False,
     "num_sanity_val_steps": 0,
 }
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` intra-op threads inside, the previous number restored after (tiny models on a shared machine:
+    the dense oracle of a 450-parameter Transformer takes 1 s on one thread, over 20 s on two busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def mse_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:

@@ -15,7 +15,8 @@ the gradient with ``create_graph=True`` and differentiates each of its ``n`` ent
 the package. ``loss_fn`` may call anything on the module (``training_step`` included), since the parameters
 are swapped in place for the call.
 
-Frozen parameters (``requires_grad=False``) are constants; parameters the loss does not use have zero rows.
+Frozen parameters (``requires_grad=False``) are constants; parameters the loss does not use have zero rows;
+a parameter shared by several modules (tied weights) is one variable, substituted in every module using it.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def dense_hessian(
             for w, batch in zip(weights, batches, strict=True):
                 # Copies (float64 where floating) absorb what a train-mode BatchNorm writes into its buffers.
                 buffers = {n: to_double(b.detach()).clone() for n, b in model.named_buffers()}
-                with stateless._reparametrize_module(model, {**constants, **chunks, **buffers}):
+                # tie_weights: a tied parameter (GPT-2's embedding and LM head) is one variable in every use.
+                mapping = {**constants, **chunks, **buffers}
+                with stateless._reparametrize_module(model, mapping, tie_weights=True):
                     loss = loss + w * loss_fn(model, to_double(batch)).to(DTYPE)
         (grad,) = torch.autograd.grad(loss, flat, create_graph=True)
         rows = []

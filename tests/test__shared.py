@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests._shared import assert_unchanged, snapshot
+from tests._shared import assert_unchanged, snapshot, torch_threads
 
 
 def _model() -> nn.Module:
@@ -41,3 +41,13 @@ def test_each_change_is_caught(change: str) -> None:
         random.random()
     with pytest.raises(AssertionError):
         assert_unchanged(model, before)
+
+
+def test_torch_threads_restores_the_number_even_after_an_error() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        with pytest.raises(KeyError), torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise KeyError
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before

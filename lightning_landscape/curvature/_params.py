@@ -4,7 +4,9 @@ A selection is a list of module or parameter name prefixes (``["encoder", "head.
 a prefix when it equals it or continues it after a dot, so ``"layer1"`` does not match ``"layer10.bias"``)
 or one regular expression (a ``str``, searched with :func:`re.search` in each name, e.g.
 ``r"^layers\.0\."``). The names are those of ``model.named_parameters()``; the selected parameters keep
-that order, so the operator is the block of the full Hessian on their rows and columns.
+that order, so the operator is the block of the full Hessian on their rows and columns. A parameter shared by
+several modules (tied weights: GPT-2's LM head is its token embedding) is listed once, under its first name,
+and is selected when any of its names matches (``["lm_head"]`` selects ``transformer.wte.weight``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def select_parameters(model: nn.Module, params: ParamSelection = None) -> list[t
 
     Args:
         model: the model.
-        params: ``None`` for every trainable parameter, a list of name prefixes or a regular expression.
+        params: ``None`` for every trainable parameter, a list of name prefixes or a regular expression; a
+            tied parameter is selected when any of its names matches.
 
     Raises:
         ValueError: if ``params`` is malformed, or selects no trainable parameter (the message lists the
@@ -66,7 +69,10 @@ def select_parameters(model: nn.Module, params: ParamSelection = None) -> list[t
     if params is None:
         return trainable
     kind, how = _matcher(params)
-    chosen = [(n, p) for n, p in trainable if _matches(kind, how, n)]
+    aliases: dict[int, list[str]] = {}  # every name of each parameter, tied ones included
+    for n, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(n)
+    chosen = [(n, p) for n, p in trainable if any(_matches(kind, how, a) for a in aliases[id(p)])]
     if chosen:
         return chosen
     frozen = [n for n, p in named if not p.requires_grad and _matches(kind, how, n)]

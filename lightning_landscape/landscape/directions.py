@@ -7,7 +7,8 @@ each tensor shaped, typed and placed like its parameter. A point of a line or pl
 
 Filter normalization (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets", NeurIPS) rescales
 every filter :math:`d_{i,j}` of a Gaussian direction (row ``j`` of a Linear weight, output channel ``j`` of a
-Conv weight) to the norm of the matching filter of the weights,
+Conv weight, column ``j`` of a Hugging Face ``Conv1D`` weight, which GPT-2 stores as ``(in, out)``) to the
+norm of the matching filter of the weights,
 
 .. math::
 
@@ -53,10 +54,24 @@ def _norm_layer_params(model: nn.Module) -> set[str]:
     return names
 
 
-def _filter_norms(t: Tensor) -> Tensor:
-    """Norm of each filter (leading index), broadcastable to ``t``; a 0-d/1-d tensor is one filter."""
+def _filters_last(model: nn.Module) -> set[str]:
+    """Names of the weights whose filters run along the last dimension: Hugging Face ``Conv1D`` (GPT-2's
+    linear layers, ``y = x W + b`` with ``W`` of shape ``(in, out)``)."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        kind = type(module)
+        if kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers."):
+            names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False))
+    return names
+
+
+def _filter_norms(t: Tensor, last: bool = False) -> Tensor:
+    """Norm of each filter (leading index, or the last with ``last``), broadcastable to ``t``; a 0-d/1-d
+    tensor is one filter."""
     if t.dim() <= 1:
         return torch.linalg.vector_norm(t).reshape([1] * t.dim())
+    if last:
+        return torch.linalg.vector_norm(t.reshape(-1, t.shape[-1]), dim=0).reshape([1] * (t.dim() - 1) + [-1])
     return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).reshape([-1] + [1] * (t.dim() - 1))
 
 
@@ -70,12 +85,14 @@ def normalize_direction(
     weights: Mapping[str, Tensor],
     normalization: Normalization | None,
     skip: Sequence[str] = (),
+    filters_last: Sequence[str] = (),
 ) -> Direction:
     """Rescale ``direction`` to the scale of ``weights`` (module docstring); ``skip`` names are zeroed.
 
-    ``"filter"``: every filter to its weight filter's norm; ``"layer"``: every tensor to its weight tensor's
-    norm; ``"model"``: the whole direction (skipped entries excluded) to the norm of the weights (same
-    entries); ``None``: unchanged.
+    ``"filter"``: every filter (the leading index; the last for the names in ``filters_last``, e.g. a Hugging
+    Face ``Conv1D`` weight of shape ``(in, out)``) to its weight filter's norm; ``"layer"``: every tensor to
+    its weight tensor's norm; ``"model"``: the whole direction (skipped entries excluded) to the norm of the
+    weights (same entries); ``None``: unchanged.
 
     Raises:
         ValueError: for an unknown ``normalization`` or names that do not match ``weights``.
@@ -86,14 +103,14 @@ def normalize_direction(
         missing = sorted(set(weights) ^ set(direction))[:5]
         raise ValueError(f"the direction's names do not match the model's trainable parameters: {missing}")
     out: Direction = {}
-    skipped = set(skip)
+    skipped, last = set(skip), set(filters_last)
     for name, d in direction.items():
         w = weights[name].detach()
         d = d.detach().to(dtype=w.dtype, device=w.device)
         if name in skipped:
             out[name] = torch.zeros_like(w)
         elif normalization == "filter":
-            out[name] = d * _ratio(_filter_norms(w), _filter_norms(d))
+            out[name] = d * _ratio(_filter_norms(w, name in last), _filter_norms(d, name in last))
         elif normalization == "layer":
             out[name] = d * _ratio(torch.linalg.vector_norm(w), torch.linalg.vector_norm(d))
         else:
@@ -163,7 +180,7 @@ def random_directions(
     out = []
     for _ in range(n):
         raw = {name: torch.randn(w.shape, generator=gen, dtype=torch.float64) for name, w in weights.items()}
-        out.append(normalize_direction(raw, weights, normalization, skip))
+        out.append(normalize_direction(raw, weights, normalization, skip, sorted(_filters_last(model))))
     return out
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests._shared import QUIET
+from tests._shared import QUIET, torch_threads
 
 
 @pytest.fixture
@@ -32,3 +33,10 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent.parent), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test, restored after (see :func:`torch_threads`)."""
+    with torch_threads(1):
+        yield

@@ -3,6 +3,7 @@ them), and added from LightningCLI's command line."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
@@ -86,10 +87,18 @@ def _assert_same_training(
                 )
 
 
-ENTRIES = [pytest.param(name, marks=pytest.mark.slow) if name == "compiled" else name for name in ZOO]
+def _marks(entry: Entry) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.slow] if entry.name == "compiled" else []
+    if entry.needs is not None and importlib.util.find_spec(entry.needs) is None:
+        marks.append(pytest.mark.skip(reason=f"{entry.name} needs {entry.needs}"))
+    return marks
+
+
+ENTRIES = [pytest.param(name, marks=_marks(entry)) for name, entry in ZOO.items()]
 
 
 @pytest.mark.parametrize("name", ENTRIES)
+@pytest.mark.usefixtures("one_thread")
 def test_every_callback_on_every_zoo_module(name: str, tmp_path: Path) -> None:
     entry = ZOO[name]
     steps = 4 * entry.num_optimizers  # one global step per optimizer step: 4 batches

@@ -2,7 +2,8 @@
 
 Each zoo entry builds a fresh module and its (unshuffled) train loader and names an independent loss
 ``oracle_loss(model, batch)`` for :mod:`tests.oracle` (``None`` where the dense Hessian is too big to be
-cheap). Every module is tiny so that a fit takes well under a second.
+cheap). Every module is tiny so that a fit takes well under a second. The Hugging Face GPT-2 and BERT
+(:mod:`tests.callbacks.zoo_hf`) need ``transformers``; their tests skip without it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from lightning.pytorch.demos.transformer import LightningTransformer, Transforme
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from tests.callbacks.zoo_hf import TinyBert, TinyGPT2, classify_loader, hf_loss, lm_loader
 
 
 class TinyTransformer(LightningTransformer):
@@ -205,6 +208,8 @@ class Entry:
     oracle_loss: Callable[[nn.Module, Any], Tensor] | None
     hessian_kwargs: dict[str, Any] = field(default_factory=dict)
     num_optimizers: int = 1
+    needs: str | None = None
+    """A package the entry needs beyond the package's own dependencies (its tests skip without it)."""
 
 
 ZOO: dict[str, Entry] = {
@@ -243,4 +248,6 @@ ZOO: dict[str, Entry] = {
         regression_loader,
         lambda m, b: F.mse_loss(m.net._orig_mod(b[0]), b[1]),  # type: ignore[operator]
     ),
+    "hf_gpt2": Entry("hf_gpt2", TinyGPT2, lm_loader, hf_loss, {"train_mode": False}, needs="transformers"),
+    "hf_bert": Entry("hf_bert", TinyBert, classify_loader, hf_loss, needs="transformers"),
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 from lightning_landscape.curvature import HessianOperator, hessian_eigenvalues, hessian_trace
 from lightning_landscape.curvature._params import select_parameters
@@ -28,3 +30,25 @@ def test_selection_errors_name_the_argument() -> None:
         HessianOperator(c.model, c.loss_fn, c.batches, params=["0.weight"])
     with pytest.raises(ValueError, match="`params` is not supported with backend='pyhessian'"):
         hessian_eigenvalues(c.model, c.loss_fn, c.batches, params=["2"], backend="pyhessian")
+
+
+def test_a_tied_parameter_is_selected_by_any_of_its_names() -> None:
+    # As GPT-2's LM head shares its token embedding: listed once, under its first name.
+    model = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 2), nn.Linear(2, 2))
+    model[3].weight = model[0].weight
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias", "3.bias"]
+    assert [(n, p) for n, p in select_parameters(model, ["3.weight"])] == [("0.weight", model[0].weight)]
+    assert [n for n, _ in select_parameters(model, ["3"])] == ["0.weight", "3.bias"]
+    assert [n for n, _ in select_parameters(model, r"^3\.")] == ["0.weight", "3.bias"]
+    assert [n for n, _ in select_parameters(model, ["2", "3.weight"])] == ["0.weight", "2.weight", "2.bias"]
+    assert [n for n, _ in select_parameters(model, ["0.bias"])] == ["0.bias"]
+    # The block is the shared variable's: one operator over it, whichever name chose it.
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+
+    def loss(m: nn.Module, b: torch.Tensor) -> torch.Tensor:
+        return m(b).pow(2).mean()
+
+    by_alias = HessianOperator(model, loss, [x], params=["3.weight"])
+    by_name = HessianOperator(model, loss, [x], params=["0.weight"])
+    v = torch.randn(4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(by_alias.matvec(v), by_name.matvec(v), rtol=0, atol=0)

@@ -39,6 +39,26 @@ def test_filter_normalization_is_exact() -> None:
     assert not torch.equal(other["fc.weight"], d["fc.weight"])
 
 
+def test_filters_of_a_hugging_face_conv1d_are_its_columns() -> None:
+    # GPT-2's linear layers are transformers' Conv1D: y = x W + b with W of shape (in, out), so an output
+    # unit's filter is a column (a row of nn.Linear's (out, in) weight).
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Conv1D(3, 2), torch.nn.Tanh(), torch.nn.Linear(3, 1)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor([1.0, 10.0, 100.0], dtype=DT))  # filters of very different norms
+    (d,) = random_directions(model, 1, seed=0)
+    w = model[0].weight.detach()
+    assert w.shape == (2, 3)
+    torch.testing.assert_close(d["0.weight"].norm(dim=0), w.norm(dim=0), atol=0, rtol=1e-13)
+    assert torch.count_nonzero(d["0.bias"]) == 0
+    torch.testing.assert_close(
+        d["2.weight"].norm(dim=1), model[2].weight.detach().norm(dim=1), atol=0, rtol=1e-13
+    )
+
+
 def test_hessian_directions_are_the_dense_eigenvectors() -> None:
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
