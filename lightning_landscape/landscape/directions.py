@@ -30,6 +30,7 @@ from lightning_landscape._torch import NormBase
 from lightning_landscape.curvature import hessian_eigenvalues
 from lightning_landscape.curvature._checks import DEFAULT_TOL, check_int
 from lightning_landscape.curvature._inputs import LossFn, make_generator
+from lightning_landscape.curvature.operators._strategies import is_dtensor, wants_fsdp
 
 Direction = dict[str, Tensor]
 """A direction in weight space: one tensor per trainable parameter, keyed like ``named_parameters()``."""
@@ -160,6 +161,10 @@ def random_directions(
         norm_params = _norm_layer_params(model)
         skip = [name for name, w in weights.items() if w.dim() <= 1 or name in norm_params]
     gen = make_generator(seed)
+    if wants_fsdp(model):  # drawn in full, kept and normalized as shards: see landscape/_sharded.py
+        from lightning_landscape.landscape import _sharded
+
+        return _sharded.random_directions(model, n, normalization, skip, gen)
     out = []
     for _ in range(n):
         raw = {name: torch.randn(w.shape, generator=gen, dtype=torch.float64) for name, w in weights.items()}
@@ -186,7 +191,13 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Direction:
     out: Direction = {}
     offset = 0
     for name, p in like.items():
-        out[name] = vector[offset : offset + p.numel()].reshape(p.shape).to(dtype=p.dtype, device=p.device)
+        piece = vector[offset : offset + p.numel()].reshape(p.shape)
+        if is_dtensor(p):  # FSDP2: the direction is sharded like its parameter
+            from lightning_landscape.landscape._sharded import as_sharded, shard_of
+
+            out[name] = as_sharded(shard_of(piece, p), p)
+        else:
+            out[name] = piece.to(dtype=p.dtype, device=p.device)
         offset += p.numel()
     if offset != vector.numel():
         raise ValueError(f"vector of {vector.numel()} entries for {offset} trainable parameters")

@@ -20,7 +20,9 @@ from lightning_landscape.curvature import HessianOperator, HvpMethod
 from lightning_landscape.curvature._checks import check_choice, check_int
 from lightning_landscape.curvature._inputs import LossFn, LossOf, batch_size
 from lightning_landscape.curvature._model_state import math_attention, probe_context
+from lightning_landscape.curvature.operators._strategies import wants_fsdp
 from lightning_landscape.curvature.operators.hessian import HVP_METHODS
+from lightning_landscape.landscape import _sharded
 from lightning_landscape.landscape._evaluate import (
     GridEvaluator,
     check_finite,
@@ -195,6 +197,10 @@ def loss_line(
     """
     check_int("steps", steps, minimum=2)
     check_choice("hvp", hvp, HVP_METHODS)
+    if wants_fsdp(model):  # point by point on the shards, see landscape/_sharded.py
+        return _sharded.loss_line(
+            model, loss_fn, batches, direction, span, steps, towards, quadratic, train_mode, seed, hvp
+        )
     evaluator = GridEvaluator(
         model,
         loss_fn,
@@ -272,6 +278,8 @@ def loss_plane(
         torch.Size([5, 5])
     """
     check_int("steps", steps, minimum=2)
+    if wants_fsdp(model):  # point by point on the shards, see landscape/_sharded.py
+        return _sharded.loss_plane(model, loss_fn, batches, directions, span, steps, train_mode, seed)
     evaluator = GridEvaluator(
         model,
         loss_fn,
