@@ -17,7 +17,7 @@ from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._batches import check_dataloader, draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import Extremes, HessianProbe, mode_dependent_kinds
-from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
+from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal, sharding
 from lightning_landscape.callbacks._loggers import log_scalars
 from lightning_landscape.callbacks._probe import (
     MethodLoss,
@@ -224,6 +224,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
         self._state_key: tuple[tuple[Any, ...], str] | None = None
         self.num_unconverged = 0
         self._warned_mode = False
+        self._sharded = False  # under ModelParallelStrategy (FSDP2), set in setup
 
     @property
     @override
@@ -247,12 +248,15 @@ class HessianEigenMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if is_sharded(trainer.strategy):
-            raise MisconfigurationException(
-                f"HessianEigenMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
-                "Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "
-                "device."
-            )
+        refusal = sharded_refusal("HessianEigenMonitor", trainer.strategy, fsdp2=True)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
+        self._sharded = sharding(trainer.strategy) == "model_parallel"
+        if self._sharded:  # the parameters are sharded in configure_model, after this hook: see on_fit_start
+            try:
+                self.check_sharded()
+            except ValueError as err:
+                raise MisconfigurationException(f"HessianEigenMonitor: {err}") from err
         if self.backend == "pyhessian" and trainer.world_size > 1:
             raise MisconfigurationException(
                 f"HessianEigenMonitor: `backend`='pyhessian' cannot run on {trainer.world_size} processes "
@@ -261,10 +265,8 @@ class HessianEigenMonitor(HessianProbe, Callback):
             )
         if isinstance(self._loss_fn, MethodLoss):
             self._loss_fn.check(pl_module)
-        try:
-            self.check_model(pl_module)
-        except ValueError as err:
-            raise MisconfigurationException(f"HessianEigenMonitor: {err}") from err
+        if not self._sharded:
+            self._check_model(pl_module)
         if not pl_module.automatic_optimization and self._loss_fn is None:
             raise MisconfigurationException(
                 f"HessianEigenMonitor cannot probe {type(pl_module).__name__}.training_step: it uses "
@@ -292,8 +294,18 @@ class HessianEigenMonitor(HessianProbe, Callback):
                     category=UserWarning,
                 )
 
+    def _check_model(self, pl_module: pl.LightningModule) -> None:
+        try:
+            if self._sharded:
+                self.check_sharded(pl_module)
+            self.check_model(pl_module)
+        except ValueError as err:
+            raise MisconfigurationException(f"HessianEigenMonitor: {err}") from err
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sharded:  # configure_model has sharded the parameters by now
+            self._check_model(pl_module)
         write_layout(trainer)
 
     @override

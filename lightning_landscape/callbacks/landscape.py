@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_landscape.callbacks._batches import check_dataloader, draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
-from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
+from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal
 from lightning_landscape.callbacks._loggers import log_figure, log_scalars
 from lightning_landscape.callbacks._probe import TrainingStepLoss, epoch_end_logging_step, resolve_loss_fn
 from lightning_landscape.callbacks._tensorboard import write_layout
@@ -179,11 +179,9 @@ class LossLandscapeMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if is_sharded(trainer.strategy):
-            raise MisconfigurationException(
-                f"LossLandscapeMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
-                "moving the weights needs every parameter on every rank. Use strategy='ddp' or one device."
-            )
+        refusal = sharded_refusal("LossLandscapeMonitor", trainer.strategy, fsdp2=False)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

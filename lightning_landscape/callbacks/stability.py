@@ -17,7 +17,7 @@ from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._batches import draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import HessianProbe
-from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
+from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal, sharding
 from lightning_landscape.callbacks._probe import MethodLoss, TrainingStepLoss, logging_step, resolve_loss_fn
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
 from lightning_landscape.curvature import (
@@ -177,6 +177,7 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         self._warned_lr = False
         self.num_probes = 0
         self.num_skipped = 0
+        self._sharded = False  # under ModelParallelStrategy (FSDP2), set in setup
         self.last_metrics: dict[str, float] = {}
         """The values of the last probe by tag (also on ranks other than zero)."""
         self.threshold_formula: str | None = None
@@ -194,18 +195,20 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if is_sharded(trainer.strategy):
+        refusal = sharded_refusal("EdgeOfStabilityMonitor", trainer.strategy, fsdp2=True)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
+        self._sharded = sharding(trainer.strategy) == "model_parallel"
+        if self._sharded and self.batch_sharpness:
             raise MisconfigurationException(
-                f"EdgeOfStabilityMonitor does not support sharded models ({type(trainer.strategy).__name__}):"
-                " Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "
-                "device."
+                "EdgeOfStabilityMonitor: `batch_sharpness`=True cannot run under FSDP: it differentiates "
+                "each batch's gradient again (torch.autograd.grad has no graph w.r.t. sharded parameters). "
+                "Use batch_sharpness=False under ModelParallelStrategy, or strategy='ddp'."
             )
         if isinstance(self._loss_fn, MethodLoss):
             self._loss_fn.check(pl_module)
-        try:
-            self.check_model(pl_module)
-        except ValueError as err:
-            raise MisconfigurationException(f"EdgeOfStabilityMonitor: {err}") from err
+        if not self._sharded:  # sharded in configure_model, after this hook: checked at fit start
+            self._check_model(pl_module)
         if not pl_module.automatic_optimization and self._loss_fn is None:
             raise MisconfigurationException(
                 f"EdgeOfStabilityMonitor cannot probe {type(pl_module).__name__}.training_step: it uses "
@@ -245,8 +248,18 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
                     "its parameters with `params` or pick its index with `optimizer`."
                 )
 
+    def _check_model(self, pl_module: pl.LightningModule) -> None:
+        try:
+            if self._sharded:
+                self.check_sharded(pl_module)
+            self.check_model(pl_module)
+        except ValueError as err:
+            raise MisconfigurationException(f"EdgeOfStabilityMonitor: {err}") from err
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sharded:
+            self._check_model(pl_module)
         self._check_optimizers(trainer, pl_module)
         write_layout(trainer)
 
