@@ -90,26 +90,26 @@ def sharded_refusal(monitor: str, strategy: Any, fsdp2: bool) -> str | None:
     kind, name = sharding(strategy), type(strategy).__name__
     if kind is None or (kind == "model_parallel" and fsdp2):
         return None
+    instead = (
+        "Use ModelParallelStrategy with torch.distributed.fsdp.fully_shard in configure_model (FSDP2, which "
+        "this monitor supports) or strategy='ddp'."
+        if fsdp2
+        else "Use strategy='ddp' or a single device."
+    )
     if kind == "deepspeed":
         return (
             f"{monitor} does not support DeepSpeed ({name}): ZeRO partitions the parameters inside its own "
-            "engine, so no probe can move them or take a product on them. Use ModelParallelStrategy with "
-            "torch.distributed.fsdp.fully_shard in configure_model (FSDP2)"
-            + (", where it runs by finite differences," if fsdp2 else "")
-            + " or strategy='ddp'."
+            f"engine, so no probe can move them or take a product on them. {instead}"
         )
     if kind == "fsdp":
         return (
             f"{monitor} does not support FSDPStrategy (FSDP1): it flattens each wrapped module's parameters "
             "into one FlatParameter cut into per-rank pieces, with no parameter layout left to move or take "
-            "products on (and Lightning runs it on CUDA only). Use ModelParallelStrategy with "
-            "torch.distributed.fsdp.fully_shard in configure_model (FSDP2)"
-            + (", which this monitor supports," if fsdp2 else "")
-            + " or strategy='ddp'."
+            f"products on (and Lightning runs it on CUDA only). {instead}"
         )
     return (
-        f"{monitor} does not support sharded models ({name}): it needs every parameter on every rank. Use "
-        "strategy='ddp' or a single device."
+        f"{monitor} does not support sharded models ({name}): it needs every parameter on every rank. "
+        f"{instead}"
     )
 
 

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_landscape.callbacks._batches import check_dataloader, draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
-from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal
+from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal, sharding
 from lightning_landscape.callbacks._loggers import log_figure, log_scalars
 from lightning_landscape.callbacks._probe import TrainingStepLoss, epoch_end_logging_step, resolve_loss_fn
 from lightning_landscape.callbacks._tensorboard import write_layout
@@ -165,6 +165,7 @@ class LossLandscapeMonitor(Callback):
         self.num_probes = 0
         self.last_result: LineResult | PlaneResult | None = None
         self.trajectory_result: PlaneResult | None = None
+        self._sharded = False  # under ModelParallelStrategy (FSDP2), set in setup
 
     @property
     @override
@@ -179,9 +180,22 @@ class LossLandscapeMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refusal = sharded_refusal("LossLandscapeMonitor", trainer.strategy, fsdp2=False)
+        refusal = sharded_refusal("LossLandscapeMonitor", trainer.strategy, fsdp2=True)
         if refusal is not None:
             raise MisconfigurationException(refusal)
+        self._sharded = sharding(trainer.strategy) == "model_parallel"
+        if self._sharded and self.trajectory:
+            raise MisconfigurationException(
+                "LossLandscapeMonitor: `trajectory`=True cannot run under FSDP: the trajectory plane keeps a "
+                "full copy of the weights per probe and evaluates on unsharded weights. Pass "
+                "trajectory=False under ModelParallelStrategy (lines and planes run on the shards)."
+            )
+        if self._sharded and self.sharpness_rho is not None:
+            raise MisconfigurationException(
+                f"LossLandscapeMonitor: `sharpness_rho`={self.sharpness_rho} cannot run under FSDP: adaptive "
+                "sharpness differentiates through unsharded weights. Leave sharpness_rho=None under "
+                "ModelParallelStrategy."
+            )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -260,7 +274,10 @@ class LossLandscapeMonitor(Callback):
         )
         self.last_result = result
         self.num_probes += 1
-        self._iterates.append(flatten({k: p.detach() for k, p in named_trainable(pl_module).items()}).cpu())
+        if not self._sharded:  # under FSDP no trajectory: no full copy of the weights per probe
+            self._iterates.append(
+                flatten({k: p.detach() for k, p in named_trainable(pl_module).items()}).cpu()
+            )
         metrics = {LANDSCAPE_SHARPNESS: sharp, LANDSCAPE_CENTER_LOSS: result.center_loss}
         if isinstance(result, LineResult) and result.curvature is not None:
             metrics[LANDSCAPE_CURVATURE] = result.curvature
@@ -292,9 +309,9 @@ class LossLandscapeMonitor(Callback):
         self, trainer: pl.Trainer, result: LineResult | PlaneResult, name: str, tag: str, step: int
     ) -> None:
         """Figure to every logger and files under the log dir, on global rank zero only (no collective)."""
+        folder = self._log_dir(trainer)  # on every rank: trainer.log_dir broadcasts (a collective)
         if not trainer.is_global_zero:
             return
-        folder = self._log_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         result.save(folder / f"{name}.npz")
         fig = result.plot()

@@ -207,7 +207,11 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Direction:
 def flatten(direction: Mapping[str, Tensor], like: Mapping[str, Tensor] | None = None) -> Tensor:
     """Concatenate a direction into one flat vector (in the order of ``like``'s names when given)."""
     names = list(like) if like is not None else list(direction)
-    return torch.cat([direction[n].reshape(-1) for n in names])
+    pieces = []
+    for n in names:
+        gather = getattr(direction[n], "full_tensor", None)  # FSDP2: gathered, the vector whole on every rank
+        pieces.append((gather() if gather is not None else direction[n]).reshape(-1))
+    return torch.cat(pieces)
 
 
 def hessian_directions(

@@ -18,7 +18,7 @@ from torch import Tensor
 from tests._shared import QUIET
 from tests.callbacks._cb_helpers import TinyRegression
 
-PREFIXES = ("hessian/", "stability/")
+PREFIXES = ("hessian/", "stability/", "landscape/")
 
 
 class ShardedRegression(TinyRegression):
@@ -75,12 +75,24 @@ class Recorder(Logger):
 
 def monitors() -> list[pl.Callback]:
     """The monitors compared between the sharded and the single-process run."""
-    from lightning_landscape import EdgeOfStabilityMonitor, HessianEigenMonitor
+    from lightning_landscape import EdgeOfStabilityMonitor, HessianEigenMonitor, LossLandscapeMonitor
 
     hessian = HessianEigenMonitor(
         k=2, every_n_steps=2, smallest=True, trace=True, trace_samples=3, blocks=["net.0"], tol=1e-9
     )
-    return [hessian, EdgeOfStabilityMonitor(every_n_steps=2, tol=1e-9)]
+    line = LossLandscapeMonitor(steps=5, trajectory=False)
+    plane = LossLandscapeMonitor(mode="plane", directions="hessian", steps=3, trajectory=False)
+    return [hessian, EdgeOfStabilityMonitor(every_n_steps=2, tol=1e-9), line, plane]
+
+
+def landscapes(callbacks: list[pl.Callback]) -> list[dict[str, Any]]:
+    """The last line or plane of each landscape monitor, as plain values."""
+    out = []
+    for callback in callbacks:
+        result = getattr(callback, "last_result", None)
+        if result is not None:
+            out.append({"losses": result.losses, "curvature": getattr(result, "curvature", None)})
+    return out
 
 
 def fit(
@@ -118,6 +130,7 @@ def run(rank: int, port: int, out_dir: str) -> None:
         callbacks = monitors() if key == "sgd" else [EdgeOfStabilityMonitor(every_n_steps=2, tol=1e-9)]
         fit(model, callbacks, ShardedData(), recorder, strategy=ModelParallelStrategy(), **sharded)
         out[key] = recorder.values
+        out[f"{key}_landscapes"] = landscapes(callbacks)
         out[f"{key}_weights"] = weights(model)
         out[f"{key}_sharded"] = all(type(p).__name__ == "DTensor" for p in model.parameters())
     pl.seed_everything(11)
@@ -129,7 +142,8 @@ def run(rank: int, port: int, out_dir: str) -> None:
         ("double_backward", ShardedRegression(), HessianEigenMonitor(hvp="double_backward")),
         ("pyhessian", ShardedRegression(), HessianEigenMonitor(backend="pyhessian")),
         ("batch_sharpness", ShardedRegression(), EdgeOfStabilityMonitor(batch_sharpness=True)),
-        ("landscape", ShardedRegression(), LossLandscapeMonitor()),
+        ("trajectory", ShardedRegression(), LossLandscapeMonitor()),
+        ("adaptive", ShardedRegression(), LossLandscapeMonitor(trajectory=False, sharpness_rho=0.1)),
         ("sub_mesh", SubMeshRegression(), HessianEigenMonitor()),
     ):
         try:
