@@ -28,6 +28,7 @@ from lightning_landscape.curvature.algorithms.lanczos import lanczos
 from lightning_landscape.curvature.algorithms.power import power_iteration
 from lightning_landscape.curvature.algorithms.slq import slq
 from lightning_landscape.curvature.algorithms.trace import TraceMethod, check_trace_args, trace_of
+from lightning_landscape.curvature.operators._strategies import wants_fsdp
 from lightning_landscape.curvature.operators.hessian import (
     HessianOperator,
     HvpMethod,
@@ -141,6 +142,11 @@ def hessian_eigenvalues(
             raise ValueError(
                 "`params` is not supported with backend='pyhessian' (it differentiates by every parameter); "
                 "use backend='lanczos' or 'power', or params=None."
+            )
+        if wants_fsdp(model):
+            raise ValueError(
+                "`backend`='pyhessian' cannot run under FSDP: it differentiates twice through "
+                "torch.autograd.grad, which has no graph w.r.t. sharded parameters. Use backend='lanczos'."
             )
         from lightning_landscape.curvature._pyhessian import pyhessian_eigenvalues
 

@@ -5,9 +5,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def compute(model: Any, loss_fn: Any, batches: list[Any]) -> dict[str, Any]:
+    """The curvature API's values, the same calls on the sharded and on the single-process model."""
+    from lightning_landscape.curvature import hessian_eigenvalues, hessian_trace, spectral_density
+
+    both = hessian_eigenvalues(model, loss_fn, batches, k=2, which="both", tol=1e-6)
+    density = spectral_density(model, loss_fn, batches, num_iter=8, num_runs=1)
+    return {
+        "top": both.eigenvalues,
+        "bottom": both.smallest,
+        "converged": both.converged,
+        "trace": hessian_trace(model, loss_fn, batches, num_samples=4).trace,
+        "nodes": density.nodes,
+        "weights": density.weights,
+    }
 
 
 def run(rank: int, port: int, out_dir: str) -> None:
@@ -16,7 +33,7 @@ def run(rank: int, port: int, out_dir: str) -> None:
     _import_curvature_alone()
     from torch.distributed.fsdp import fully_shard
 
-    from lightning_landscape.curvature import HessianOperator, hessian_eigenvalues
+    from lightning_landscape.curvature import HessianOperator
     from tests.curvature.cases import case
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
@@ -27,22 +44,26 @@ def run(rank: int, port: int, out_dir: str) -> None:
         c = case("relu_trained")
         fully_shard(c.model)  # every parameter a DTensor, sharded on dim 0 over the two ranks
         mine = [c.batches[rank]]  # rank 0: 40 samples, rank 1: 24 (unequal: the weighting matters)
-        both = hessian_eigenvalues(
-            c.model, c.loss_fn, mine, k=2, which="both", tol=1e-6, hvp="finite_difference"
-        )
+        api = compute(c.model, c.loss_fn, mine)
         auto = HessianOperator(c.model, c.loss_fn, mine, hvp="auto")
         refused = ""
         try:
             HessianOperator(c.model, c.loss_fn, mine, hvp="double_backward")
         except (TypeError, ValueError) as err:
             refused = str(err)
+        from lightning_landscape.curvature import hessian_eigenvalues
+
+        pyhessian = ""
+        try:
+            hessian_eigenvalues(c.model, c.loss_fn, mine, backend="pyhessian")
+        except ValueError as err:
+            pyhessian = str(err)
         torch.save(
             {
-                "top": both.eigenvalues,
-                "bottom": both.smallest,
-                "converged": both.converged,
+                **api,
                 "auto": auto.hvp,
                 "refused": refused,
+                "pyhessian": pyhessian,
                 "sharded": all(type(p).__name__ == "DTensor" for p in c.model.parameters()),
             },
             Path(out_dir) / f"rank{rank}.pt",
