@@ -102,29 +102,32 @@ def local_pieces(direction: Any, weights: Mapping[str, Tensor], name: str) -> li
 # -- random directions ---------------------------------------------------------------------------------
 
 
-def _row_sums(piece: Tensor, p: Tensor, per_filter: bool) -> Tensor:
-    """This rank's part of the sums of squares of ``p``'s filters (``per_filter``, rows at their global
-    index) or of all of ``p`` (one entry): summed over ranks they are the full sums."""
+def _row_sums(piece: Tensor, p: Tensor, dim: int | None) -> Tensor:
+    """This rank's part of the sums of squares of ``p``'s filters along ``dim`` (each at its global index),
+    or of all of ``p`` (one entry) for ``dim=None``: summed over ranks they are the full sums."""
     x = piece.double()
-    if not per_filter or p.dim() <= 1:
+    if dim is None:
         return (x * x).sum().reshape(1)
-    rows = (x * x).reshape(x.shape[0], math.prod(x.shape[1:])).sum(1)  # an empty shard has no rows
+    sq = (x * x).movedim(dim, 0)
+    rows = sq.reshape(sq.shape[0], math.prod(sq.shape[1:])).sum(1)  # an empty shard has no rows
     where = shard_range(p)
-    if where is None or where[0] != 0:
-        return rows  # every rank holds every row (in part)
-    full = torch.zeros(p.shape[0], dtype=torch.float64, device=x.device)
+    if where is None or where[0] != dim:
+        return rows  # every rank holds every filter (in part)
+    full = torch.zeros(p.shape[dim], dtype=torch.float64, device=x.device)
     full[where[1] : where[1] + where[2]] = rows
     return full
 
 
-def _local_rows(total: Tensor, p: Tensor, per_filter: bool) -> Tensor:
+def _local_rows(total: Tensor, p: Tensor, dim: int | None) -> Tensor:
     """The full sums of :func:`_row_sums` that concern this rank's shard, broadcastable to it."""
-    if not per_filter or p.dim() <= 1:
+    if dim is None:
         return total.reshape([1] * p.dim())
     where = shard_range(p)
-    if where is not None and where[0] == 0:
+    if where is not None and where[0] == dim:
         total = total[where[1] : where[1] + where[2]]
-    return total.reshape([-1] + [1] * (p.dim() - 1))
+    shape = [1] * p.dim()
+    shape[dim] = -1
+    return total.reshape(shape)
 
 
 def _ratio(target: Tensor, current: Tensor) -> Tensor:
@@ -137,18 +140,20 @@ def normalize(
     weights: Mapping[str, Tensor],
     normalization: str | None,
     skip: Sequence[str],
+    filters_last: Sequence[str] = (),
 ) -> Direction:
     """:func:`~.directions.normalize_direction` on shards: ``pieces`` (float64 local shards) rescaled to the
-    scale of ``weights`` with the norms summed over all ranks (one reduction); a sharded direction."""
-    skipped = set(skip)
+    scale of ``weights`` with the norms summed over all ranks (one reduction); a sharded direction. Filters
+    run along the leading dimension, the last for the names in ``filters_last``."""
+    skipped, last = set(skip), set(filters_last)
     kept = [n for n in weights if n not in skipped]
-    per_filter = normalization == "filter"
     scaled = normalization in ("filter", "layer", "model")
+    dims: dict[str, int | None] = {
+        n: (w.dim() - 1 if n in last else 0) if normalization == "filter" and w.dim() > 1 else None
+        for n, w in weights.items()
+    }
     pairs = [
-        (
-            _row_sums(local_tensor(weights[n]), weights[n], per_filter),
-            _row_sums(pieces[n], weights[n], per_filter),
-        )
+        (_row_sums(local_tensor(weights[n]), weights[n], dims[n]), _row_sums(pieces[n], weights[n], dims[n]))
         for n in (kept if scaled else [])
     ]
     flat = [t for pair in pairs for t in pair]
@@ -173,7 +178,7 @@ def normalize(
         if n in skipped:
             local = torch.zeros_like(local_tensor(w))
         elif scaled:
-            local = pieces[n] * _local_rows(scales[n], w, per_filter)
+            local = pieces[n] * _local_rows(scales[n], w, dims[n])
         else:
             local = pieces[n]
         out[n] = as_sharded(local, w)
@@ -181,10 +186,16 @@ def normalize(
 
 
 def random_directions(
-    model: nn.Module, n: int, normalization: str | None, skip: Sequence[str], generator: torch.Generator
+    model: nn.Module,
+    n: int,
+    normalization: str | None,
+    skip: Sequence[str],
+    generator: torch.Generator,
+    filters_last: Sequence[str] = (),
 ) -> list[Direction]:
     """``n`` Gaussian directions sharded like ``model``'s parameters, the same as on one process (the
-    entries drawn in full from ``generator`` in the same order, each rank keeping its shard)."""
+    entries drawn in full from ``generator`` in the same order, each rank keeping its shard); filters along
+    the last dimension for the names in ``filters_last`` (Hugging Face ``Conv1D``)."""
     weights = _trainable(model)
     out = []
     for _ in range(n):
@@ -192,7 +203,7 @@ def random_directions(
         for name, w in weights.items():
             full = torch.randn(w.shape, generator=generator, dtype=torch.float64)
             pieces[name] = shard_of(full, w).to(local_tensor(w).device)
-        out.append(normalize(pieces, weights, normalization, skip))
+        out.append(normalize(pieces, weights, normalization, skip, filters_last))
     return out
 
 

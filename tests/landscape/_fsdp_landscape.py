@@ -69,6 +69,13 @@ def run(rank: int, port: int, out_dir: str) -> None:
         out["unchanged"] = all(torch.equal(p.to_local(), b) for p, b in zip(params, before, strict=True))
         out["grads_none"] = all(p.grad is None for p in params)
         out["sharded"] = all(type(p).__name__ == "DTensor" for p in model.parameters())
+        # Filters along the last dim (Hugging Face Conv1D): each column spans both ranks' row shards.
+        from lightning_landscape.curvature._inputs import make_generator
+        from lightning_landscape.landscape import _sharded
+
+        last = ["0.weight", "2.weight"]
+        columns = _sharded.random_directions(model, 1, "filter", [], make_generator(3), filters_last=last)[0]
+        out["columns"] = {n: (full(columns)[n], p.full_tensor()) for n, p in model.named_parameters()}
         refused = []
         for call in (
             lambda: loss_line(model, mse_loss, [batches[rank]], steps=3, hvp="double_backward"),

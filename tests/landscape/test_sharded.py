@@ -41,6 +41,12 @@ def test_two_gloo_ranks_under_fully_shard_match_the_single_process_landscape(tmp
         # Eigenvectors are defined up to sign: the plane through both is symmetric under either flip.
         flips = [single["hessian_plane"].flip(dims) for dims in ((), (0,), (1,), (0, 1))]
         assert min(float((got["hessian_plane"] - f).abs().max()) for f in flips) < 1e-8
+        for d, w in got["columns"].values():
+            if w.dim() > 1:  # filters_last: every column of d has its weight column's norm
+                torch.testing.assert_close(d.norm(dim=0), w.norm(dim=0), rtol=1e-12, atol=0)
+                assert not torch.allclose(d.norm(dim=1), w.norm(dim=1))
+            else:  # a bias is one filter across both ranks' shards
+                torch.testing.assert_close(d.norm(), w.norm(), rtol=1e-12, atol=0)
         double, towards, uneven = got["refused"]
         assert "FSDP" in double and "finite_difference" in double
         assert "`towards` is not supported under FSDP" in towards
