@@ -29,6 +29,7 @@ from lightning_landscape.callbacks.tags import (
     LANDSCAPE_TRAJECTORY_IMAGE,
 )
 from lightning_landscape.curvature import LossFn
+from lightning_landscape.curvature.operators._strategies import refuse_unsupported
 from lightning_landscape.landscape import (
     LineResult,
     PlaneResult,
@@ -72,6 +73,10 @@ class LossLandscapeMonitor(Callback):
 
     Probing leaves training bit-identical (model, gradients, modes, every RNG, logged metrics). Under DDP
     every rank evaluates its shard of the probe batches, the losses are all-reduced, and rank zero writes.
+    Under FSDP2 (``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) the same, with the
+    directions sharded like the parameters, the points evaluated one by one on the shards and the curvature
+    by finite differences (see :func:`~lightning_landscape.landscape.loss_line`); ``trajectory`` and
+    ``sharpness_rho`` are refused there (they need unsharded weights), so pass ``trajectory=False``.
 
     Args:
         every_n_epochs: Probe at the end of every this many training epochs (and at fit end).
@@ -98,7 +103,9 @@ class LossLandscapeMonitor(Callback):
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``); when training starts, if
             ``dataloader`` names no dataloader of the Trainer (the message names those there are).
-        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies.
+        MisconfigurationException: In ``setup`` under ``FSDPStrategy`` or DeepSpeed, and under
+            ``ModelParallelStrategy`` with ``trajectory`` or ``sharpness_rho``; at fit start under
+            ``ModelParallelStrategy`` for parameters not sharded plainly by ``fully_shard`` over all ranks.
 
     Example::
 
@@ -199,6 +206,11 @@ class LossLandscapeMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sharded:  # configure_model has sharded the parameters by now
+            try:
+                refuse_unsupported(pl_module, "finite_difference")
+            except ValueError as err:
+                raise MisconfigurationException(f"LossLandscapeMonitor: {err}") from err
         write_layout(trainer)
 
     def _loss(self) -> LossFn:

@@ -88,8 +88,12 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     Probing leaves training bit-identical (model, ``.grad``, modes, optimizer state, every RNG, logged
     metrics); under DDP the Hessian products are all-reduced (rank zero logs) and the batch sharpness is the
-    mean over ranks. Values go to every logger at the step of the module's metrics of that batch and to
-    ``trainer.callback_metrics``. With ``name`` the tags are ``stability/<name>/...``.
+    mean over ranks. Under FSDP2 (``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) the
+    products are finite differences of the sharded gradients and an adaptive optimizer's state is gathered
+    for the preconditioner (as :class:`~lightning_landscape.HessianEigenMonitor` does it);
+    ``batch_sharpness`` is refused there (it differentiates twice). Values go to every logger at the step
+    of the module's metrics of that batch and to ``trainer.callback_metrics``. With ``name`` the tags are
+    ``stability/<name>/...``.
 
     Args:
         every_n_steps: Probe after every this many optimizer steps.
@@ -111,10 +115,12 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``).
-        MisconfigurationException: Before training under FSDP, DeepSpeed or model-parallel strategies, for
-            a manual-optimization module without ``loss_fn``, a ``params`` that selects nothing, an
-            ``optimizer``/``group`` index out of range, an optimizer other than ``SGD``, ``Adam``,
-            ``AdamW``, ``RMSprop`` (named), or probed parameters an adaptive optimizer does not hold.
+        MisconfigurationException: Before training under ``FSDPStrategy`` or DeepSpeed, with
+            ``batch_sharpness`` under ``ModelParallelStrategy`` (and there for parameters not sharded plainly
+            by ``fully_shard`` over all ranks, at fit start), for a manual-optimization module without
+            ``loss_fn``, a ``params`` that selects nothing, an ``optimizer``/``group`` index out of range, an
+            optimizer other than ``SGD``, ``Adam``, ``AdamW``, ``RMSprop`` (named), or probed parameters an
+            adaptive optimizer does not hold.
 
     Example::
 

@@ -119,7 +119,9 @@ def random_directions(
 
     The entries are drawn in float64 on the CPU from a private generator seeded by ``seed`` (the global RNG is
     never touched, and the directions are the same on every device), then normalized (see
-    :func:`normalize_direction`) and cast to each parameter's dtype and device.
+    :func:`normalize_direction`) and cast to each parameter's dtype and device. Under FSDP2 (``fully_shard``)
+    every entry is a ``DTensor`` sharded like its parameter, the same numbers as on one process (the filter
+    norms summed over the shards).
 
     Args:
         model: the model; its trainable parameters define the space.

@@ -159,6 +159,12 @@ def loss_line(
     backward), so that :meth:`LineResult.plot` overlays the second-order prediction; for a unit Hessian
     eigenvector :math:`d^\top H d` is its eigenvalue.
 
+    Under FSDP2 (the model holds a ``fully_shard``-ed module) every rank passes its own batches (the same
+    number), the points are set on the local shards one by one and the weighted losses all-reduced, the
+    direction may be sharded like the parameters, and slope and curvature come from finite differences of
+    sharded gradients (``hvp`` ``"auto"`` or ``"finite_difference"``); ``towards`` is refused and
+    ``chunk_size``/``memory_budget``/``vectorize`` change nothing (:mod:`~._sharded`).
+
     Args:
         model: the model (left exactly as found).
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
@@ -251,6 +257,8 @@ def loss_plane(
 ) -> PlaneResult:
     r"""The loss on the ``steps x steps`` grid :math:`\theta + \alpha d_1 + \beta d_2`,
     :math:`\alpha, \beta \in` ``span``.
+
+    Under FSDP2 the grid is evaluated on the local shards as :func:`loss_line` says.
 
     Args:
         model: the model (left exactly as found).
