@@ -44,6 +44,8 @@ def run(rank: int, port: int, out_dir: str) -> None:
         c = case("relu_trained")
         fully_shard(c.model)  # every parameter a DTensor, sharded on dim 0 over the two ranks
         mine = [c.batches[rank]]  # rank 0: 40 samples, rank 1: 24 (unequal: the weighting matters)
+        with torch.no_grad():  # leaves FSDP2's root unsharded: the operator must reshard before moving shards
+            c.loss_fn(c.model, mine[0])
         api = compute(c.model, c.loss_fn, mine)
         auto = HessianOperator(c.model, c.loss_fn, mine, hvp="auto")
         refused = ""
