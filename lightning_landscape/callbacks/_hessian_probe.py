@@ -40,7 +40,7 @@ from lightning_landscape.curvature import (
     slq,
 )
 from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_int, check_positive
-from lightning_landscape.curvature.operators._strategies import refuse_unsupported
+from lightning_landscape.curvature.operators._strategies import refuse_under_fsdp, refuse_unsupported
 from lightning_landscape.curvature.operators.hessian import HVP_METHODS
 
 Backend = Literal["lanczos", "power", "pyhessian"]
@@ -277,29 +277,14 @@ class HessianProbe:
                 )
 
     def check_sharded(self, model: nn.Module | None = None) -> None:
-        """Refuse, before any step, what cannot run on FSDP2 (``fully_shard``) parameters: the options at
-        once, and with ``model`` (once its parameters are sharded) a layout other than plain FSDP.
-
-        Under FSDP2 products are finite differences of the sharded gradients (``backward()`` fills them,
-        ``torch.autograd.grad`` has no graph w.r.t. them); ``params``, ``blocks``, trace and density work.
+        """Refuse what cannot run on FSDP2 parameters (products there are finite differences of sharded
+        gradients): the options at once, and with ``model`` (once sharded) a layout other than plain FSDP.
 
         Raises:
             ValueError: for ``backend="pyhessian"``, an ``hvp`` other than ``"auto"``/``"finite_difference"``,
-                or a model whose trainable parameters are not all sharded by ``fully_shard`` over all ranks
-                (HSDP, tensor parallelism, parameters outside every ``fully_shard``-ed module).
+                or trainable parameters not all sharded by ``fully_shard`` over all ranks.
         """
-        if self.backend == "pyhessian":
-            raise ValueError(
-                "`backend`='pyhessian' cannot run under FSDP: it differentiates twice through "
-                "torch.autograd.grad, which has no graph w.r.t. sharded parameters. Use backend='lanczos' "
-                "(or 'power'): their products are finite differences of the sharded gradients."
-            )
-        if self.hvp not in ("auto", "finite_difference"):
-            raise ValueError(
-                f"`hvp`={self.hvp!r} cannot run under FSDP: torch.autograd.grad w.r.t. sharded parameters "
-                "has no graph to differentiate twice (or forward through). Use hvp='finite_difference' (or "
-                "'auto', which picks it)."
-            )
+        refuse_under_fsdp(self.hvp, self.backend)
         if model is not None:
             refuse_unsupported(model, self.hvp)
 

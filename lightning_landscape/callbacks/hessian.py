@@ -82,14 +82,11 @@ class HessianEigenMonitor(HessianProbe, Callback):
     sampler's), the products are all-reduced, all ranks hold the same values and rank zero writes them. A
     probe whose loss or products are not finite is skipped with one warning.
 
-    Under FSDP2 (``ModelParallelStrategy``, the module's ``configure_model`` calling ``fully_shard``) the
-    products are finite differences of the sharded gradients (``hvp="auto"`` picks them; relative error
-    about 1e-8 in float64, 1e-5 to 1e-4 in float32, so keep ``tol`` above that): every rank probes its own
-    probe batches (every rank the same number), the Krylov vectors are full-size on every rank, and
-    ``params``, ``blocks``, ``trace`` and ``density`` work. Refused before the first step, naming the way
-    out: ``backend="pyhessian"`` and ``hvp="double_backward"``/``"forward_over_reverse"`` (in ``setup``),
-    HSDP, tensor parallelism and trainable parameters outside every ``fully_shard``-ed module (at fit start,
-    once the parameters are sharded), ``FSDPStrategy`` (FSDP1) and DeepSpeed (in ``setup``).
+    Under FSDP2 (``ModelParallelStrategy``, ``configure_model`` calling ``fully_shard``) products are finite
+    differences of the sharded gradients (relative error about 1e-8 in float64, 1e-5 to 1e-4 in float32:
+    keep ``tol`` above it), each rank on its own probe batches; ``params``, ``blocks``, ``trace`` and
+    ``density`` work. Refused before the first step: ``backend="pyhessian"``, ``hvp`` other than
+    ``"auto"``/``"finite_difference"``, HSDP and tensor parallelism, ``FSDPStrategy`` (FSDP1), DeepSpeed.
 
     With ``warm_start`` (default) each probe's Lanczos (or power) iteration starts from the Ritz vectors of
     the previous probe (top-``k``, and bottom-``k`` with ``smallest``) plus a small seeded random part: the
@@ -144,12 +141,9 @@ class HessianEigenMonitor(HessianProbe, Callback):
         ValueError: If an argument is invalid (checked in ``__init__``), e.g. ``backend="pyhessian"`` with
             ``params`` or ``blocks``; when training starts, if ``dataloader`` names no dataloader of the
             Trainer (the message names those there are).
-        MisconfigurationException: In ``setup`` under ``FSDPStrategy`` or DeepSpeed, under
-            ``ModelParallelStrategy`` with ``backend="pyhessian"`` or an ``hvp`` other than ``"auto"``/
-            ``"finite_difference"``, with ``backend="pyhessian"`` on several processes (DDP), when
-            ``params``/``blocks`` select nothing or too little for ``k`` (under ``ModelParallelStrategy``: at
-            fit start), or for a manual-optimization module without ``loss_fn``; at fit start under
-            ``ModelParallelStrategy`` for parameters not sharded plainly by ``fully_shard`` over all ranks.
+        MisconfigurationException: Before the first step: for what FSDP cannot run (above), with
+            ``backend="pyhessian"`` on several processes (DDP), when ``params``/``blocks`` select nothing or
+            too little for ``k``, or for a manual-optimization module without ``loss_fn``.
 
     Example::
 

@@ -75,6 +75,29 @@ def _check_fsdp_layout(model: nn.Module) -> None:
             )
 
 
+def refuse_under_fsdp(hvp: str, backend: str = "lanczos") -> None:
+    """Raise for the options that cannot run on FSDP2-sharded parameters, naming the way out.
+
+    Raises:
+        ValueError: for ``backend="pyhessian"`` or an ``hvp`` other than ``"auto"``/``"finite_difference"``.
+
+    Example:
+        >>> refuse_under_fsdp("finite_difference")  # fine
+    """
+    if backend == "pyhessian":
+        raise ValueError(
+            "`backend`='pyhessian' cannot run under FSDP: it differentiates twice through "
+            "torch.autograd.grad, which has no graph w.r.t. sharded parameters. Use backend='lanczos' (or "
+            "'power'): their products are finite differences of the sharded gradients."
+        )
+    if hvp not in ("auto", "finite_difference"):
+        raise ValueError(
+            f"`hvp`={hvp!r} cannot run under FSDP: torch.autograd.grad w.r.t. sharded parameters has no "
+            "graph to differentiate twice (or forward through). Use hvp='finite_difference' (or 'auto', "
+            "which picks it)."
+        )
+
+
 def refuse_unsupported(model: nn.Module, hvp: str) -> None:
     """Raise for strategies the operator cannot take, saying why and what to use instead.
 
@@ -96,12 +119,7 @@ def refuse_unsupported(model: nn.Module, hvp: str) -> None:
         )
     if wants_fsdp(model):
         reshard(model)  # a no-grad forward may have left it unsharded: select the sharded parameters
-        if hvp not in ("auto", "finite_difference"):
-            raise ValueError(
-                f"`hvp`={hvp!r} is not possible under FSDP: torch.autograd.grad with respect to sharded "
-                "parameters has no graph to differentiate twice (or forward through). Use "
-                "hvp='finite_difference' (or 'auto', which picks it)."
-            )
+        refuse_under_fsdp(hvp)
         _check_fsdp_layout(model)
         return
     if any(is_dtensor(p) for p in params):
@@ -111,4 +129,4 @@ def refuse_unsupported(model: nn.Module, hvp: str) -> None:
         )
 
 
-__all__ = ["is_dtensor", "refuse_unsupported", "reshard", "wants_fsdp"]
+__all__ = ["is_dtensor", "refuse_under_fsdp", "refuse_unsupported", "reshard", "wants_fsdp"]
