@@ -14,6 +14,9 @@ gathers the full gradient (``DTensor.full_tensor``):
 each rank scaling its loss by the world size so that FSDP's mean over ranks is this weighted mean. The
 parameters are sharded; the Krylov vectors are not (each rank holds full parameter-sized vectors and runs
 the same algorithm on the same numbers: the gathered gradients are bit-identical on every rank).
+:meth:`FSDPHessianOperator.local_matvec` with :meth:`~FSDPHessianOperator.localize`,
+:meth:`~FSDPHessianOperator.gather` and :meth:`~FSDPHessianOperator.reduce` take products on vectors held
+as shards only, what a sharded Krylov basis needs (the algorithms do not use them yet).
 :meth:`FSDPHessianOperator.line_derivatives` gives the slope and curvature along a direction held as local
 shards only (what the loss lines under FSDP use). ``.grad`` is saved and put back as found.
 
@@ -167,29 +170,17 @@ class FSDPHessianOperator(HessianOperator):
             flat.append(full.reshape(-1).to(self.dtype))
         return torch.cat(flat)
 
-    def line_derivatives(self, direction: Sequence[Tensor]) -> tuple[float, float]:
-        r"""The slope :math:`g^\top d` and curvature :math:`d^\top H d` along ``d``, given as this rank's
-        shards only (shaped like ``to_local()`` of each selected parameter).
-
-        The slope from the gradient at :math:`\theta`, the curvature from the central difference of the
-        directional derivative, :math:`(\nabla L(\theta + h d) - \nabla L(\theta - h d))^\top d / 2h` with
-        the step of the products: three gradients, dot products all-reduced, no parameter-sized vector
-        gathered. Counts as one product in :attr:`num_products`.
-
-        Raises:
-            ValueError: if ``direction`` does not hold one shard per selected parameter.
-            NonFiniteError: if the loss is not finite on some rank.
-        """
+    def _moved_gradients(self, pieces: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], float] | None:
+        r"""The sharded gradients at :math:`\theta \pm h d` for ``d`` given as this rank's shards, and ``h``
+        (the step of the products); ``None`` for a zero or non-finite ``d``."""
         locals_ = self._fd_tensors()
-        pieces = list(direction)
         if len(pieces) != len(locals_) or any(
             d.shape != t.shape for d, t in zip(pieces, locals_, strict=False)
         ):
-            raise ValueError("`direction` must hold this rank's shard of every selected parameter, in order.")
-        slope = _dot(self._sharded_gradient(), pieces)
+            raise ValueError("the vector must hold this rank's shard of every selected parameter, in order.")
         d_norm = global_norm(pieces)
         if d_norm == 0.0 or not math.isfinite(d_norm):
-            return slope, 0.0 if d_norm == 0.0 else math.nan
+            return None
         saved = [t.detach().clone() for t in locals_]
         h = step_size(global_norm(saved), d_norm, saved[0].dtype)
         grads = []
@@ -203,8 +194,95 @@ class FSDPHessianOperator(HessianOperator):
             with torch.no_grad():
                 for t, s in zip(locals_, saved, strict=True):
                     t.copy_(s)
+        return grads[0], grads[1], h
+
+    def line_derivatives(self, direction: Sequence[Tensor]) -> tuple[float, float]:
+        r"""The slope :math:`g^\top d` and curvature :math:`d^\top H d` along ``d``, given as this rank's
+        shards only (shaped like ``to_local()`` of each selected parameter).
+
+        The slope from the gradient at :math:`\theta`, the curvature from the central difference of the
+        directional derivative, :math:`(\nabla L(\theta + h d) - \nabla L(\theta - h d))^\top d / 2h` with
+        the step of the products: three gradients, dot products all-reduced, no parameter-sized vector
+        gathered. Counts as one product in :attr:`num_products`.
+
+        Raises:
+            ValueError: if ``direction`` does not hold one shard per selected parameter.
+            NonFiniteError: if the loss is not finite on some rank.
+        """
+        pieces = list(direction)
+        slope = _dot(self._sharded_gradient(), pieces)
+        moved = self._moved_gradients(pieces)
+        if moved is None:
+            return slope, 0.0 if global_norm(pieces) == 0.0 else math.nan
+        plus, minus, h = moved
         self.num_products += 1
-        return slope, (_dot(grads[0], pieces) - _dot(grads[1], pieces)) / (2.0 * h)
+        return slope, (_dot(plus, pieces) - _dot(minus, pieces)) / (2.0 * h)
+
+    # -- vectors held as shards: what a sharded Krylov basis needs -------------------------------------
+    @property
+    def local_size(self) -> int:
+        """Entries of this rank's part of a flat vector: its shards of the selected parameters, in order."""
+        return sum(local_tensor(p).numel() for p in self.params)
+
+    def localize(self, v: Tensor) -> Tensor:
+        """This rank's part (:attr:`local_size` entries) of a full flat vector ``v`` (``num_params``)."""
+        return torch.cat([t.reshape(-1) for t in self._fd_split(v.reshape(-1))])
+
+    def gather(self, local: Tensor) -> Tensor:
+        """The full flat vector from every rank's part (the inverse of :meth:`localize`; a collective)."""
+        from torch.distributed.tensor import DTensor
+
+        out, offset = [], 0
+        for p in self.params:
+            shard = local_tensor(p)
+            piece = local[offset : offset + shard.numel()].reshape(shard.shape)
+            offset += shard.numel()
+            mesh, placements = p.device_mesh, p.placements  # type: ignore[attr-defined]
+            full = DTensor.from_local(
+                piece, mesh, placements, run_check=False, shape=p.shape, stride=p.stride()
+            )
+            out.append(full.full_tensor().reshape(-1))
+        return torch.cat(out)
+
+    @staticmethod
+    def reduce(partial: Tensor) -> Tensor:
+        """``partial`` (sums over this rank's entries: dot products, squared norms, projections onto a
+        basis) summed over all ranks, in its dtype (a collective)."""
+        total = partial.detach().clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+    def local_matvec(self, v: Tensor) -> Tensor:
+        """:math:`Hv` with ``v`` and the product held as this rank's parts (:attr:`local_size` entries): no
+        parameter-sized vector is gathered or held whole. Equal to ``localize(matvec(gather(v)))`` up to
+        rounding; one product in :attr:`num_products`.
+
+        Raises:
+            ValueError: if ``v`` does not have :attr:`local_size` entries.
+            NonFiniteError: if the loss or the product is not finite on some rank.
+        """
+        if v.numel() != self.local_size:
+            raise ValueError(f"`v` must have local_size={self.local_size} entries, got {v.numel()}.")
+        pieces, offset = [], 0
+        for t in self._fd_tensors():
+            pieces.append(v[offset : offset + t.numel()].reshape(t.shape).to(device=t.device, dtype=t.dtype))
+            offset += t.numel()
+        moved = self._moved_gradients(pieces)
+        self.num_products += 1
+        if moved is None:
+            fill = 0.0 if global_norm(pieces) == 0.0 else math.nan
+            return torch.full((self.local_size,), fill, dtype=self.dtype, device=v.device)
+        plus, minus, h = moved
+        hv = torch.cat(
+            [(local_tensor(a) - local_tensor(b)).reshape(-1) for a, b in zip(plus, minus, strict=True)]
+        )
+        hv = (hv / (2.0 * h)).to(self.dtype)
+        bad = torch.tensor(
+            [0.0 if bool(torch.isfinite(hv).all()) else 1.0], dtype=torch.float64, device=hv.device
+        )
+        if float(all_reduce_sum(bad).item()) > 0:
+            raise NonFiniteError("The Hessian-vector product is not finite on some rank.")
+        return hv
 
 
 def global_norm(pieces: Sequence[Tensor]) -> float:

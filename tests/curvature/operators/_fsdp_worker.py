@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 
 def compute(model: Any, loss_fn: Any, batches: list[Any]) -> dict[str, Any]:
@@ -25,6 +26,25 @@ def compute(model: Any, loss_fn: Any, batches: list[Any]) -> dict[str, Any]:
         "nodes": density.nodes,
         "weights": density.weights,
     }
+
+
+def sharded_ritz_values(op: Any, steps: int) -> Tensor:
+    """Ritz values of a Lanczos run (full reorthogonalization) on vectors held as shards, built on the
+    sharded-vector hook alone (``localize``, ``local_matvec``, ``reduce``): no rank holds a whole vector."""
+    gen = torch.Generator().manual_seed(0)
+    q = op.localize(torch.randn(op.num_params, generator=gen, dtype=torch.float64).to(op.dtype))
+    basis = [q / op.reduce(q @ q).sqrt()]
+    products = []
+    for _ in range(steps):
+        w = op.local_matvec(basis[-1])
+        products.append(w)
+        Q = torch.stack(basis)
+        for _ in range(2):
+            w = w - Q.T @ op.reduce(Q @ w)
+        basis.append(w / op.reduce(w @ w).sqrt())
+    Q, W = torch.stack(basis[:steps]), torch.stack(products)
+    T = op.reduce(Q @ W.T)  # T[i, j] = q_i . H q_j
+    return torch.linalg.eigvalsh((T + T.T) / 2).flip(0)
 
 
 def run(rank: int, port: int, out_dir: str) -> None:
@@ -48,6 +68,16 @@ def run(rank: int, port: int, out_dir: str) -> None:
             c.loss_fn(c.model, mine[0])
         api = compute(c.model, c.loss_fn, mine)
         auto = HessianOperator(c.model, c.loss_fn, mine, hvp="auto")
+        gen = torch.Generator().manual_seed(1)
+        v = torch.randn(auto.num_params, generator=gen, dtype=torch.float64).to(auto.dtype)
+        local = auto.localize(v)
+        sharded = {
+            "round_trip": torch.equal(auto.gather(local), v),
+            "local_size": (auto.local_size, local.numel()),
+            "local_product": auto.gather(auto.local_matvec(local)),
+            "product": auto.matvec(v),
+            "ritz": sharded_ritz_values(auto, 30),
+        }
         refused = ""
         try:
             HessianOperator(c.model, c.loss_fn, mine, hvp="double_backward")
@@ -66,7 +96,8 @@ def run(rank: int, port: int, out_dir: str) -> None:
                 "auto": auto.hvp,
                 "refused": refused,
                 "pyhessian": pyhessian,
-                "sharded": all(type(p).__name__ == "DTensor" for p in c.model.parameters()),
+                "sharded": sharded,
+                "dtensors": all(type(p).__name__ == "DTensor" for p in c.model.parameters()),
             },
             Path(out_dir) / f"rank{rank}.pt",
         )

@@ -27,7 +27,14 @@ def test_two_gloo_ranks_under_fully_shard_match_single_process(tmp_path: Path) -
     scale = float(dense.abs().max())
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert got["sharded"], "fully_shard did not turn the parameters into DTensors"
+        assert got["dtensors"], "fully_shard did not turn the parameters into DTensors"
+        # Vectors held as shards (rank 1 holds empty shards of the (1, 20) weight and the last bias).
+        sharded = got["sharded"]
+        assert sharded["round_trip"] and sharded["local_size"][0] == sharded["local_size"][1]
+        assert sharded["local_size"][0] == (41 if rank == 0 else 20)  # 10 + 10 + 20 + 1, or 10 + 10
+        torch.testing.assert_close(sharded["local_product"], sharded["product"], rtol=0, atol=1e-12 * scale)
+        top = dense.flip(0)[:2]
+        torch.testing.assert_close(sharded["ritz"][:2], top, rtol=0, atol=FD_RTOL * scale)
         assert got["converged"]
         torch.testing.assert_close(got["top"], single["top"], rtol=0, atol=FD_RTOL * scale)
         torch.testing.assert_close(got["bottom"], single["bottom"], rtol=0, atol=FD_RTOL * scale)
