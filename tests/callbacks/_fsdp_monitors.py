@@ -122,7 +122,12 @@ def run(rank: int, port: int, out_dir: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE="2"
     )
     torch.set_num_threads(1)
-    sharded = {"accelerator": "cpu", "devices": 2, "use_distributed_sampler": False}
+    sharded = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "use_distributed_sampler": False,
+        "default_root_dir": out_dir,
+    }
     out: dict[str, Any] = {}
     for key, cls in (("sgd", ShardedRegression), ("adam", ShardedAdamRegression)):
         pl.seed_everything(11)
