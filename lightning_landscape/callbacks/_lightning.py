@@ -76,25 +76,20 @@ def sharding(strategy: Any) -> str | None:
     return None
 
 
-def sharded_refusal(monitor: str, strategy: Any, fsdp2: bool) -> str | None:
-    """Why ``monitor`` cannot run under ``strategy`` (``None``: it can), saying what to use instead.
-
-    ``fsdp2``: whether the monitor runs under ``ModelParallelStrategy`` (FSDP2, finite-difference products
-    on the shards; the parameters' layout is checked when they exist, at fit start).
+def sharded_refusal(monitor: str, strategy: Any) -> str | None:
+    """Why ``monitor`` cannot run under ``strategy``, saying what to use instead; ``None`` where it can (one
+    device, DDP, and ``ModelParallelStrategy``, whose layout is checked at fit start, once the parameters
+    are sharded).
 
     Example:
         >>> from lightning.pytorch.strategies import FSDPStrategy
-        >>> print(sharded_refusal("HessianEigenMonitor", FSDPStrategy(), fsdp2=True)[:60])
+        >>> print(sharded_refusal("HessianEigenMonitor", FSDPStrategy())[:60])
         HessianEigenMonitor does not support FSDPStrategy (FSDP1): i
     """
     kind, name = sharding(strategy), type(strategy).__name__
-    if kind is None or (kind == "model_parallel" and fsdp2):
-        return None
     instead = (
         "Use ModelParallelStrategy with torch.distributed.fsdp.fully_shard in configure_model (FSDP2, which "
         "this monitor supports) or strategy='ddp'."
-        if fsdp2
-        else "Use strategy='ddp' or a single device."
     )
     if kind == "deepspeed":
         return (
@@ -107,10 +102,7 @@ def sharded_refusal(monitor: str, strategy: Any, fsdp2: bool) -> str | None:
             "into one FlatParameter cut into per-rank pieces, with no parameter layout left to move or take "
             f"products on (and Lightning runs it on CUDA only). {instead}"
         )
-    return (
-        f"{monitor} does not support sharded models ({name}): it needs every parameter on every rank. "
-        f"{instead}"
-    )
+    return None
 
 
 def generate_state_key(callback: Callback, **fields: Any) -> str:

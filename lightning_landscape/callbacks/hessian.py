@@ -254,7 +254,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refusal = sharded_refusal("HessianEigenMonitor", trainer.strategy, fsdp2=True)
+        refusal = sharded_refusal("HessianEigenMonitor", trainer.strategy)
         if refusal is not None:
             raise MisconfigurationException(refusal)
         self._sharded = sharding(trainer.strategy) == "model_parallel"

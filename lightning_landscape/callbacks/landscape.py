@@ -187,7 +187,7 @@ class LossLandscapeMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refusal = sharded_refusal("LossLandscapeMonitor", trainer.strategy, fsdp2=True)
+        refusal = sharded_refusal("LossLandscapeMonitor", trainer.strategy)
         if refusal is not None:
             raise MisconfigurationException(refusal)
         self._sharded = sharding(trainer.strategy) == "model_parallel"
