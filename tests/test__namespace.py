@@ -293,7 +293,7 @@ def test_sharded_strategies_of_either_package_are_refused(namespace: str, monito
     ns = importlib.import_module(namespace)
     trainer = ns.Trainer(accelerator="cpu", devices=1, logger=False, **QUIET)
     trainer._accelerator_connector.strategy = object.__new__(ns.strategies.FSDPStrategy)
-    with pytest.raises(misconfiguration_types(), match="does not support sharded models"):
+    with pytest.raises(misconfiguration_types(), match="does not support FSDPStrategy"):
         getattr(callbacks, monitor)().setup(trainer, _module_class(namespace)(), "fit")
 
 

@@ -40,6 +40,7 @@ from lightning_landscape.curvature import (
     slq,
 )
 from lightning_landscape.curvature._checks import DEFAULT_TOL, check_choice, check_int, check_positive
+from lightning_landscape.curvature.operators._strategies import refuse_under_fsdp, refuse_unsupported
 from lightning_landscape.curvature.operators.hessian import HVP_METHODS
 
 Backend = Literal["lanczos", "power", "pyhessian"]
@@ -274,6 +275,18 @@ class HessianProbe:
                     f"`k`={self.k} must be below the {size} parameters of `{argument}`={selection!r} "
                     f"(at most k={size - 1})."
                 )
+
+    def check_sharded(self, model: nn.Module | None = None) -> None:
+        """Refuse what cannot run on FSDP2 parameters (products there are finite differences of sharded
+        gradients): the options at once, and with ``model`` (once sharded) a layout other than plain FSDP.
+
+        Raises:
+            ValueError: for ``backend="pyhessian"``, an ``hvp`` other than ``"auto"``/``"finite_difference"``,
+                or trainable parameters not all sharded by ``fully_shard`` over all ranks.
+        """
+        refuse_under_fsdp(self.hvp, self.backend)
+        if model is not None:
+            refuse_unsupported(model, self.hvp)
 
     def run(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> HessianProbeResult:
         """One probe at the model's current weights: every quantity asked for, from one operator.

@@ -56,6 +56,55 @@ def is_sharded(strategy: Any) -> bool:
     return isinstance(strategy, tuple(t for path in sharded for t in loaded_types(path)))
 
 
+def sharding(strategy: Any) -> str | None:
+    """How ``strategy`` shards the parameters: ``"model_parallel"`` (``ModelParallelStrategy``: FSDP2's
+    ``fully_shard`` and/or tensor parallelism, applied in ``configure_model``), ``"fsdp"`` (``FSDPStrategy``,
+    FSDP1), ``"deepspeed"``, or ``None`` (not sharded), of either package.
+
+    Example:
+        >>> from lightning.pytorch.strategies import DDPStrategy
+        >>> sharding(DDPStrategy()) is None
+        True
+    """
+    for kind, path in (
+        ("model_parallel", "strategies.ModelParallelStrategy"),
+        ("fsdp", "strategies.FSDPStrategy"),
+        ("deepspeed", "strategies.DeepSpeedStrategy"),
+    ):
+        if isinstance(strategy, tuple(loaded_types(path))):
+            return kind
+    return None
+
+
+def sharded_refusal(monitor: str, strategy: Any) -> str | None:
+    """Why ``monitor`` cannot run under ``strategy``, saying what to use instead; ``None`` where it can (one
+    device, DDP, and ``ModelParallelStrategy``, whose layout is checked at fit start, once the parameters
+    are sharded).
+
+    Example:
+        >>> from lightning.pytorch.strategies import FSDPStrategy
+        >>> print(sharded_refusal("HessianEigenMonitor", FSDPStrategy())[:60])
+        HessianEigenMonitor does not support FSDPStrategy (FSDP1): i
+    """
+    kind, name = sharding(strategy), type(strategy).__name__
+    instead = (
+        "Use ModelParallelStrategy with torch.distributed.fsdp.fully_shard in configure_model (FSDP2, which "
+        "this monitor supports) or strategy='ddp'."
+    )
+    if kind == "deepspeed":
+        return (
+            f"{monitor} does not support DeepSpeed ({name}): ZeRO partitions the parameters inside its own "
+            f"engine, so no probe can move them or take a product on them. {instead}"
+        )
+    if kind == "fsdp":
+        return (
+            f"{monitor} does not support FSDPStrategy (FSDP1): it flattens each wrapped module's parameters "
+            "into one FlatParameter cut into per-rank pieces, with no parameter layout left to move or take "
+            f"products on (and Lightning runs it on CUDA only). {instead}"
+        )
+    return None
+
+
 def generate_state_key(callback: Callback, **fields: Any) -> str:
     """``Callback._generate_state_key``: the class name and ``fields``, so two instances of one callback with
     different options keep separate states in a checkpoint."""

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_landscape.callbacks._batches import check_dataloader, draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_float, check_int
-from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
+from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal, sharding
 from lightning_landscape.callbacks._loggers import log_figure, log_scalars
 from lightning_landscape.callbacks._probe import TrainingStepLoss, epoch_end_logging_step, resolve_loss_fn
 from lightning_landscape.callbacks._tensorboard import write_layout
@@ -29,6 +29,7 @@ from lightning_landscape.callbacks.tags import (
     LANDSCAPE_TRAJECTORY_IMAGE,
 )
 from lightning_landscape.curvature import LossFn
+from lightning_landscape.curvature.operators._strategies import refuse_unsupported
 from lightning_landscape.landscape import (
     LineResult,
     PlaneResult,
@@ -72,6 +73,10 @@ class LossLandscapeMonitor(Callback):
 
     Probing leaves training bit-identical (model, gradients, modes, every RNG, logged metrics). Under DDP
     every rank evaluates its shard of the probe batches, the losses are all-reduced, and rank zero writes.
+    Under FSDP2 (``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) the same, with the
+    directions sharded like the parameters, the points evaluated one by one on the shards and the curvature
+    by finite differences (see :func:`~lightning_landscape.landscape.loss_line`); ``trajectory`` and
+    ``sharpness_rho`` are refused there (they need unsharded weights), so pass ``trajectory=False``.
 
     Args:
         every_n_epochs: Probe at the end of every this many training epochs (and at fit end).
@@ -98,7 +103,9 @@ class LossLandscapeMonitor(Callback):
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``); when training starts, if
             ``dataloader`` names no dataloader of the Trainer (the message names those there are).
-        MisconfigurationException: In ``setup`` under FSDP, DeepSpeed or model-parallel strategies.
+        MisconfigurationException: In ``setup`` under ``FSDPStrategy`` or DeepSpeed, and under
+            ``ModelParallelStrategy`` with ``trajectory`` or ``sharpness_rho``; at fit start under
+            ``ModelParallelStrategy`` for parameters not sharded plainly by ``fully_shard`` over all ranks.
 
     Example::
 
@@ -165,6 +172,7 @@ class LossLandscapeMonitor(Callback):
         self.num_probes = 0
         self.last_result: LineResult | PlaneResult | None = None
         self.trajectory_result: PlaneResult | None = None
+        self._sharded = False  # under ModelParallelStrategy (FSDP2), set in setup
 
     @property
     @override
@@ -179,14 +187,30 @@ class LossLandscapeMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if is_sharded(trainer.strategy):
+        refusal = sharded_refusal("LossLandscapeMonitor", trainer.strategy)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
+        self._sharded = sharding(trainer.strategy) == "model_parallel"
+        if self._sharded and self.trajectory:
             raise MisconfigurationException(
-                f"LossLandscapeMonitor does not support sharded models ({type(trainer.strategy).__name__}): "
-                "moving the weights needs every parameter on every rank. Use strategy='ddp' or one device."
+                "LossLandscapeMonitor: `trajectory`=True cannot run under FSDP: the trajectory plane keeps a "
+                "full copy of the weights per probe and evaluates on unsharded weights. Pass "
+                "trajectory=False under ModelParallelStrategy (lines and planes run on the shards)."
+            )
+        if self._sharded and self.sharpness_rho is not None:
+            raise MisconfigurationException(
+                f"LossLandscapeMonitor: `sharpness_rho`={self.sharpness_rho} cannot run under FSDP: adaptive "
+                "sharpness differentiates through unsharded weights. Leave sharpness_rho=None under "
+                "ModelParallelStrategy."
             )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sharded:  # configure_model has sharded the parameters by now
+            try:
+                refuse_unsupported(pl_module, "finite_difference")
+            except ValueError as err:
+                raise MisconfigurationException(f"LossLandscapeMonitor: {err}") from err
         write_layout(trainer)
 
     def _loss(self) -> LossFn:
@@ -262,7 +286,10 @@ class LossLandscapeMonitor(Callback):
         )
         self.last_result = result
         self.num_probes += 1
-        self._iterates.append(flatten({k: p.detach() for k, p in named_trainable(pl_module).items()}).cpu())
+        if not self._sharded:  # under FSDP no trajectory: no full copy of the weights per probe
+            self._iterates.append(
+                flatten({k: p.detach() for k, p in named_trainable(pl_module).items()}).cpu()
+            )
         metrics = {LANDSCAPE_SHARPNESS: sharp, LANDSCAPE_CENTER_LOSS: result.center_loss}
         if isinstance(result, LineResult) and result.curvature is not None:
             metrics[LANDSCAPE_CURVATURE] = result.curvature
@@ -294,9 +321,9 @@ class LossLandscapeMonitor(Callback):
         self, trainer: pl.Trainer, result: LineResult | PlaneResult, name: str, tag: str, step: int
     ) -> None:
         """Figure to every logger and files under the log dir, on global rank zero only (no collective)."""
+        folder = self._log_dir(trainer)  # on every rank: trainer.log_dir broadcasts (a collective)
         if not trainer.is_global_zero:
             return
-        folder = self._log_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         result.save(folder / f"{name}.npz")
         fig = result.plot()

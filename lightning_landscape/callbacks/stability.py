@@ -17,7 +17,7 @@ from lightning_landscape.callbacks import tags as _tags
 from lightning_landscape.callbacks._batches import draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_int
 from lightning_landscape.callbacks._hessian_probe import HessianProbe
-from lightning_landscape.callbacks._lightning import generate_state_key, is_sharded
+from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal, sharding
 from lightning_landscape.callbacks._probe import MethodLoss, TrainingStepLoss, logging_step, resolve_loss_fn
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
 from lightning_landscape.curvature import (
@@ -88,8 +88,12 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     Probing leaves training bit-identical (model, ``.grad``, modes, optimizer state, every RNG, logged
     metrics); under DDP the Hessian products are all-reduced (rank zero logs) and the batch sharpness is the
-    mean over ranks. Values go to every logger at the step of the module's metrics of that batch and to
-    ``trainer.callback_metrics``. With ``name`` the tags are ``stability/<name>/...``.
+    mean over ranks. Under FSDP2 (``ModelParallelStrategy`` with ``fully_shard`` in ``configure_model``) the
+    products are finite differences of the sharded gradients and an adaptive optimizer's state is gathered
+    for the preconditioner (as :class:`~lightning_landscape.HessianEigenMonitor` does it);
+    ``batch_sharpness`` is refused there (it differentiates twice). Values go to every logger at the step
+    of the module's metrics of that batch and to ``trainer.callback_metrics``. With ``name`` the tags are
+    ``stability/<name>/...``.
 
     Args:
         every_n_steps: Probe after every this many optimizer steps.
@@ -111,10 +115,12 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     Raises:
         ValueError: If an argument is invalid (checked in ``__init__``).
-        MisconfigurationException: Before training under FSDP, DeepSpeed or model-parallel strategies, for
-            a manual-optimization module without ``loss_fn``, a ``params`` that selects nothing, an
-            ``optimizer``/``group`` index out of range, an optimizer other than ``SGD``, ``Adam``,
-            ``AdamW``, ``RMSprop`` (named), or probed parameters an adaptive optimizer does not hold.
+        MisconfigurationException: Before training under ``FSDPStrategy`` or DeepSpeed, with
+            ``batch_sharpness`` under ``ModelParallelStrategy`` (and there for parameters not sharded plainly
+            by ``fully_shard`` over all ranks, at fit start), for a manual-optimization module without
+            ``loss_fn``, a ``params`` that selects nothing, an ``optimizer``/``group`` index out of range, an
+            optimizer other than ``SGD``, ``Adam``, ``AdamW``, ``RMSprop`` (named), or probed parameters an
+            adaptive optimizer does not hold.
 
     Example::
 
@@ -177,6 +183,7 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         self._warned_lr = False
         self.num_probes = 0
         self.num_skipped = 0
+        self._sharded = False  # under ModelParallelStrategy (FSDP2), set in setup
         self.last_metrics: dict[str, float] = {}
         """The values of the last probe by tag (also on ranks other than zero)."""
         self.threshold_formula: str | None = None
@@ -194,18 +201,20 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if is_sharded(trainer.strategy):
+        refusal = sharded_refusal("EdgeOfStabilityMonitor", trainer.strategy)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
+        self._sharded = sharding(trainer.strategy) == "model_parallel"
+        if self._sharded and self.batch_sharpness:
             raise MisconfigurationException(
-                f"EdgeOfStabilityMonitor does not support sharded models ({type(trainer.strategy).__name__}):"
-                " Hessian-vector products need every parameter on every rank. Use strategy='ddp' or a single "
-                "device."
+                "EdgeOfStabilityMonitor: `batch_sharpness`=True cannot run under FSDP: it differentiates "
+                "each batch's gradient again (torch.autograd.grad has no graph w.r.t. sharded parameters). "
+                "Use batch_sharpness=False under ModelParallelStrategy, or strategy='ddp'."
             )
         if isinstance(self._loss_fn, MethodLoss):
             self._loss_fn.check(pl_module)
-        try:
-            self.check_model(pl_module)
-        except ValueError as err:
-            raise MisconfigurationException(f"EdgeOfStabilityMonitor: {err}") from err
+        if not self._sharded:  # sharded in configure_model, after this hook: checked at fit start
+            self._check_model(pl_module)
         if not pl_module.automatic_optimization and self._loss_fn is None:
             raise MisconfigurationException(
                 f"EdgeOfStabilityMonitor cannot probe {type(pl_module).__name__}.training_step: it uses "
@@ -245,8 +254,18 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
                     "its parameters with `params` or pick its index with `optimizer`."
                 )
 
+    def _check_model(self, pl_module: pl.LightningModule) -> None:
+        try:
+            if self._sharded:
+                self.check_sharded(pl_module)
+            self.check_model(pl_module)
+        except ValueError as err:
+            raise MisconfigurationException(f"EdgeOfStabilityMonitor: {err}") from err
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._sharded:
+            self._check_model(pl_module)
         self._check_optimizers(trainer, pl_module)
         write_layout(trainer)
 

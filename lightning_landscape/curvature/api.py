@@ -28,6 +28,7 @@ from lightning_landscape.curvature.algorithms.lanczos import lanczos
 from lightning_landscape.curvature.algorithms.power import power_iteration
 from lightning_landscape.curvature.algorithms.slq import slq
 from lightning_landscape.curvature.algorithms.trace import TraceMethod, check_trace_args, trace_of
+from lightning_landscape.curvature.operators._strategies import refuse_under_fsdp, wants_fsdp
 from lightning_landscape.curvature.operators.hessian import (
     HessianOperator,
     HvpMethod,
@@ -142,6 +143,8 @@ def hessian_eigenvalues(
                 "`params` is not supported with backend='pyhessian' (it differentiates by every parameter); "
                 "use backend='lanczos' or 'power', or params=None."
             )
+        if wants_fsdp(model):
+            refuse_under_fsdp(hvp, backend)
         from lightning_landscape.curvature._pyhessian import pyhessian_eigenvalues
 
         return pyhessian_eigenvalues(inputs, k, which, tol, max_iter, return_eigenvectors, train_mode, seed)

@@ -197,7 +197,8 @@ def adam_preconditioner(optimizer: Optimizer, params: Sequence[Tensor]) -> Tenso
                 beta1, beta2 = (float(b) for b in group["betas"])
                 v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
                 d = (1.0 - beta1**step) * (v.sqrt() / (1.0 - beta2**step) ** 0.5 + eps)
-        pieces.append(d.reshape(-1))
+        gather = getattr(d, "full_tensor", None)  # FSDP2: the state is sharded like its parameter
+        pieces.append((gather() if gather is not None else d).reshape(-1))
     return torch.cat(pieces)
 
 

@@ -31,6 +31,7 @@ from lightning_landscape._torch import NormBase
 from lightning_landscape.curvature import hessian_eigenvalues
 from lightning_landscape.curvature._checks import DEFAULT_TOL, check_int
 from lightning_landscape.curvature._inputs import LossFn, make_generator
+from lightning_landscape.curvature.operators._strategies import is_dtensor, wants_fsdp
 
 Direction = dict[str, Tensor]
 """A direction in weight space: one tensor per trainable parameter, keyed like ``named_parameters()``."""
@@ -135,7 +136,9 @@ def random_directions(
 
     The entries are drawn in float64 on the CPU from a private generator seeded by ``seed`` (the global RNG is
     never touched, and the directions are the same on every device), then normalized (see
-    :func:`normalize_direction`) and cast to each parameter's dtype and device.
+    :func:`normalize_direction`) and cast to each parameter's dtype and device. Under FSDP2 (``fully_shard``)
+    every entry is a ``DTensor`` sharded like its parameter, the same numbers as on one process (the filter
+    norms summed over the shards).
 
     Args:
         model: the model; its trainable parameters define the space.
@@ -177,6 +180,10 @@ def random_directions(
         norm_params = _norm_layer_params(model)
         skip = [name for name, w in weights.items() if w.dim() <= 1 or name in norm_params]
     gen = make_generator(seed)
+    if wants_fsdp(model):  # drawn in full, kept and normalized as shards: see landscape/_sharded.py
+        from lightning_landscape.landscape import _sharded
+
+        return _sharded.random_directions(model, n, normalization, skip, gen, sorted(_filters_last(model)))
     out = []
     for _ in range(n):
         raw = {name: torch.randn(w.shape, generator=gen, dtype=torch.float64) for name, w in weights.items()}
@@ -203,7 +210,13 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Direction:
     out: Direction = {}
     offset = 0
     for name, p in like.items():
-        out[name] = vector[offset : offset + p.numel()].reshape(p.shape).to(dtype=p.dtype, device=p.device)
+        piece = vector[offset : offset + p.numel()].reshape(p.shape)
+        if is_dtensor(p):  # FSDP2: the direction is sharded like its parameter
+            from lightning_landscape.landscape._sharded import as_sharded, shard_of
+
+            out[name] = as_sharded(shard_of(piece, p), p)
+        else:
+            out[name] = piece.to(dtype=p.dtype, device=p.device)
         offset += p.numel()
     if offset != vector.numel():
         raise ValueError(f"vector of {vector.numel()} entries for {offset} trainable parameters")
@@ -213,7 +226,11 @@ def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Direction:
 def flatten(direction: Mapping[str, Tensor], like: Mapping[str, Tensor] | None = None) -> Tensor:
     """Concatenate a direction into one flat vector (in the order of ``like``'s names when given)."""
     names = list(like) if like is not None else list(direction)
-    return torch.cat([direction[n].reshape(-1) for n in names])
+    pieces = []
+    for n in names:
+        gather = getattr(direction[n], "full_tensor", None)  # FSDP2: gathered, the vector whole on every rank
+        pieces.append((gather() if gather is not None else direction[n]).reshape(-1))
+    return torch.cat(pieces)
 
 
 def hessian_directions(

@@ -20,7 +20,9 @@ from lightning_landscape.curvature import HessianOperator, HvpMethod
 from lightning_landscape.curvature._checks import check_choice, check_int
 from lightning_landscape.curvature._inputs import LossFn, LossOf, batch_size
 from lightning_landscape.curvature._model_state import math_attention, probe_context
+from lightning_landscape.curvature.operators._strategies import wants_fsdp
 from lightning_landscape.curvature.operators.hessian import HVP_METHODS
+from lightning_landscape.landscape import _sharded
 from lightning_landscape.landscape._evaluate import (
     GridEvaluator,
     check_finite,
@@ -157,6 +159,12 @@ def loss_line(
     backward), so that :meth:`LineResult.plot` overlays the second-order prediction; for a unit Hessian
     eigenvector :math:`d^\top H d` is its eigenvalue.
 
+    Under FSDP2 (the model holds a ``fully_shard``-ed module) every rank passes its own batches (the same
+    number), the points are set on the local shards one by one and the weighted losses all-reduced, the
+    direction may be sharded like the parameters, and slope and curvature come from finite differences of
+    sharded gradients (``hvp`` ``"auto"`` or ``"finite_difference"``); ``towards`` is refused and
+    ``chunk_size``/``memory_budget``/``vectorize`` change nothing (:mod:`~._sharded`).
+
     Args:
         model: the model (left exactly as found).
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
@@ -195,6 +203,10 @@ def loss_line(
     """
     check_int("steps", steps, minimum=2)
     check_choice("hvp", hvp, HVP_METHODS)
+    if wants_fsdp(model):  # point by point on the shards, see landscape/_sharded.py
+        return _sharded.loss_line(
+            model, loss_fn, batches, direction, span, steps, towards, quadratic, train_mode, seed, hvp
+        )
     evaluator = GridEvaluator(
         model,
         loss_fn,
@@ -246,6 +258,8 @@ def loss_plane(
     r"""The loss on the ``steps x steps`` grid :math:`\theta + \alpha d_1 + \beta d_2`,
     :math:`\alpha, \beta \in` ``span``.
 
+    Under FSDP2 the grid is evaluated on the local shards as :func:`loss_line` says.
+
     Args:
         model: the model (left exactly as found).
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
@@ -272,6 +286,8 @@ def loss_plane(
         torch.Size([5, 5])
     """
     check_int("steps", steps, minimum=2)
+    if wants_fsdp(model):  # point by point on the shards, see landscape/_sharded.py
+        return _sharded.loss_plane(model, loss_fn, batches, directions, span, steps, train_mode, seed)
     evaluator = GridEvaluator(
         model,
         loss_fn,
