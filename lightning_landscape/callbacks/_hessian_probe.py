@@ -15,15 +15,14 @@ all-reduces its products (every rank gets the same values); pyhessian's are not,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_landscape._torch import BatchNormBase, DropoutBase
-from lightning_landscape.callbacks import tags
+from lightning_landscape.callbacks._probe_results import Extremes, HessianProbeResult, extremes, result_values
 from lightning_landscape.curvature import (
     EigenResult,
     HessianOperator,
@@ -31,7 +30,6 @@ from lightning_landscape.curvature import (
     LossFn,
     NonFiniteError,
     ParamSelection,
-    SpectralDensity,
     hessian_eigenvalues,
     hutchinson,
     lanczos,
@@ -45,76 +43,6 @@ from lightning_landscape.curvature.operators.hessian import HVP_METHODS
 
 Backend = Literal["lanczos", "power", "pyhessian"]
 Memory = Literal["auto", "reuse", "recompute"]
-
-
-@dataclass(frozen=True)
-class Extremes:
-    """The extreme eigenvalues of one operator, each with whether it met the tolerance.
-
-    Attributes:
-        largest: the top-``k`` eigenvalues, descending.
-        largest_converged: per value of ``largest``, whether it converged.
-        smallest: the smallest eigenvalue (``None`` unless the probe asked for it).
-        smallest_converged: whether ``smallest`` converged (``None`` without it).
-    """
-
-    largest: tuple[float, ...]
-    largest_converged: tuple[bool, ...]
-    smallest: float | None = None
-    smallest_converged: bool | None = None
-
-    @property
-    def converged(self) -> bool:
-        """Every value held here converged."""
-        return all(self.largest_converged) and self.smallest_converged is not False
-
-    def named(self) -> list[tuple[str, float, bool]]:
-        """``(quantity, value, converged)`` per value, quantities named as in :mod:`~.tags`: ``eig_1`` (the
-        largest) ... ``eig_k``, then ``eig_min``."""
-        pairs = zip(self.largest, self.largest_converged, strict=True)
-        named = [(f"eig_{i}", v, ok) for i, (v, ok) in enumerate(pairs, start=1)]
-        if self.smallest is not None:
-            named.append((tags.EIG_MIN, self.smallest, bool(self.smallest_converged)))
-        return named
-
-
-@dataclass(frozen=True)
-class HessianProbeResult:
-    """What one :meth:`HessianProbe.run` measured, as plain numbers.
-
-    Attributes:
-        eigen: the extreme eigenvalues of the probed Hessian (the ``params`` block).
-        blocks: per entry of ``blocks``, the extreme eigenvalues of its diagonal block.
-        trace: the Hutchinson estimate of the trace (``None`` unless asked for).
-        density: the spectral density (``None`` unless asked for).
-        num_products: every Hessian-vector product of the run (eigenvalues, trace, density, blocks; and
-            pyhessian's own).
-    """
-
-    eigen: Extremes
-    blocks: Mapping[str, Extremes] = field(default_factory=dict)
-    trace: float | None = None
-    density: SpectralDensity | None = None
-    num_products: int = 0
-
-
-def _flags(values: Tensor | bool | None, count: int) -> tuple[bool, ...]:
-    """``count`` per-value flags from per-value ones (padded with their conjunction) or one flag for all."""
-    if isinstance(values, Tensor):
-        flags = [bool(f) for f in values.tolist()][:count]
-        return tuple(flags + [all(flags)] * (count - len(flags)))
-    return (bool(values),) * count
-
-
-def extremes(result: EigenResult, smallest: bool) -> Extremes:
-    """The :class:`Extremes` of an eigen result: its top-k and, with ``smallest``, its smallest value."""
-    largest = tuple(float(v) for v in result.eigenvalues)
-    overall = result.converged
-    flags = _flags(result.value_converged if result.value_converged is not None else overall, len(largest))
-    if not smallest or result.smallest is None:
-        return Extremes(largest, flags)
-    low = result.smallest_converged if result.smallest_converged is not None else overall
-    return Extremes(largest, flags, float(result.smallest[0]), _flags(low, 1)[0])
 
 
 def mode_dependent_kinds(model: nn.Module) -> list[str]:
@@ -257,6 +185,24 @@ class HessianProbe:
         with ``smallest``): the next run's start. ``None`` before the first run, without ``warm_start`` and
         with pyhessian; dropped when the number of probed parameters changes."""
 
+    #: ``(attribute, value before the first probe)`` of the int counters a subclass keeps in its checkpoint.
+    checkpointed: tuple[tuple[str, int], ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The :attr:`checkpointed` counters (keys without a leading ``_``) and :attr:`warm_vectors` (on the
+        CPU, so the checkpoint loads on any device; moved back at the next run)."""
+        state: dict[str, Any] = {name.lstrip("_"): getattr(self, name) for name, _ in self.checkpointed}
+        if self.warm_vectors is not None:
+            state["warm_vectors"] = self.warm_vectors.detach().cpu().clone()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (absent keys: the values before the first probe)."""
+        for name, default in self.checkpointed:
+            setattr(self, name, int(state_dict.get(name.lstrip("_"), default)))
+        warm = state_dict.get("warm_vectors", None)
+        self.warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None
+
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model the selections do not fit, before any work: run it once per model (e.g. at setup).
 
@@ -348,7 +294,7 @@ class HessianProbe:
             if op is not None:
                 op.close()
         probe = HessianProbeResult(extremes(result, self.smallest), blocks, trace, density, products)
-        values = _values(probe)
+        values = result_values(probe)
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteError(f"non-finite Hessian values {values}")
         if warm and result.eigenvectors is not None:
@@ -401,13 +347,3 @@ class HessianProbe:
         vectors = vectors.to(device=op.device, dtype=op.dtype)
         self.warm_vectors = vectors
         return vectors
-
-
-def _values(result: HessianProbeResult) -> dict[str, float]:
-    """Every number of a result by name (for the finiteness check and its message)."""
-    values: dict[str, float] = {}
-    for block, eigen in [(None, result.eigen), *result.blocks.items()]:
-        values.update({(f"{block}/{q}" if block else q): v for q, v, _ in eigen.named()})
-    if result.trace is not None:
-        values[tags.TRACE] = result.trace
-    return values

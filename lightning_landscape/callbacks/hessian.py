@@ -9,7 +9,6 @@ import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
 from typing_extensions import override
 
 from lightning_landscape._torch import is_compiled_wrapper
@@ -155,6 +154,14 @@ class HessianEigenMonitor(HessianProbe, Callback):
         >>> monitor.state_key != per_layer.state_key
         True
     """
+
+    checkpointed = (
+        ("_last_probe_step", -1),
+        ("num_probes", 0),
+        ("num_skipped", 0),
+        ("total_products", 0),
+        ("num_unconverged", 0),
+    )
 
     _landscape_family = _tags.HESSIAN_SECTION
 
@@ -391,27 +398,3 @@ class HessianEigenMonitor(HessianProbe, Callback):
         metrics = {tag: v for tag, v, ok in named if ok or self.unconverged == "log"}
         metrics[self._tag(_tags.CONVERGED, block)] = float(eigen.converged)
         return metrics
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "last_probe_step": self._last_probe_step,
-            "num_probes": self.num_probes,
-            "num_skipped": self.num_skipped,
-            "total_products": self.total_products,
-            "num_unconverged": self.num_unconverged,
-        }
-        if self.warm_vectors is not None:
-            # On the CPU, so that the checkpoint loads on any device (moved back at the next probe).
-            state["warm_vectors"] = self.warm_vectors.detach().cpu().clone()
-        return state
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_probe_step = int(state_dict.get("last_probe_step", -1))
-        self.num_probes = int(state_dict.get("num_probes", 0))
-        self.num_skipped = int(state_dict.get("num_skipped", 0))
-        self.total_products = int(state_dict.get("total_products", 0))
-        self.num_unconverged = int(state_dict.get("num_unconverged", 0))
-        warm = state_dict.get("warm_vectors", None)
-        self.warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None

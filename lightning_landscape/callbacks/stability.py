@@ -132,6 +132,12 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         "EdgeOfStabilityMonitor{'every_n_steps': 10, 'optimizer': 0, 'group': 0, 'name': None}"
     """
 
+    checkpointed = (
+        ("_last_probe_step", -1),
+        ("num_probes", 0),
+        ("num_skipped", 0),
+    )
+
     _landscape_family = _tags.STABILITY_SECTION
 
     def __init__(
@@ -349,22 +355,3 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         log_scalars(trainer, metrics, step)
         for tag, value in metrics.items():
             pl_module.log(tag, value, logger=False, sync_dist=False)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "last_probe_step": self._last_probe_step,
-            "num_probes": self.num_probes,
-            "num_skipped": self.num_skipped,
-        }
-        if self.warm_vectors is not None:
-            state["warm_vectors"] = self.warm_vectors.detach().cpu().clone()
-        return state
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_probe_step = int(state_dict.get("last_probe_step", -1))
-        self.num_probes = int(state_dict.get("num_probes", 0))
-        self.num_skipped = int(state_dict.get("num_skipped", 0))
-        warm = state_dict.get("warm_vectors", None)
-        self.warm_vectors = warm.detach().clone() if isinstance(warm, Tensor) and warm.dim() == 2 else None

@@ -11,14 +11,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_landscape.callbacks._hessian_probe import (
-    Extremes,
-    HessianProbe,
-    HessianProbeResult,
-    extremes,
-    mode_dependent_kinds,
-)
-from lightning_landscape.curvature import EigenResult, NonFiniteError
+from lightning_landscape.callbacks._hessian_probe import HessianProbe, mode_dependent_kinds
+from lightning_landscape.curvature import NonFiniteError
 from tests._shared import assert_unchanged, mse_loss, snapshot
 from tests.oracle import dense_hessian
 
@@ -177,29 +171,30 @@ def test_mode_dependent_kinds() -> None:
     assert mode_dependent_kinds(model) == ["AlphaDropout", "BatchNorm1d", "Dropout"]
 
 
-def test_extremes_read_per_value_flags_or_one_flag_for_all() -> None:
-    per_value = EigenResult(
-        eigenvalues=torch.tensor([3.0, 2.0, 1.0]),
-        smallest=torch.tensor([-1.0, 0.5]),
-        converged=False,
-        value_converged=torch.tensor([True, False]),  # shorter: padded with their conjunction
-        smallest_converged=torch.tensor([True, True]),
-    )
-    got = extremes(per_value, smallest=True)
-    assert got == Extremes((3.0, 2.0, 1.0), (True, False, False), -1.0, True)
-    assert not got.converged
-    assert got.named() == [
-        ("eig_1", 3.0, True),
-        ("eig_2", 2.0, False),
-        ("eig_3", 1.0, False),
-        ("eig_min", -1.0, True),
-    ]
-    one_flag = extremes(
-        EigenResult(eigenvalues=torch.tensor([2.0]), smallest=torch.tensor([0.0]), converged=True), False
-    )
-    assert (
-        one_flag == Extremes((2.0,), (True,))
-        and one_flag.converged
-        and one_flag.named() == [("eig_1", 2.0, True)]
-    )
-    assert HessianProbeResult(one_flag).blocks == {}
+class _Counting(HessianProbe):
+    checkpointed = (("_last", -1), ("runs", 0))
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._last, self.runs = -1, 0
+
+
+def test_state_dict_round_trip_keeps_counters_and_warm_vectors() -> None:
+    """A checkpoint of the engine: its subclass's counters by name (leading ``_`` dropped) and the warm
+    vectors on the CPU; a probe restored from it starts where the saved one would (same products, values)."""
+    model, batches = _model(), _batches()
+    saved = _Counting(k=2, smallest=True, tol=1e-8)
+    saved.run(model, mse_loss, batches)
+    saved._last, saved.runs = 7, 1
+    state = saved.state_dict()
+    assert set(state) == {"last", "runs", "warm_vectors"} and (state["last"], state["runs"]) == (7, 1)
+    assert state["warm_vectors"].device.type == "cpu" and state["warm_vectors"] is not saved.warm_vectors
+    restored = _Counting(k=2, smallest=True, tol=1e-8)
+    restored.load_state_dict(state)
+    assert (restored._last, restored.runs) == (7, 1)
+    assert restored.warm_vectors is not None and torch.equal(restored.warm_vectors, saved.warm_vectors)
+    a, b = saved.run(model, mse_loss, batches), restored.run(model, mse_loss, batches)
+    assert a.num_products == b.num_products and a.eigen == b.eigen
+    empty = _Counting()
+    empty.load_state_dict({})  # an old checkpoint without the keys: the values before the first probe
+    assert (empty._last, empty.runs, empty.warm_vectors) == (-1, 0, None)
