@@ -32,7 +32,7 @@ from lightning_landscape.curvature._inputs import LossFn, LossOf, batch_size, va
 from lightning_landscape.curvature._memory import SavedBytes, available_bytes
 from lightning_landscape.curvature._model_state import probe_context
 from lightning_landscape.curvature.operators.hessian import NonFiniteError
-from lightning_landscape.landscape._affine import AffineLayers
+from lightning_landscape.landscape._affine import AffineLayers, PointProducts, PointWeights
 from lightning_landscape.landscape.directions import named_trainable
 
 _BUDGET_FRACTION = 0.25
@@ -49,6 +49,18 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+class _Sweep(nn.Module):
+    """Runs ``sweep(wrapper)`` inside one ``functional_call``: the weights of a point are written in place
+    into the tensors the call installed, so the model is reparametrized once for all points."""
+
+    def __init__(self, wrapper: LossOf) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+
+    def forward(self, sweep: Any) -> Any:
+        return sweep(self.wrapper)
 
 
 def _stack(dicts: Sequence[Mapping[str, Tensor]], names: Sequence[str]) -> dict[str, Tensor]:
@@ -109,7 +121,8 @@ class GridEvaluator:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.distributed = bool(distributed)
         self.cache_products = bool(cache_products)
-        self.vectorized_last = False  # whether the last call ran vectorized (for tests and benchmarks)
+        self.vectorized_last = False  # whether the last call ran under vmap (for tests and benchmarks)
+        self.path_last = ""  # "vmap", "in_place" or "loop": how the last call ran
         self.last_chunk_size = 0
 
     def _context(self) -> contextlib.AbstractContextManager[None]:
@@ -166,6 +179,44 @@ class GridEvaluator:
         cap = _MAX_CHUNK_CPU if device.type == "cpu" else _MAX_CHUNK
         return max(1, min(coeffs.shape[0], cap, budget // per_point))
 
+    def _in_place(
+        self,
+        origin: dict[str, Tensor],
+        stacked: dict[str, Tensor],
+        fixed: Mapping[str, Tensor],
+        coeffs: Tensor,
+        cache: bool,
+    ) -> Tensor:
+        """Point by point, the weights of each point written in place (:class:`PointWeights`), layers on the
+        data from cached products (:class:`PointProducts`) where ``cache``."""
+        weights = PointWeights(origin, stacked)
+        products = PointProducts(weights) if cache else None
+        state = {f"wrapper.model.{n}": t for n, t in fixed.items()}
+        state.update({f"wrapper.model.{n}": t for n, t in weights.tensors.items()})
+        points = coeffs.tolist()
+
+        def sweep(wrapper: LossOf) -> list[float]:
+            out = []
+            for p, coef in enumerate(points):
+                weights.move_to(coef)
+                acc = 0.0
+                for i, batch in enumerate(self.batches):
+                    self._seed(i)
+                    if products is not None and (p < 2 or products.active()):
+                        products.new_forward(i)
+                        with products:
+                            loss = wrapper(batch)
+                    else:
+                        loss = wrapper(batch)
+                    acc += float(loss) * self.weights[i]
+                out.append(acc)
+                if products is not None and p == 1:
+                    weights.lazy = products.shortcut_weights()
+            return out
+
+        values = torch.func.functional_call(_Sweep(self.wrapper), state, (sweep,), strict=False)
+        return torch.tensor(values, dtype=torch.float64)
+
     def _loop(self, loss_at: Any, coeffs: Tensor, start: int) -> Tensor:
         out = torch.zeros(coeffs.shape[0] - start, dtype=torch.float64)
         for i, batch in enumerate(self.batches):
@@ -213,7 +264,23 @@ class GridEvaluator:
         with self._context():
             done = 0
             self.vectorized_last = self.vectorize
-            if self.vectorize:
+            self.path_last = "loop"
+            if self.vectorize and self.chunk_size is None and device.type == "cpu":
+                self.vectorized_last = False
+                self.path_last = "in_place"
+                try:
+                    total = self._in_place(all_origin, stacked, fixed, coeffs, self.cache_products)
+                except Exception as err:
+                    if not self.cache_products:
+                        raise
+                    _warn_once(
+                        f"landscape: cached first-layer products switched off, the model's forward did not "
+                        f"run with them ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                    )
+                    total = self._in_place(all_origin, stacked, fixed, coeffs, False)
+                done = coeffs.shape[0]
+            elif self.vectorize:
+                self.path_last = "vmap"
                 leaves = {n: all_origin[n].detach().requires_grad_(True) for n in names}
                 measure = self._point_fn(leaves, {}, {**fixed, **buf_origin})
                 chunk = self._chunk(measure, coeffs, device)
