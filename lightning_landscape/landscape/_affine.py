@@ -156,7 +156,7 @@ class PointWeights:
         self.lead: tuple[float, ...] | None = None
         self.last = 0.0
         self.row_version = 0
-        self.lazy: set[str] = set()  # weights written on demand only
+        self.lazy: set[str] = set()  # weights written on demand only (moved by the last direction)
         self.stale: set[str] = set()  # lazy weights not yet written at this point
 
     def move_to(self, coef: list[float]) -> None:
@@ -197,40 +197,78 @@ class PointWeights:
         return self.last if j == self.rank - 1 else (self.lead or ())[j]
 
 
-class PointProducts(TorchFunctionMode):
+class _Watched(Tensor):
+    """A point's weight as the forward sees it when calls on it may take a shortcut: a view of the written
+    tensor whose torch calls go through :class:`PointProducts` (every other call of the forward runs as it
+    is). Nothing it returns is a ``_Watched`` tensor."""
+
+    _watch: tuple[PointProducts, str]
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        watched = [a for a in _flat(args, kwargs) if isinstance(a, _Watched)]
+        return watched[0]._watch[0].handle(func, args, kwargs)
+
+
+def _flat(args: Any, kwargs: Any) -> list[Any]:
+    out: list[Any] = []
+    for arg in (*args, *kwargs.values()):
+        out.extend(arg if isinstance(arg, (tuple, list)) else (arg,))
+    return out
+
+
+def _plain(obj: Any, fill: bool = True) -> Any:
+    """``obj`` with watched weights replaced by the written tensors (written first, unless not ``fill``)."""
+    if isinstance(obj, _Watched):
+        products, name = obj._watch
+        if fill:
+            products.weights.fill(name)
+        return products.weights.tensors[name]
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_plain(o, fill) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v, fill) for k, v in obj.items()}
+    return obj
+
+
+class PointProducts:
     """Point by point: a Linear/Conv whose weight moves with the point and whose input does not, from
     products cached per batch (the sequential counterpart of :class:`AffineLayers`).
 
+    The weights it watches (:meth:`watch`) are handed to the forward as views whose torch calls come here.
     A call (the ``k``-th of one weight in a forward, per batch) whose input is equal at two successive
     points is taken to act on the data: its products :math:`f(x; w_0), f(x; d_j)` are computed once and
     combined per point (by rows, as :class:`PointWeights` does); a later point whose input differs (a
-    checksum, or the same tensor object unmodified) drops the shortcut for that call for good. Its weight is
-    then written only when another call reads it.
+    checksum, or the same tensor object unmodified) drops the shortcut for that call for good. A weight all
+    of whose calls take the shortcut is written only when something else reads it.
     """
 
     def __init__(self, weights: PointWeights) -> None:
-        super().__init__()
         self.weights = weights
         self.batch = 0
         self.calls: dict[str, int] = {}
-        # (batch, name, k) -> ("seen" | "cached" | "off", x, version, checksum, products, row cache)
+        # (batch, name, k) -> ["seen" | "cached" | "off", x, version, checksum, products, row cache]
         self.state: dict[tuple[int, str, int], list[Any]] = {}
         self.probe: dict[tuple[Any, ...], Tensor] = {}
+
+    def watch(self, names: Any) -> dict[str, Tensor]:
+        """Views of the weights ``names`` whose torch calls come to :meth:`handle`."""
+        views: dict[str, Tensor] = {}
+        for name in names:
+            view = self.weights.tensors[name].as_subclass(_Watched)
+            view._watch = (self, name)
+            views[name] = view
+        return views
 
     def new_forward(self, batch: int) -> None:
         self.batch = batch
         self.calls.clear()
 
-    def active(self) -> bool:
-        """Whether any call is served from cached products (else the mode is left out)."""
-        return any(s[0] == "cached" for s in self.state.values())
-
     def shortcut_weights(self) -> set[str]:
-        """Weights moved by the last direction every call of which is served by cached products: they are
-        written only on demand."""
+        """Weights every call of which is served by cached products (the rest need no watching)."""
         cached = {key[1] for key, s in self.state.items() if s[0] == "cached"}
-        cached -= {key[1] for key, s in self.state.items() if s[0] != "cached"}
-        return {name for name in cached if self.weights.moves_last(name)}
+        return cached - {key[1] for key, s in self.state.items() if s[0] != "cached"}
 
     def _checksum(self, x: Tensor) -> tuple[float, float]:
         flat = x.detach().reshape(-1)
@@ -243,18 +281,16 @@ class PointProducts(TorchFunctionMode):
         # The plain sum and a random weighting (invariants such as softmax rows summing to one pass the sum).
         return float(flat.sum()), float(torch.dot(flat, probe))
 
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        if (func is F.linear or func in _CONVS) and len(args) >= 2 and isinstance(args[1], Tensor):
-            name = self.weights.names.get(id(args[1]))
-            if name is not None and isinstance(args[0], Tensor):
-                out = self._shortcut(func, name, args, kwargs)
+    def handle(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """A torch call on a watched weight: the shortcut where it applies, else the call on plain tensors
+        (a lazy weight written first)."""
+        if (func is F.linear or func in _CONVS) and len(args) >= 2 and isinstance(args[1], _Watched):
+            x = args[0]
+            if isinstance(x, Tensor) and not isinstance(x, _Watched):
+                out = self._shortcut(func, args[1]._watch[1], _plain(args, False), _plain(kwargs, False))
                 if out is not None:
                     return out
-        if self.weights.stale:
-            for name in [n for n in self.weights.stale if _mentions(args, kwargs, self.weights.tensors[n])]:
-                self.weights.fill(name)
-        return func(*args, **kwargs)
+        return func(*_plain(args), **_plain(kwargs))
 
     def _shortcut(self, func: Any, name: str, args: Any, kwargs: Any) -> Tensor | None:
         x = args[0]
@@ -310,13 +346,6 @@ class PointProducts(TorchFunctionMode):
         if bias is not None and not bias_moves:
             out = out + (bias if func is F.linear else bias.reshape(-1, *([1] * _CONVS[func])))
         return out
-
-
-def _mentions(args: Any, kwargs: Any, tensor: Tensor) -> bool:
-    for arg in (*args, *kwargs.values()):
-        if arg is tensor or (isinstance(arg, (tuple, list)) and any(a is tensor for a in arg)):
-            return True
-    return False
 
 
 __all__ = ["AffineLayers", "PointProducts", "PointWeights"]

@@ -191,30 +191,36 @@ class GridEvaluator:
         data from cached products (:class:`PointProducts`) where ``cache``."""
         weights = PointWeights(origin, stacked)
         products = PointProducts(weights) if cache else None
-        state = {f"wrapper.model.{n}": t for n, t in fixed.items()}
-        state.update({f"wrapper.model.{n}": t for n, t in weights.tensors.items()})
         points = coeffs.tolist()
 
-        def sweep(wrapper: LossOf) -> list[float]:
-            out = []
-            for p, coef in enumerate(points):
-                weights.move_to(coef)
-                acc = 0.0
-                for i, batch in enumerate(self.batches):
-                    self._seed(i)
-                    if products is not None and (p < 2 or products.active()):
-                        products.new_forward(i)
-                        with products:
-                            loss = wrapper(batch)
-                    else:
-                        loss = wrapper(batch)
-                    acc += float(loss) * self.weights[i]
-                out.append(acc)
-                if products is not None and p == 1:
-                    weights.lazy = products.shortcut_weights()
-            return out
+        def sweep(part: list[list[float]]) -> Any:
+            def run(wrapper: LossOf) -> list[float]:
+                out = []
+                for coef in part:
+                    weights.move_to(coef)
+                    acc = 0.0
+                    for i, batch in enumerate(self.batches):
+                        self._seed(i)
+                        if products is not None:
+                            products.new_forward(i)
+                        acc += float(wrapper(batch)) * self.weights[i]
+                    out.append(acc)
+                return out
 
-        values = torch.func.functional_call(_Sweep(self.wrapper), state, (sweep,), strict=False)
+            return run
+
+        def call(part: list[list[float]], watched: Mapping[str, Tensor]) -> list[float]:
+            state = {f"wrapper.model.{n}": t for n, t in fixed.items()}
+            state.update({f"wrapper.model.{n}": watched.get(n, t) for n, t in weights.tensors.items()})
+            return list(torch.func.functional_call(_Sweep(self.wrapper), state, (sweep(part),), strict=False))
+
+        if products is None:
+            return torch.tensor(call(points, {}), dtype=torch.float64)
+        # Two points with every moving weight watched find the calls on the data; the rest watch only theirs.
+        values = call(points[:2], products.watch(weights.names.values()))
+        shortcut = products.shortcut_weights()
+        weights.lazy = {n for n in shortcut if weights.moves_last(n)}
+        values += call(points[2:], products.watch(shortcut))
         return torch.tensor(values, dtype=torch.float64)
 
     def _loop(self, loss_at: Any, coeffs: Tensor, start: int) -> Tensor:
@@ -274,8 +280,8 @@ class GridEvaluator:
                     if not self.cache_products:
                         raise
                     _warn_once(
-                        f"landscape: cached first-layer products switched off, the model's forward did not "
-                        f"run with them ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                        "landscape: cached first-layer products switched off, the forward did not run "
+                        f"with them ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
                     )
                     total = self._in_place(all_origin, stacked, fixed, coeffs, False)
                 done = coeffs.shape[0]
