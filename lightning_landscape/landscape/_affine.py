@@ -12,6 +12,7 @@ Switched off with ``GridEvaluator(..., cache_products=False)`` (the plain ``vmap
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -139,9 +140,9 @@ class PointWeights:
     (:meth:`fill`, called by :class:`PointProducts`).
     """
 
-    def __init__(self, origin: dict[str, Tensor], stacked: dict[str, Tensor]) -> None:
+    def __init__(self, origin: Mapping[str, Tensor], stacked: Mapping[str, Sequence[Tensor]]) -> None:
         self.origin = origin
-        self.rank = next(iter(stacked.values())).shape[0] if stacked else 0
+        self.rank = len(next(iter(stacked.values()))) if stacked else 0
         self.dirs: dict[str, list[tuple[int, Tensor]]] = {}
         self.tensors: dict[str, Tensor] = {}  # what the forward sees, by name
         self.rows: dict[str, Tensor] = {}  # the row's partial sum, where a last direction moves the weight

@@ -63,10 +63,6 @@ class _Sweep(nn.Module):
         return sweep(self.wrapper)
 
 
-def _stack(dicts: Sequence[Mapping[str, Tensor]], names: Sequence[str]) -> dict[str, Tensor]:
-    return {n: torch.stack([d[n].detach() for d in dicts]) for n in names}
-
-
 class GridEvaluator:
     """The loss of ``model`` over ``batches`` at many points :math:`\\theta_0 + \\sum_j c_j d_j`.
 
@@ -182,14 +178,14 @@ class GridEvaluator:
     def _in_place(
         self,
         origin: dict[str, Tensor],
-        stacked: dict[str, Tensor],
+        directions: Mapping[str, Sequence[Tensor]],
         fixed: Mapping[str, Tensor],
         coeffs: Tensor,
         cache: bool,
     ) -> Tensor:
         """Point by point, the weights of each point written in place (:class:`PointWeights`), layers on the
         data from cached products (:class:`PointProducts`) where ``cache``."""
-        weights = PointWeights(origin, stacked)
+        weights = PointWeights(origin, directions)
         products = PointProducts(weights) if cache else None
         points = coeffs.tolist()
 
@@ -251,7 +247,7 @@ class GridEvaluator:
             NonFiniteError: never; non-finite losses are returned as they are (``inf``/``nan``).
         """
         names = list(origin)
-        stacked = _stack(basis, names) if basis else {}
+        directions = {n: [b[n].detach() for b in basis] for n in names} if basis else {}
         fixed: dict[str, Tensor] = {}
         buf_origin: dict[str, Tensor] = {}
         if buffers is not None:
@@ -259,23 +255,26 @@ class GridEvaluator:
             for name, buf in buffers.items():
                 (buf_origin if name in moving else fixed)[name] = buf.detach()
             if buffer_basis:
-                stacked.update({n: torch.stack([b[n].detach() for b in buffer_basis]) for n in buf_origin})
+                directions.update({n: [b[n].detach() for b in buffer_basis] for n in buf_origin})
         all_origin = {**{n: origin[n].detach() for n in names}, **buf_origin}
+        device = next(iter(origin.values())).device
+        in_place = self.vectorize and self.chunk_size is None and device.type == "cpu"
+        # The in-place path reads the directions where they are; vmap and the loop take them stacked.
+        stacked = {} if in_place else {n: torch.stack(d) for n, d in directions.items()}
         loss_at = self._point_fn(all_origin, stacked, fixed)
         affine = AffineLayers() if self.cache_products else None
         batched_loss_at = self._point_fn(all_origin, stacked, fixed, affine)
-        device = next(iter(origin.values())).device
         coeffs = coeffs.to(device=device, dtype=torch.float64)
         total = torch.zeros(coeffs.shape[0], dtype=torch.float64)
         with self._context():
             done = 0
             self.vectorized_last = self.vectorize
             self.path_last = "loop"
-            if self.vectorize and self.chunk_size is None and device.type == "cpu":
+            if in_place:
                 self.vectorized_last = False
                 self.path_last = "in_place"
                 try:
-                    total = self._in_place(all_origin, stacked, fixed, coeffs, self.cache_products)
+                    total = self._in_place(all_origin, directions, fixed, coeffs, self.cache_products)
                 except Exception as err:
                     if not self.cache_products:
                         raise
@@ -283,7 +282,7 @@ class GridEvaluator:
                         "landscape: cached first-layer products switched off, the forward did not run "
                         f"with them ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
                     )
-                    total = self._in_place(all_origin, stacked, fixed, coeffs, False)
+                    total = self._in_place(all_origin, directions, fixed, coeffs, False)
                 done = coeffs.shape[0]
             elif self.vectorize:
                 self.path_last = "vmap"
