@@ -1,4 +1,4 @@
-r"""The cached first-layer product of the grid evaluator (:mod:`~._evaluate`).
+r"""The cached first-layer products of the grid evaluator (:mod:`~._evaluate`), and the weights of a point.
 
 Layers applied to the data itself (the first Linear of an MLP, the first Conv of a CNN) get a shortcut: such
 a layer is linear in its weight, so for the weight :math:`W_0 + \sum_j c_j D_j` of a point its output is
@@ -7,7 +7,11 @@ batch and combined per point (a ``TorchFunctionMode`` sees the layer's call unde
 recognised as the same for every point because it is not batched). On a 784-256-256-10 MLP this removes
 three quarters of the multiply-adds of every point.
 
-Switched off with ``GridEvaluator(..., cache_products=False)`` (the plain ``vmap``, for benchmarks and tests).
+Point by point (the evaluator's CPU path) the same shortcut is :class:`PointProducts`, for the weights that
+:class:`PointWeights` writes in place at each point; a call is recognised as acting on the data when its
+input is equal at two successive points (and checked at every later one).
+
+Switched off with ``GridEvaluator(..., cache_products=False)`` (for benchmarks and tests).
 """
 
 from __future__ import annotations
