@@ -288,11 +288,11 @@ class GridEvaluator:
                 except Exception as err:
                     if not self.cache_products:
                         raise
+                    total = self._in_place(all_origin, directions, fixed, coeffs, False)  # its error, if any
                     _warn_once(
                         "landscape: cached first-layer products switched off, the forward did not run "
                         f"with them ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
                     )
-                    total = self._in_place(all_origin, directions, fixed, coeffs, False)
                 done = coeffs.shape[0]
             elif self.vectorize:
                 self.path_last = "vmap"

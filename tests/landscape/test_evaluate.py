@@ -278,3 +278,31 @@ def test_in_place_gpt2_equals_the_loop() -> None:
         want = float(lm(copy, tokens))
     assert float(fast.losses[0, 2]) == pytest.approx(want, abs=1e-12)
     assert_unchanged(model, before)
+
+
+def test_in_place_shortcut_failure_falls_back_with_one_warning_and_errors_pass_through() -> None:
+    from lightning_landscape.landscape import _affine
+
+    case = linear_case()
+    d = random_directions(case.model, 1, normalization=None, ignore=None)[0]
+    ref = loss_line(case.model, case.loss_fn, case.batches, direction=d, steps=5, quadratic=False)
+    original = _affine.PointProducts._products
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("no products today")
+
+    _affine.PointProducts._products = broken  # type: ignore[method-assign]
+    try:
+        with pytest.warns(RuntimeWarning, match="no products today"):
+            line = loss_line(case.model, case.loss_fn, case.batches, direction=d, steps=5, quadratic=False)
+    finally:
+        _affine.PointProducts._products = original  # type: ignore[method-assign]
+    torch.testing.assert_close(line.losses, ref.losses, atol=1e-12, rtol=0)
+
+    def not_scalar(model: nn.Module, batch: Any) -> Tensor:
+        return model(batch[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the loss's own error, no warning about products
+        with pytest.raises(ValueError, match="scalar"):
+            loss_line(case.model, not_scalar, case.batches, direction=d, steps=5, quadratic=False)
