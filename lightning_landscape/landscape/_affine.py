@@ -163,6 +163,24 @@ class PointWeights:
         self.row_version = 0
         self.lazy: set[str] = set()  # weights written on demand only (moved by the last direction)
         self.stale: set[str] = set()  # lazy weights not yet written at this point
+        # What a new row writes (origin, leading directions, target) and what every point writes.
+        self._row_plan: list[tuple[Tensor, list[tuple[int, Tensor]], Tensor]] = []
+        for name, dirs in self.dirs.items():
+            moving = [(j, d) for j, d in dirs if j < self.rank - 1]
+            if moving:
+                target = self.rows[name] if self.moves_last(name) else self.tensors[name]
+                self._row_plan.append((origin[name], moving, target))
+        self._point_plan: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.set_lazy(set())
+
+    def set_lazy(self, names: set[str]) -> None:
+        """Write the weights ``names`` (moved by the last direction) only on demand (:meth:`fill`)."""
+        self.lazy = {n for n in names if self.moves_last(n)}
+        self._point_plan = [
+            (self.rows.get(n, self.origin[n]), self.dirs[n][-1][1], self.tensors[n])
+            for n in self.dirs
+            if self.moves_last(n) and n not in self.lazy
+        ]
 
     def move_to(self, coef: list[float]) -> None:
         """Write the weights of the point ``coef`` (length ``rank``)."""
@@ -170,18 +188,15 @@ class PointWeights:
         if lead != self.lead:
             self.lead = lead
             self.row_version += 1
-            for name, dirs in self.dirs.items():
-                moving = [(j, d) for j, d in dirs if j < self.rank - 1]
-                if moving:
-                    last = dirs[-1][0] == self.rank - 1
-                    target = self.rows[name] if last else self.tensors[name]
-                    torch.add(self.origin[name], moving[0][1], alpha=lead[moving[0][0]], out=target)
-                    for j, d in moving[1:]:
-                        target.add_(d, alpha=lead[j])
-        for name in self.dirs:
-            if self.moves_last(name) and name not in self.lazy:
-                self._write_last(name)
-        self.stale = set(self.lazy)
+            for base, moving, target in self._row_plan:
+                torch.add(base, moving[0][1], alpha=lead[moving[0][0]], out=target)
+                for j, d in moving[1:]:
+                    target.add_(d, alpha=lead[j])
+        last = self.last
+        for row, direction, out in self._point_plan:
+            torch.add(row, direction, alpha=last, out=out)
+        if self.lazy:
+            self.stale = set(self.lazy)
 
     def moves_last(self, name: str) -> bool:
         """Whether the last direction moves weight ``name`` (it is then written at every point)."""
@@ -281,7 +296,7 @@ class PointProducts:
         probe = self.probe.get(key)
         if probe is None:
             gen = torch.Generator().manual_seed(flat.numel())
-            probe = torch.rand(flat.numel(), generator=gen, dtype=torch.float64).to(x.device, x.dtype)
+            probe = torch.rand(flat.numel(), generator=gen, dtype=x.dtype).to(x.device)  # as large as x
             self.probe[key] = probe
         # The plain sum and a random weighting (invariants such as softmax rows summing to one pass the sum).
         return float(flat.sum()), float(torch.dot(flat, probe))

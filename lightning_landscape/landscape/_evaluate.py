@@ -225,7 +225,7 @@ class GridEvaluator:
         # Two points with every moving weight watched find the calls on the data; the rest watch only theirs.
         values = call(points[:2], products.watch(weights.names.values()))
         shortcut = products.shortcut_weights()
-        weights.lazy = {n for n in shortcut if weights.moves_last(n)}
+        weights.set_lazy(shortcut)
         values += call(points[2:], products.watch(shortcut))
         return torch.tensor(values, dtype=torch.float64)
 

@@ -76,7 +76,7 @@ def test_a_lazy_weight_is_written_only_when_asked() -> None:
     origin = {"w": torch.randn(2, 2, generator=gen, dtype=DT)}
     weights = PointWeights(origin, {"w": torch.randn(1, 2, 2, generator=gen, dtype=DT)})
     weights.move_to([1.0])
-    weights.lazy = {"w"}
+    weights.set_lazy({"w"})
     weights.move_to([2.0])
     torch.testing.assert_close(weights.tensors["w"], origin["w"] + weights.dirs["w"][0][1])  # still at 1.0
     weights.fill("w")
