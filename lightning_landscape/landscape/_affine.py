@@ -228,7 +228,17 @@ class _Watched(Tensor):
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         watched = [a for a in _flat(args, kwargs) if isinstance(a, _Watched)]
+        if not watched:  # deeper inside the arguments: no shortcut
+            return func(*_plain(args), **_plain(kwargs))
         return watched[0]._watch[0].handle(func, args, kwargs)
+
+
+def _version(x: Tensor) -> int | None:
+    """``x``'s version counter; ``None`` for tensors that keep none (made under ``torch.inference_mode``)."""
+    try:
+        return version_counter(x)
+    except RuntimeError:
+        return None
 
 
 def _flat(args: Any, kwargs: Any) -> list[Any]:
@@ -324,10 +334,11 @@ class PointProducts:
         entry = self.state.get(key)
         if entry is not None and entry[0] == "off":
             return None
-        same_object = entry is not None and entry[1] is x and entry[2] == version_counter(x)
+        version = _version(x)
+        same_object = entry is not None and entry[1] is x and version is not None and entry[2] == version
         checksum = entry[3] if same_object else self._checksum(x)  # type: ignore[index]
         if entry is None:
-            self.state[key] = ["seen", x, version_counter(x), checksum, None, None]
+            self.state[key] = ["seen", x, version, checksum, None, None]
             return None
         if not same_object and checksum != entry[3]:
             entry[0] = "off"

@@ -306,3 +306,17 @@ def test_in_place_shortcut_failure_falls_back_with_one_warning_and_errors_pass_t
         warnings.simplefilter("error")  # the loss's own error, no warning about products
         with pytest.raises(ValueError, match="scalar"):
             loss_line(case.model, not_scalar, case.batches, direction=d, steps=5, quadratic=False)
+
+
+def test_in_place_on_inference_tensors_keeps_the_shortcut_by_checksum() -> None:
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
+    gen = torch.Generator().manual_seed(10)
+    with torch.inference_mode():  # batches drawn under inference mode keep no version counter
+        batch = (torch.randn(8, 6, generator=gen, dtype=DT), torch.randint(0, 3, (8,), generator=gen))
+    d = random_directions(model, 2, seed=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = loss_plane(model, ce, [batch], directions=d, steps=4)
+    slow = loss_plane(model, ce, [batch], directions=d, steps=4, vectorize=False)
+    torch.testing.assert_close(fast.losses, slow.losses, rtol=0, atol=1e-12)
