@@ -58,6 +58,11 @@ COMPILED_PREFIX = "_orig_mod."
 is_batched_tensor: Callable[[Tensor], bool] | None = getattr(torch._C._functorch, "is_batchedtensor", None)
 
 
+def version_counter(tensor: Tensor) -> int:
+    """``tensor``'s version counter: it changes whenever the tensor is modified in place."""
+    return int(tensor._version)
+
+
 def dynamo_supported() -> bool:
     """Whether ``torch.compile`` can run on this Python/platform."""
     return bool(torch._dynamo.is_dynamo_supported())

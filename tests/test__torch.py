@@ -68,6 +68,15 @@ def test_is_batched_tensor_inside_vmap() -> None:
     assert seen == [True] and not _torch.is_batched_tensor(torch.ones(2))  # type: ignore[misc]
 
 
+def test_version_counter_moves_on_in_place_writes_only() -> None:
+    x = torch.zeros(3)
+    before = _torch.version_counter(x)
+    _ = x + 1
+    assert _torch.version_counter(x) == before
+    x.add_(1)
+    assert _torch.version_counter(x) > before
+
+
 def test_compile_support_and_configs() -> None:
     assert isinstance(_torch.dynamo_supported(), bool)
     assert isinstance(_torch.has_triton(), bool)

@@ -4,14 +4,22 @@ A point is :math:`\theta(c) = \theta_0 + \sum_j c_j d_j` (and buffers :math:`b(c
 used to interpolate BatchNorm statistics between two models). The loss at a point is the batch-size-weighted
 mean of ``loss_fn(model, batch)`` over the fixed batches, as in the curvature core.
 
-Many points share one forward: ``torch.func.functional_call`` runs the model with the weights of a point, and
-``torch.func.vmap`` maps it over a chunk of coefficient vectors, so a chunk of ``C`` points is one batched
-forward per batch (one large matrix product per layer instead of ``C`` small ones). The chunk size is bounded
-by a memory budget: the weights of a point plus the activations of one forward (measured once, as the bytes
-autograd saves on the first batch), times ``C``. Where ``vmap`` cannot run the loss (a ``.item()`` or
-data-dependent control flow in ``loss_fn``, in-place updates of unbatched buffers such as BatchNorm statistics
-in train mode), the points are evaluated one by one, with one warning saying why. Layers applied to the data
-itself (the first Linear or Conv) take their products from a cache per batch (:mod:`~._affine`).
+On a CPU (``chunk_size=None``) the points run one by one, each at the cost of its own forward: the model is
+reparametrized once (``torch.func.functional_call``) with tensors into which the weights of each point are
+written in place, one fused add per weight and point (points of a row share their partial sum, see
+:class:`~._affine.PointWeights`); layers applied to the data itself (the first Linear or Conv) combine
+products cached per batch instead of running (:class:`~._affine.PointProducts`). A 41 x 41 plane of a
+784-256-256-10 MLP at batch 512 so takes about 1.9x its arithmetic floor (the multiply-adds after the first
+layer); the rest is the loss's own elementwise work (log-softmax, ReLU, biases).
+
+Elsewhere (or with ``chunk_size``) many points share one forward: ``torch.func.vmap`` maps the loss over a
+chunk of coefficient vectors, so a chunk of ``C`` points is one batched forward per batch (one large matrix
+product per layer instead of ``C`` small ones). The chunk size is bounded by a memory budget: the weights of a
+point plus the activations of one forward (measured once, as the bytes autograd saves on the first batch),
+times ``C``. Where ``vmap`` cannot run the loss (a ``.item()`` or data-dependent control flow in ``loss_fn``,
+in-place updates of unbatched buffers such as BatchNorm statistics in train mode), the points are evaluated
+one by one, with one warning saying why. Layers applied to the data take their products from a cache per
+batch (:class:`~._affine.AffineLayers`).
 
 The model is never modified: the weights of a point live only in the call, the model's own buffers are
 swapped for copies, the train/eval flags and the global RNG are restored.
@@ -32,7 +40,7 @@ from lightning_landscape.curvature._inputs import LossFn, LossOf, batch_size, va
 from lightning_landscape.curvature._memory import SavedBytes, available_bytes
 from lightning_landscape.curvature._model_state import probe_context
 from lightning_landscape.curvature.operators.hessian import NonFiniteError
-from lightning_landscape.landscape._affine import AffineLayers
+from lightning_landscape.landscape._affine import AffineLayers, PointProducts, PointWeights
 from lightning_landscape.landscape.directions import named_trainable
 
 _BUDGET_FRACTION = 0.25
@@ -51,8 +59,16 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _stack(dicts: Sequence[Mapping[str, Tensor]], names: Sequence[str]) -> dict[str, Tensor]:
-    return {n: torch.stack([d[n].detach() for d in dicts]) for n in names}
+class _Sweep(nn.Module):
+    """Runs ``sweep(wrapper)`` inside one ``functional_call``: the weights of a point are written in place
+    into the tensors the call installed, so the model is reparametrized once for all points."""
+
+    def __init__(self, wrapper: LossOf) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+
+    def forward(self, sweep: Any) -> Any:
+        return sweep(self.wrapper)
 
 
 class GridEvaluator:
@@ -64,14 +80,16 @@ class GridEvaluator:
         batches: non-empty list of batches on the model's device.
         train_mode: evaluate with the model's own train/eval flags (random layers then see the same masks at
             every point: the RNG is seeded per batch); default eval mode.
-        chunk_size: points per forward; ``None`` chooses from ``memory_budget``.
+        chunk_size: points per ``vmap``'d forward; ``None`` runs point by point with the weights written in
+            place on a CPU, and chooses from ``memory_budget`` elsewhere.
         memory_budget: bytes one chunk may use; ``None`` is a quarter of the free memory of the device.
-        vectorize: ``False`` evaluates point by point (the reference the vectorized path is tested against).
+        vectorize: ``False`` evaluates point by point with new weights per point (the plain reference the
+            fast paths are tested against).
         seed: seeds random layers in train mode.
         distributed: all-reduce the weighted losses across ranks (each rank passes its own batches); ``None``
             does so when ``torch.distributed`` is initialized.
         cache_products: compute the products of layers applied to the data once per batch and combine them
-            per point (see :mod:`~._affine`); ``False`` runs the plain ``vmap`` (for benchmarks and tests).
+            per point (see :mod:`~._affine`); ``False`` runs every layer (for benchmarks and tests).
     """
 
     def __init__(
@@ -109,7 +127,8 @@ class GridEvaluator:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.distributed = bool(distributed)
         self.cache_products = bool(cache_products)
-        self.vectorized_last = False  # whether the last call ran vectorized (for tests and benchmarks)
+        self.vectorized_last = False  # whether the last call ran under vmap (for tests and benchmarks)
+        self.path_last = ""  # "vmap", "in_place" or "loop": how the last call ran
         self.last_chunk_size = 0
 
     def _context(self) -> contextlib.AbstractContextManager[None]:
@@ -166,6 +185,50 @@ class GridEvaluator:
         cap = _MAX_CHUNK_CPU if device.type == "cpu" else _MAX_CHUNK
         return max(1, min(coeffs.shape[0], cap, budget // per_point))
 
+    def _in_place(
+        self,
+        origin: dict[str, Tensor],
+        directions: Mapping[str, Sequence[Tensor]],
+        fixed: Mapping[str, Tensor],
+        coeffs: Tensor,
+        cache: bool,
+    ) -> Tensor:
+        """Point by point, the weights of each point written in place (:class:`PointWeights`), layers on the
+        data from cached products (:class:`PointProducts`) where ``cache``."""
+        weights = PointWeights(origin, directions)
+        products = PointProducts(weights) if cache else None
+        points = coeffs.tolist()
+
+        def sweep(part: list[list[float]]) -> Any:
+            def run(wrapper: LossOf) -> list[float]:
+                out = []
+                for coef in part:
+                    weights.move_to(coef)
+                    acc = 0.0
+                    for i, batch in enumerate(self.batches):
+                        self._seed(i)
+                        if products is not None:
+                            products.new_forward(i)
+                        acc += float(wrapper(batch)) * self.weights[i]
+                    out.append(acc)
+                return out
+
+            return run
+
+        def call(part: list[list[float]], watched: Mapping[str, Tensor]) -> list[float]:
+            state = {f"wrapper.model.{n}": t for n, t in fixed.items()}
+            state.update({f"wrapper.model.{n}": watched.get(n, t) for n, t in weights.tensors.items()})
+            return list(torch.func.functional_call(_Sweep(self.wrapper), state, (sweep(part),), strict=False))
+
+        if products is None:
+            return torch.tensor(call(points, {}), dtype=torch.float64)
+        # Two points with every moving weight watched find the calls on the data; the rest watch only theirs.
+        values = call(points[:2], products.watch(weights.names.values()))
+        shortcut = products.shortcut_weights()
+        weights.set_lazy(shortcut)
+        values += call(points[2:], products.watch(shortcut))
+        return torch.tensor(values, dtype=torch.float64)
+
     def _loop(self, loss_at: Any, coeffs: Tensor, start: int) -> Tensor:
         out = torch.zeros(coeffs.shape[0] - start, dtype=torch.float64)
         for i, batch in enumerate(self.batches):
@@ -194,7 +257,7 @@ class GridEvaluator:
             NonFiniteError: never; non-finite losses are returned as they are (``inf``/``nan``).
         """
         names = list(origin)
-        stacked = _stack(basis, names) if basis else {}
+        directions = {n: [b[n].detach() for b in basis] for n in names} if basis else {}
         fixed: dict[str, Tensor] = {}
         buf_origin: dict[str, Tensor] = {}
         if buffers is not None:
@@ -202,18 +265,37 @@ class GridEvaluator:
             for name, buf in buffers.items():
                 (buf_origin if name in moving else fixed)[name] = buf.detach()
             if buffer_basis:
-                stacked.update({n: torch.stack([b[n].detach() for b in buffer_basis]) for n in buf_origin})
+                directions.update({n: [b[n].detach() for b in buffer_basis] for n in buf_origin})
         all_origin = {**{n: origin[n].detach() for n in names}, **buf_origin}
+        device = next(iter(origin.values())).device
+        in_place = self.vectorize and self.chunk_size is None and device.type == "cpu"
+        # The in-place path reads the directions where they are; vmap and the loop take them stacked.
+        stacked = {} if in_place else {n: torch.stack(d) for n, d in directions.items()}
         loss_at = self._point_fn(all_origin, stacked, fixed)
         affine = AffineLayers() if self.cache_products else None
         batched_loss_at = self._point_fn(all_origin, stacked, fixed, affine)
-        device = next(iter(origin.values())).device
         coeffs = coeffs.to(device=device, dtype=torch.float64)
         total = torch.zeros(coeffs.shape[0], dtype=torch.float64)
         with self._context():
             done = 0
             self.vectorized_last = self.vectorize
-            if self.vectorize:
+            self.path_last = "loop"
+            if in_place:
+                self.vectorized_last = False
+                self.path_last = "in_place"
+                try:
+                    total = self._in_place(all_origin, directions, fixed, coeffs, self.cache_products)
+                except Exception as err:
+                    if not self.cache_products:
+                        raise
+                    total = self._in_place(all_origin, directions, fixed, coeffs, False)  # its error, if any
+                    _warn_once(
+                        "landscape: cached first-layer products switched off, the forward did not run "
+                        f"with them ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                    )
+                done = coeffs.shape[0]
+            elif self.vectorize:
+                self.path_last = "vmap"
                 leaves = {n: all_origin[n].detach().requires_grad_(True) for n in names}
                 measure = self._point_fn(leaves, {}, {**fixed, **buf_origin})
                 chunk = self._chunk(measure, coeffs, device)

@@ -175,7 +175,8 @@ def loss_line(
         towards: the other end of a segment (instead of ``direction``).
         quadratic: also compute slope and curvature along ``direction``.
         train_mode: evaluate in the model's own train/eval mode instead of eval mode.
-        chunk_size: points per vectorized forward (``None``: from ``memory_budget``).
+        chunk_size: points per ``vmap``'d forward (``None``: on a CPU point by point, the weights written in
+            place; elsewhere from ``memory_budget``).
         memory_budget: bytes a chunk may use (``None``: a quarter of the free device memory).
         vectorize: ``False`` evaluates point by point.
         seed: the random direction's seed (and that of random layers in train mode).
