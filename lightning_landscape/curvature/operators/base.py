@@ -38,6 +38,21 @@ def apply_block(op: LinearOperator, V: Tensor) -> Tensor:
     return torch.stack([op.matvec(V[:, i]) for i in range(V.shape[1])], dim=1)
 
 
+def matvec_into(op: LinearOperator, v: Tensor, out: Tensor) -> Tensor:
+    """``out[:] = H v``, written in place by operators that can (``op.matvec_into``), else copied.
+
+    Example:
+        >>> op = DenseOperator(2 * torch.eye(3, dtype=torch.float64))
+        >>> out = torch.empty(3, dtype=torch.float64)
+        >>> matvec_into(op, torch.ones(3, dtype=torch.float64), out).tolist()
+        [2.0, 2.0, 2.0]
+    """
+    into = getattr(op, "matvec_into", None)
+    if into is not None:
+        return into(v, out)
+    return out.copy_(op.matvec(v))
+
+
 def random_vector(op: LinearOperator, gen: torch.Generator, rademacher: bool = False) -> Tensor:
     """A Gaussian (or Rademacher) vector from ``gen``, in the operator's dtype and on its device.
 
@@ -77,4 +92,4 @@ class DenseOperator:
         return self.matrix @ V
 
 
-__all__ = ["DenseOperator", "LinearOperator", "apply_block", "random_vector"]
+__all__ = ["DenseOperator", "LinearOperator", "apply_block", "matvec_into", "random_vector"]
