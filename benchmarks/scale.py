@@ -198,8 +198,8 @@ def work_probe(model: nn.Module, tokens: Tensor, device: str, kind: str) -> dict
     inside = [0.0]
     apply = HessianOperator._apply
 
-    def timed_apply(self: Any, rows: Tensor) -> Tensor:
-        out, t = timed(lambda: apply(self, rows), device)
+    def timed_apply(self: Any, *args: Any) -> Tensor:
+        out, t = timed(lambda: apply(self, *args), device)
         inside[0] += t
         return out
 

@@ -221,7 +221,7 @@ class LanczosRun:
             self.betas.append(0.0)
         self.ends.append((m - 1, self.Q[m] * self._scale))
         row = self.Q[m]
-        row.copy_(random_vector(self.op, gen))
+        random_vector(self.op, gen, out=row)
         row.div_(self._orthogonalize(row, m))
         self.block_start = m
         self.residual = 0.0

@@ -13,6 +13,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+# Elements drawn at a time by random_vector (8 MB of float64; a multiple of 16).
+_DRAW_CHUNK = 1 << 20
+
 
 class LinearOperator(Protocol):
     """What the solvers need: a symmetric ``matvec`` on flat vectors, its size, dtype and device."""
@@ -53,16 +56,37 @@ def matvec_into(op: LinearOperator, v: Tensor, out: Tensor) -> Tensor:
     return out.copy_(op.matvec(v))
 
 
-def random_vector(op: LinearOperator, gen: torch.Generator, rademacher: bool = False) -> Tensor:
+def random_vector(
+    op: LinearOperator, gen: torch.Generator, rademacher: bool = False, out: Tensor | None = None
+) -> Tensor:
     """A Gaussian (or Rademacher) vector from ``gen``, in the operator's dtype and on its device.
 
-    Drawn in float64 on the CPU, so that one seed gives the same vector on every device and dtype.
+    Drawn in float64 on the CPU, so that one seed gives the same vector on every device and dtype; drawn
+    in chunks (the same numbers as one draw), so that no float64 copy of a parameter-sized vector is ever
+    made. With ``out`` (a flat tensor of ``num_params`` elements) the vector is written there.
+
+    Example:
+        >>> op = DenseOperator(torch.eye(3))
+        >>> a = random_vector(op, torch.Generator().manual_seed(0))
+        >>> b = random_vector(op, torch.Generator().manual_seed(0), out=torch.empty(3))
+        >>> a.dtype, torch.equal(a, b)
+        (torch.float32, True)
     """
-    if rademacher:
-        v = torch.randint(0, 2, (op.num_params,), generator=gen, dtype=torch.float64) * 2 - 1
-    else:
-        v = torch.randn(op.num_params, generator=gen, dtype=torch.float64)
-    return v.to(device=op.device, dtype=op.dtype)
+    n = op.num_params
+    if out is None:
+        out = torch.empty(n, dtype=op.dtype, device=op.device)
+    start = 0
+    while start < n:
+        # Every chunk but the last is a multiple of 16 and the last has at least 16 elements: torch draws
+        # normals in groups of 16 (and a short tail apart), so the chunks then give the one-draw numbers.
+        size = (n - start if n - start < _DRAW_CHUNK + 16 else _DRAW_CHUNK,)
+        if rademacher:
+            piece = torch.randint(0, 2, size, generator=gen, dtype=torch.float64) * 2 - 1
+        else:
+            piece = torch.randn(size, generator=gen, dtype=torch.float64)
+        out[start : start + size[0]].copy_(piece)
+        start += size[0]
+    return out
 
 
 class DenseOperator:

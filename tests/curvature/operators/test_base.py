@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lightning_landscape.curvature._inputs import make_generator
@@ -42,3 +43,21 @@ def test_matvec_into_writes_in_place_or_copies() -> None:
         out = torch.full((3,), float("nan"), dtype=torch.float64)
         assert matvec_into(op, v, out) is out
         torch.testing.assert_close(out, values * v, rtol=0, atol=0)
+
+
+def test_random_vectors_drawn_in_chunks_equal_one_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_landscape.curvature.operators import base
+
+    monkeypatch.setattr(base, "_DRAW_CHUNK", 16)  # e.g. 1000 = 61 chunks of 16 + one of 24
+    for n in (5, 17, 40, 1000):
+        op32 = DenseOperator(torch.eye(n, dtype=torch.float32))
+        for rademacher in (False, True):
+            gen = make_generator(3)
+            if rademacher:
+                want = torch.randint(0, 2, (n,), generator=gen, dtype=torch.float64) * 2 - 1
+            else:
+                want = torch.randn(n, generator=gen, dtype=torch.float64)
+            out = torch.empty(n)
+            got = random_vector(op32, make_generator(3), rademacher=rademacher, out=out)
+            assert got is out
+            torch.testing.assert_close(got, want.float(), rtol=0, atol=0)
