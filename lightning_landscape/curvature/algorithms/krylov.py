@@ -75,7 +75,7 @@ class LanczosRun:
         bounded = 8 if self.max_basis is None else self.max_basis + 1 + _COPIES_ROOM
         self.capacity = min(self.max_steps + 1, bounded)
         self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
-        self.Q[0] = v0 / torch.linalg.vector_norm(v0)
+        self.Q[0].copy_(v0).div_(torch.linalg.vector_norm(v0))
         self.alphas: list[float] = []
         self.betas: list[float] = []  # betas[j] couples step j and j+1 (0 at a block boundary)
         self.residual = 0.0  # |beta| of the last step: the factor of the residual bounds
