@@ -184,7 +184,7 @@ def work_product(model: nn.Module, tokens: Tensor, device: str) -> dict[str, Any
     op = HessianOperator(model, lm_loss, [tokens], memory="reuse")
     out = torch.empty_like(v)
     plain, ours, into = [], [], []
-    for _ in range(3):  # interleaved rounds: a loaded machine slows both alike
+    for _ in range(5):  # interleaved rounds: a loaded machine slows both alike
         plain.append(timed(plain_product, device)[1])
         ours.append(timed(lambda: op.matvec(v), device)[1])
         into.append(timed(lambda: op.matvec_into(v, out), device)[1])
