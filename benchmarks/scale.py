@@ -99,7 +99,10 @@ SIZES: dict[str, dict[str, int]] = {
         "eos_token_id": 0,
     },
     "124M": {},  # GPT2Config() defaults: GPT-2 small
+    "355M": {"n_layer": 24, "n_embd": 1024, "n_head": 16},  # GPT-2 medium (benchmarks/gpu_check.py)
+    "tiny": {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 96, "n_positions": 32},  # its CPU form
 }
+MAIN_SIZES = ("16.8M", "124M")  # what --size all runs here
 BATCH, TOKENS = 4, 32
 PROBES = ("top1", "top5", "smallest")
 PEERS = ("eigenthings", "curvlinops")
@@ -399,6 +402,76 @@ def report(size: str, device: str, quick: bool, threads: int, only: list[str]) -
     )
 
 
+# -- in one process, for benchmarks/gpu_check.py ----------------------------------------------------------
+def in_process(size: str, device: str, precision: str = "bf16-mixed") -> dict[str, Any]:
+    """One training step (``precision``: ``"bf16-mixed"`` autocasts the forward to bfloat16, parameters and
+    optimizer in float32, as Lightning's ``bf16-mixed``), one product's time (``matvec_into``, median of 3
+    after a warm-up) and a top-1 probe in float32, all in this process: on CUDA each peak is
+    ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (the model's own memory is in
+    both); on the CPU peaks are ``None`` (a resident-set peak needs a fresh process: the report above).
+
+    Returns:
+        ``step_peak``, ``probe_peak`` (bytes or None), ``step_wall``, ``product``, ``probe_wall`` (s),
+        ``products``, ``value`` and ``converged`` of the probe.
+    """
+    import gc
+
+    from lightning_landscape.curvature import HessianOperator, hessian_eigenvalues
+
+    cuda = device == "cuda"
+
+    def reset() -> None:
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak() -> int | None:
+        return int(torch.cuda.max_memory_allocated()) if cuda else None
+
+    model, tokens = build(size, device)
+
+    def train_step() -> float:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                loss = lm_loss(model, tokens)
+            loss.backward()
+            opt.step()
+
+        wall = timed(step, device)[1]
+        opt.zero_grad(set_to_none=True)
+        return wall
+
+    def one_product() -> float:
+        op = HessianOperator(model, lm_loss, [tokens], memory="reuse")
+        v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(1)).to(device)
+        out = torch.empty_like(v)
+        op.matvec_into(v, out)  # warm-up (kernels, allocator)
+        times = [timed(lambda: op.matvec_into(v, out), device)[1] for _ in range(3)]
+        op.close()
+        return statistics.median(times)
+
+    reset()
+    step_wall = train_step()
+    step_peak = peak()
+    product = one_product()  # the optimizer, gradients and graph are gone when it returns
+    reset()
+    res, probe_wall = timed(lambda: hessian_eigenvalues(model, lm_loss, [tokens], k=1, tol=TOL), device)
+    return {
+        "step_peak": step_peak,
+        "probe_peak": peak(),
+        "step_wall": step_wall,
+        "product": product,
+        "probe_wall": probe_wall,
+        "products": int(res.num_products),
+        "value": float(res.eigenvalues[0]),
+        "converged": bool(res.converged),
+    }
+
+
 def _installed(peer: str) -> bool:
     import importlib.util
 
@@ -408,7 +481,7 @@ def _installed(peer: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=[*SIZES, "all"], default="16.8M")
+    parser.add_argument("--size", choices=[*SIZES, "all"], default="16.8M", help="all: 16.8M and 124M")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="step, product and top-1 only")
     parser.add_argument(
@@ -423,7 +496,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.size, args.device, args.threads, args.steps)
         return
-    for size in SIZES if args.size == "all" else [args.size]:
+    for size in MAIN_SIZES if args.size == "all" else [args.size]:
         report(size, args.device, args.quick, args.threads, [k for k in args.only.split(",") if k])
 
 
