@@ -148,9 +148,9 @@ def lanczos(
             ``None`` (default): a random start.
         max_basis: the most basis vectors kept (thick restart past it, keeping the ``k + 2`` Ritz vectors
             nearest each wanted end); ``0``: no stored basis (the three-term recurrence of
-            :mod:`._three_term`: three parameter-sized vectors, ``k=1`` and no eigenvectors only). Default
+            :mod:`._three_term`: two parameter-sized vectors, ``k=1`` and no eigenvectors only). Default
             ``None``: :func:`default_max_basis`, unbounded for models under 64 MiB of basis; past that, no
-            basis for ``k=1`` without eigenvectors (a top-1 or smallest-1 probe of a large model keeps three
+            basis for ``k=1`` without eigenvectors (a top-1 or smallest-1 probe of a large model keeps two
             vectors, and the value of one eigenvalue cannot depend on its multiplicity, so no copies search
             is needed), and a bounded one otherwise. Residual bounds and ``converged`` mean the same on
             every path (without a basis to rounding, Paige 1980); the copies search (a second block) runs
@@ -192,7 +192,7 @@ def lanczos(
     bound = default_max_basis(n, need, itemsize) if max_basis is None else max_basis
     if bound == 0 or (max_basis is None and k == 1 and not return_eigenvectors and bound < min(steps, n)):
         # One value per end, and a basis that would have to be bounded: keep no basis at all.
-        ring = torch.empty(3, n, dtype=op.dtype, device=op.device)
+        ring = torch.empty(2, n, dtype=op.dtype, device=op.device)
         if v0 is None:
             random_vector(op, gen, out=ring[0])
         else:

@@ -30,23 +30,29 @@ class DoubleBackward:
         self.device = self.params[0].device
 
     def __call__(
-        self, grads: Sequence[Tensor | None], rows: Tensor, retain: bool, out: Tensor | None = None
+        self,
+        grads: Sequence[Tensor | None],
+        rows: Tensor,
+        retain: bool,
+        out: Tensor | None = None,
+        beta: float = 0.0,
     ) -> Tensor:
         """``[j, n]`` products of the rows of ``rows`` through the gradient graph ``grads`` (one entry per
         parameter); ``retain`` keeps the graph for further products. With ``out`` (a contiguous ``[j, n]``
         tensor of the parameters' dtype) the products are written there and ``out`` is returned: no new
-        parameter-sized tensor (on the CPU a fresh one costs its page faults, about two copies' time)."""
+        parameter-sized tensor (on the CPU a fresh one costs its page faults, about two copies' time); with
+        ``beta`` they are added to ``beta * out`` instead, piece by piece in one pass."""
         j = rows.shape[0]
         if out is None:
-            out = torch.empty(j, self.num_params, dtype=self.dtype, device=self.device)
+            out, beta = torch.empty(j, self.num_params, dtype=self.dtype, device=self.device), 0.0
         pairs = [
             (g, p) for g, p in zip(grads, self._split(rows), strict=True) if g is not None and g.requires_grad
         ]
         if not pairs:
-            return out.zero_()
+            return out.mul_(beta) if beta != 0.0 else out.zero_()
         outputs = [g for g, _ in pairs]
         if j > 1 and self.batched:
-            batched = self._batched(outputs, [v for _, v in pairs], out)
+            batched = self._batched(outputs, [v for _, v in pairs], out, beta)
             if batched is not None:
                 return batched
         for r in range(j):
@@ -57,11 +63,11 @@ class DoubleBackward:
                 retain_graph=retain or r < j - 1,
                 allow_unused=True,
             )
-            self._flatten_rows(hv, out[r : r + 1])
+            self._flatten_rows(hv, out[r : r + 1], beta)
             del hv  # one row's per-parameter pieces alive at a time
         return out
 
-    def _batched(self, outputs: list[Tensor], vs: list[Tensor], out: Tensor) -> Tensor | None:
+    def _batched(self, outputs: list[Tensor], vs: list[Tensor], out: Tensor, beta: float) -> Tensor | None:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -84,15 +90,20 @@ class DoubleBackward:
                 self.batched = False
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return self._flatten_rows(hv, out)
+        return self._flatten_rows(hv, out, beta)
 
-    def _flatten_rows(self, tensors: Sequence[Tensor | None], out: Tensor) -> Tensor:
-        """The ``[j, *p.shape]`` pieces copied into their columns of ``out`` (``[j, n]``; zero where None)."""
+    def _flatten_rows(self, tensors: Sequence[Tensor | None], out: Tensor, beta: float = 0.0) -> Tensor:
+        """The ``[j, *p.shape]`` pieces copied into their columns of ``out`` (``[j, n]``; zero where None),
+        or added to ``beta`` times them."""
         j, offset = out.shape[0], 0
         for t, p in zip(tensors, self.params, strict=True):
             block = out[:, offset : offset + p.numel()]
-            if t is None:
-                block.zero_()
+            if t is None and beta != 0.0:
+                block.mul_(beta)
+            elif t is None:
+                block.zero_()  # not mul_(0): out may hold NaN
+            elif beta != 0.0:
+                torch.add(t.reshape(j, -1).to(block.dtype), block, alpha=beta, out=block)
             else:
                 block.copy_(t.reshape(j, -1))
             offset += p.numel()

@@ -41,19 +41,22 @@ def apply_block(op: LinearOperator, V: Tensor) -> Tensor:
     return torch.stack([op.matvec(V[:, i]) for i in range(V.shape[1])], dim=1)
 
 
-def matvec_into(op: LinearOperator, v: Tensor, out: Tensor) -> Tensor:
-    """``out[:] = H v``, written in place by operators that can (``op.matvec_into``), else copied.
+def matvec_into(op: LinearOperator, v: Tensor, out: Tensor, beta: float = 0.0) -> Tensor:
+    """``out = H v + beta * out``, in place by operators that can (``op.matvec_into``), else from a copy.
 
     Example:
         >>> op = DenseOperator(2 * torch.eye(3, dtype=torch.float64))
         >>> out = torch.empty(3, dtype=torch.float64)
         >>> matvec_into(op, torch.ones(3, dtype=torch.float64), out).tolist()
         [2.0, 2.0, 2.0]
+        >>> matvec_into(op, torch.ones(3, dtype=torch.float64), out, beta=0.5).tolist()
+        [3.0, 3.0, 3.0]
     """
     into = getattr(op, "matvec_into", None)
     if into is not None:
-        return into(v, out)
-    return out.copy_(op.matvec(v))
+        return into(v, out) if beta == 0.0 else into(v, out, beta=beta)
+    hv = op.matvec(v)
+    return out.copy_(hv) if beta == 0.0 else torch.add(hv, out, alpha=beta, out=out)
 
 
 def random_vector(

@@ -157,7 +157,12 @@ def test_matvec_into_equals_matvec_and_writes_out(name: str, memory: str) -> Non
     assert op.matvec_into(v, out) is out
     torch.testing.assert_close(out, want @ v, rtol=1e-9, atol=1e-11)  # the dense float64 oracle
     torch.testing.assert_close(out, op.matvec(v), rtol=0, atol=0)
-    assert op.num_products == 2
+    # out = Hv + beta * out, the product added piece by piece (reuse) or after the fact (recompute).
+    before = torch.randn(op.num_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    out.copy_(before)
+    assert op.matvec_into(v, out, beta=-0.5) is out
+    torch.testing.assert_close(out, want @ v - 0.5 * before, rtol=1e-9, atol=1e-11)
+    assert op.num_products == 3
 
 
 def test_matvec_into_rejects_a_bad_out() -> None:
