@@ -4,9 +4,9 @@ The three-term recurrence :math:`\beta_{j+1} q_{j+1} = H q_j - \alpha_j q_j - \b
 :math:`q_{j-1}` and :math:`q_j`: the product is added into the row of :math:`q_{j-1}` (Paige's stable order:
 :math:`\alpha_j` is taken after :math:`\beta_j q_{j-1}` is removed); the tridiagonal :math:`T_m` it builds
 gives the Ritz values :math:`\theta_i` and the residual bounds :math:`|\beta_{m+1} s_{m,i}|`, exactly as with
-a stored basis. In floating point the basis loses orthogonality once a Ritz value converges (Paige 1971), and the converged
-value then reappears as a duplicate ("ghost"); a converged Ritz value and its bound keep their meaning to
-rounding (Paige 1980, Theorem 3.1: some eigenvalue lies within the bound plus a multiple of
+a stored basis. In floating point the basis loses orthogonality once a Ritz value converges (Paige 1971), and
+the converged value then reappears as a duplicate ("ghost"); a converged Ritz value and its bound keep their
+meaning to rounding (Paige 1980, Theorem 3.1: some eigenvalue lies within the bound plus a multiple of
 :math:`\epsilon \|H\|`). Taking only the extreme Ritz value at each wanted end and stopping when it has
 converged, duplicates never matter: that is why this path serves ``k=1`` only, and returns no eigenvectors
 (they would need the basis, or the products again).
