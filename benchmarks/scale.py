@@ -63,8 +63,46 @@ top-1 wall     2.3x products' time     1.5-1.65x its own products' time
                (issue 17's number)
 =============  ======================  ======================  ==================================
 
-The targets (1.5x, 1.15x, 1.1x) are not met yet: what remains above the step is the kept graph, the
-product's flat copy and the 7-vector basis (plus the copies-search block, which grows unbounded).
+Second round (issue 17 item 1), where the rest went (16.8M, cProfile and RSS sampled every 2 ms):
+
+* every Lanczos step made two or three fresh parameter-sized tensors (``torch.sub`` out of place, ``w / beta``,
+  the product's ``torch.cat``): each costs its page faults (a fresh 67 MB: 17 ms more than a reused one
+  here; a fresh 475 MB at 124M: up to 1.5 s), and the start vector stayed alive beside the basis;
+* random vectors were drawn as a float64 parameter-sized tensor, then cast: three vectors at once, at the
+  copies search's new block too, when the basis is full;
+* full reorthogonalization costs ``2 m + 14`` passes over parameter-sized vectors per step (``m`` the basis
+  size; one pass 6.5 ms against a 0.29 s product): with ``m = 7`` that is 40% of a product, so no stored-basis
+  Lanczos can meet the 1.15x wall target, and its ``m + 1`` rows are what put the peak above 1.5x;
+* the kept graph is 3.15 vectors at 16.8M (the gradient itself, 70 MiB of saved tensors, heap) and 2 at
+  124M; the product's per-parameter pieces one more, while a product runs.
+
+The cure: products written straight into the solver's buffer (``HessianOperator.matvec_into``, with
+``out = Hv + beta out`` added piece by piece); Lanczos steps in place; random vectors drawn in chunks (the
+same numbers); and for ``k=1`` on a model whose basis would pass 64 MiB, no stored basis at all
+(:mod:`lightning_landscape.curvature.algorithms._three_term`: two vectors, the product added into the
+previous one; a top-1 value cannot depend on its multiplicity, so no copies search is needed); the bounded
+basis for ``k > 1`` grew to ``2 k + 6`` (with ``k + 6`` a top-5 had not converged in its 100 products).
+
+Measured (this machine, 2 shared cores, 1 thread per worker; each probe in a fresh process; peaks as ratios
+to one AdamW step's peak; wall against products x one ``matvec_into`` measured apart, and in brackets
+against the time inside the probe's own products; products in the last column):
+
+=================  ============================  ============================
+probe              16.8M (step 0.71 GiB)         124M (step 2.61 GiB)
+=================  ============================  ============================
+top-1              0.91 GiB 1.31x, 1.17x (1.15x)  3.87 GiB 1.48x, 1.22x (1.15x)
+smallest           0.91 GiB 1.31x, 1.13x (1.15x)  3.79 GiB 1.45x, 1.19x (1.14x)
+top-5              TOP5_16                        TOP5_124
+one product        matvec 1.11x, matvec_into      matvec 1.12x, matvec_into
+                   1.08x a plain reused graph     1.05x a plain reused graph
+eigenthings v1     PEER_E16                       16.5 GiB 6.32x, 432 s for 25 steps
+curvlinops + eigsh PEER_C16                       killed by the OOM killer at 22.9 GiB (> 8.8x)
+=================  ============================  ============================
+
+Targets met: top-1 peak <= 1.5x at both sizes, one product through ``matvec_into`` (what the solvers call)
+<= 1.1x; ``matvec`` (a fresh output per call) is 1.11-1.12x and the top-1 wall 1.15x within the probe,
+1.17-1.22x against a product timed apart, over 1.15x: the per-step vector work (ten passes) and the start
+(the float64 random draw, the graph) are what remains.
 
 Run: ``python benchmarks/scale.py [--size 16.8M|124M|all] [--device cpu|cuda] [--quick]``
 (``--quick``: step, product and top-1 only). 16.8M takes a few minutes on a loaded CPU; 124M takes minutes
