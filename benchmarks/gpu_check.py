@@ -12,7 +12,13 @@ What it does, each row of the printed table (also written as JSON with ``--out``
 3. times :class:`~lightning_landscape.SeedEnsemble` on the paper's task ((1,50,50,1) ReLU, a fresh batch of
    1024 per step, Adam) at K = 64 and 300: ms per step, the compile time, and the projected time of the
    paper's 10,000 steps;
-4. times :class:`~lightning_landscape.MultiSeedTrainer` running 4 seeds sequentially.
+4. times :class:`~lightning_landscape.MultiSeedTrainer` running 4 seeds sequentially;
+5. the scale rows (issue 17): Hugging Face GPT-2 small (124M) and medium (355M) built from configs (nothing
+   is downloaded; ``transformers``, the ``bench`` extra), batch 4 x 32: one AdamW training step in
+   ``bf16-mixed`` against a top-1 Hessian probe in float32, their peaks (``torch.cuda.max_memory_allocated``)
+   and the probe's wall time against its products' (targets 1.5x and 1.15x;
+   :func:`benchmarks.scale.in_process`). The CPU form runs a tiny GPT-2 and reports no peaks (a resident
+   set's peak needs a fresh process: ``benchmarks/scale.py``).
 
 It exits with status 1 if any check failed (the table says which). On a lent GPU machine: ``make gpu-check``.
 """
@@ -65,12 +71,12 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "image": 32, "channels": 32, "n_images": 2048, "vocab": 2000, "width": 128, "layers": 2, "seq": 64,
         "n_seqs": 1024, "batch": 64, "epochs": 2, "ks": [64, 300], "ens_steps": 60, "seed_steps": 200,
-        "every_n_steps": 8,
+        "every_n_steps": 8, "gpt2": ["124M", "355M"],
     },
     "tiny": {
         "image": 8, "channels": 4, "n_images": 64, "vocab": 16, "width": 8, "layers": 1, "seq": 6,
         "n_seqs": 64, "batch": 16, "epochs": 1, "ks": [4, 8], "ens_steps": 6, "seed_steps": 4,
-        "every_n_steps": 4,
+        "every_n_steps": 4, "gpt2": ["tiny"],
     },
 }  # fmt: skip
 
@@ -377,6 +383,40 @@ def multiseed(table: Table, args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def gpt2_scale(table: Table, args: argparse.Namespace, size: str) -> None:
+    """A bf16-mixed training step of a Hugging Face GPT-2 against a float32 top-1 probe (peaks, wall)."""
+    import importlib.util
+
+    name = f"GPT-2 {size}"
+    if importlib.util.find_spec("transformers") is None:
+        note = (
+            "transformers is not installed: pip install -e '.[bench]' (configs only, nothing is downloaded)"
+        )
+        table.add(f"{name}: scale rows", "skipped", ok=False, note=note)
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import scale
+
+    r = scale.in_process(size, args.device, "bf16-mixed")
+    if r["step_peak"] is None:
+        note = "CPU: a resident-set peak needs a fresh process (benchmarks/scale.py)"
+        table.add(f"{name}: bf16-mixed step peak", "n/a", note=note)
+    else:
+        table.add(
+            f"{name}: bf16-mixed step peak", r["step_peak"] / 2**30, "GiB", note=f"{r['step_wall']:.3f} s"
+        )
+        table.add(
+            f"{name}: top-1 float32 peak / step peak", r["probe_peak"] / r["step_peak"], "x",
+            note=f"target <= 1.5x; {r['probe_peak'] / 2**30:.3f} GiB",
+        )  # fmt: skip
+    table.add(
+        f"{name}: top-1 wall / (HVPs x one HVP)", r["probe_wall"] / (r["products"] * r["product"]), "x",
+        note=f"target <= 1.15x; {r['products']} HVPs of {r['product']:.4f} s in {r['probe_wall']:.3f} s",
+    )  # fmt: skip
+    ok = r["converged"] and math.isfinite(r["value"])
+    table.add(f"{name}: top-1 converged", r["value"], "lambda_1", ok=ok, note="float32, tol 1e-3")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -443,6 +483,8 @@ def main() -> int:
         )  # fmt: skip
     guarded(table, "SeedEnsemble", lambda: ensemble(table, args))
     guarded(table, "MultiSeedTrainer", lambda: multiseed(table, args))
+    for gpt2 in size["gpt2"]:
+        guarded(table, f"GPT-2 {gpt2}: scale rows", lambda gpt2=gpt2: gpt2_scale(table, args, gpt2))
     total = time.perf_counter() - start
     table.add("total wall time", total, "s")
     table.print(header)

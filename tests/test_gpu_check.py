@@ -40,5 +40,11 @@ def test_gpu_check_runs_on_cpu_and_writes_one_table(tmp_path: Path) -> None:
             ms * 10, rel=1e-3
         )  # 10,000 steps in seconds, no compile in the CPU form
     assert rows["MultiSeedTrainer: 4 seeds sequential"]["ok"] is True
+    # The scale rows on a tiny GPT-2 (CPU: no peaks; the wall ratio and a converged top-1 value).
+    assert rows["GPT-2 tiny: bf16-mixed step peak"]["value"] == "n/a"
+    ratio = rows["GPT-2 tiny: top-1 wall / (HVPs x one HVP)"]["value"]
+    assert math.isfinite(ratio) and ratio > 0.5
+    top = rows["GPT-2 tiny: top-1 converged"]
+    assert top["ok"] is True and math.isfinite(top["value"]) and top["value"] > 0
     # The same rows are printed as one table.
     assert proc.stdout.count("SeedEnsemble K=") == 4

@@ -89,7 +89,10 @@ def hessian_eigenvalues(
         backend: ``"lanczos"`` (default), ``"power"`` (power iteration with deflation and shifts) or
             ``"pyhessian"`` (pyhessian 0.1's power iteration, ``which="largest"`` only; needs the
             ``pyhessian`` extra).
-        return_eigenvectors: also return unit eigenvectors (flat, parameters' dtype and device).
+        return_eigenvectors: also return unit eigenvectors (flat, parameters' dtype and device). On a model
+            whose Krylov basis would pass 64 MiB, Lanczos then keeps a bounded basis of ``2 k + 6``
+            parameter-sized vectors (``4 k + 6`` for ``which="both"``); a ``k=1`` probe without
+            eigenvectors keeps two (see :func:`~.algorithms.lanczos.lanczos`, ``max_basis``).
         train_mode: evaluate the loss with the model's own train/eval flags instead of eval mode.
         memory: ``"auto"``, ``"reuse"`` or ``"recompute"`` (see :class:`HessianOperator`).
         hvp: how products are taken: ``"auto"``, ``"double_backward"``, ``"forward_over_reverse"`` or

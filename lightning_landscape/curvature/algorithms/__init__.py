@@ -1,7 +1,8 @@
 """Algorithms on any operator (keyword-only options): they take an operator, never a model.
 
 * :mod:`~.krylov`: the one Lanczos kernel (:class:`~.krylov.LanczosRun`, :func:`lanczos_tridiagonal`);
-* :mod:`~.lanczos`: extreme eigenvalues (:func:`lanczos`), :mod:`~.power`: power iteration;
+* :mod:`~.lanczos`: extreme eigenvalues (:func:`lanczos`; for one value per end on a large model without a
+  stored basis, :mod:`~._three_term`), :mod:`~.power`: power iteration;
 * :mod:`~.trace`: Hutchinson, Hutch++ and XTrace (:func:`trace_of` picks one by name);
 * :mod:`~.slq`: stochastic Lanczos quadrature of the spectral density.
 """

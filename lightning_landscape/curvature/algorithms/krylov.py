@@ -16,7 +16,12 @@ import torch
 from torch import Tensor
 
 from lightning_landscape.curvature._checks import check_int
-from lightning_landscape.curvature.operators.base import LinearOperator, apply_block, random_vector
+from lightning_landscape.curvature.operators.base import (
+    LinearOperator,
+    apply_block,
+    matvec_into,
+    random_vector,
+)
 
 # Rows a bounded basis reserves (and adds at a time) beyond `max_basis + 1` for the copies search. Reserved
 # rows are never written unless used (on the CPU they take no resident memory until then).
@@ -70,7 +75,7 @@ class LanczosRun:
         bounded = 8 if self.max_basis is None else self.max_basis + 1 + _COPIES_ROOM
         self.capacity = min(self.max_steps + 1, bounded)
         self.Q = torch.empty(self.capacity, op.num_params, dtype=op.dtype, device=op.device)
-        self.Q[0] = v0 / torch.linalg.vector_norm(v0)
+        self.Q[0].copy_(v0).div_(torch.linalg.vector_norm(v0))
         self.alphas: list[float] = []
         self.betas: list[float] = []  # betas[j] couples step j and j+1 (0 at a block boundary)
         self.residual = 0.0  # |beta| of the last step: the factor of the residual bounds
@@ -78,7 +83,8 @@ class LanczosRun:
         self.broke_down = False  # the last step found an invariant subspace
         self.block_start = 0
         self.ends: list[tuple[int, Tensor]] = []  # (index, residual f_e kept orthogonal to later q)
-        self._w: Tensor | None = None
+        # The residual f of the last step is Q[steps] * _scale (1 until normalized: breakdown).
+        self._scale = 1.0
         # M itself, kept up to date entry by entry (rebuilding it for every Ritz check costs more than the
         # small eigh); leading m x m block after m steps.
         self.M = torch.zeros(self.capacity, self.capacity, dtype=torch.float64)
@@ -89,20 +95,24 @@ class LanczosRun:
         """The basis vector the next step multiplies."""
         return self.Q[self.steps]
 
-    def _orthogonalize(self, w: Tensor, m: int) -> Tensor:
+    def _orthogonalize(self, w: Tensor, m: int) -> float:
         # Classical Gram-Schmidt, repeated once only where it is needed (Daniel, Gragg, Kaufman and Stewart
         # 1976): when the pass removed more than 1 - 1/sqrt(2) of w's norm. In place: one basis-sized read
         # per pass, no parameter-sized temporaries (this is most of a large model's non-product time).
+        # Returns the norm of the result.
         basis = self.Q[:m]
+        before = float(torch.linalg.vector_norm(w))
         for _ in range(2):
-            before = float(torch.linalg.vector_norm(w))
             w.addmv_(basis.T, basis @ w, alpha=-1.0)
-            if float(torch.linalg.vector_norm(w)) > 0.7071 * before:
+            after = float(torch.linalg.vector_norm(w))
+            if after > 0.7071 * before:
                 break
-        return w
+            before = after
+        return after
 
     def _grow(self) -> None:
-        if self.steps >= self.capacity:
+        """Make row ``steps + 1`` exist: the next product is written there."""
+        if self.steps + 1 >= self.capacity:
             double = self.capacity * 2 if self.max_basis is None else self.capacity + _COPIES_ROOM
             grow = min(double, self.max_steps + 1) - self.capacity
             extra = torch.empty(grow, self.op.num_params, dtype=self.op.dtype, device=self.op.device)
@@ -115,6 +125,7 @@ class LanczosRun:
     def step(self, w: Tensor | None = None) -> None:
         """One step; ``w`` is the product of :attr:`current` if the caller computed it (else taken here)."""
         j = self.steps
+        self._grow()
         q = self.Q[j]
         self._ritz_cache.clear()
         for e, f in self.ends:
@@ -122,26 +133,34 @@ class LanczosRun:
             if c != 0.0:
                 self.M[e, j] += c
                 self.M[j, e] += c
-                f.sub_(c * q)
+                f.sub_(q, alpha=c)
+        # The product goes straight into the next basis row and is made the next Lanczos vector there, in
+        # place: no parameter-sized temporary per step (each would cost its page faults on the CPU).
+        nxt = self.Q[j + 1]
         if w is None:
-            w = self.op.matvec(q)
+            matvec_into(self.op, q, nxt)
+        else:
+            nxt.copy_(w)
+        w = nxt
         self.products += 1
         alpha = float(torch.dot(w, q))
-        w = torch.sub(w, q, alpha=alpha)
-        if j > self.block_start:
-            w.sub_(self.Q[j - 1], alpha=self.betas[j - 1])
-        w = self._orthogonalize(w, j + 1)
-        beta = float(torch.linalg.vector_norm(w))
+        previous = self.betas[j - 1] if j > self.block_start else 0.0
+        if previous != 0.0:
+            # w -= alpha q_j + beta q_{j-1} in one pass over the two (adjacent) rows.
+            coeffs = torch.tensor([previous, alpha], dtype=self.op.dtype, device=self.op.device)
+            w.addmv_(self.Q[j - 1 : j + 1].T, coeffs, alpha=-1.0)
+        else:
+            w.sub_(q, alpha=alpha)
+        beta = self._orthogonalize(w, j + 1)
         self.alphas.append(alpha)
         self.M[j, j] = alpha
         self.steps += 1
         self.residual = beta
         self.broke_down = False
-        self._w = w
+        self._scale = 1.0
         if self.steps >= self.op.num_params:
             self.residual = 0.0
             return
-        self._grow()
         scale = max(abs(a) for a in self.alphas) + max(self.betas, default=0.0)
         if beta <= 10 * torch.finfo(self.op.dtype).eps * max(scale, 1e-300):
             self.broke_down = True
@@ -149,7 +168,8 @@ class LanczosRun:
             self.betas.append(beta)
             self.M[j, j + 1] = beta
             self.M[j + 1, j] = beta
-            self.Q[j + 1] = w / beta
+            w.div_(beta)
+            self._scale = beta
 
     @property
     def can_restart(self) -> bool:
@@ -192,16 +212,17 @@ class LanczosRun:
     def new_block(self, gen: torch.Generator) -> None:
         """Go on from a random vector (``gen``) orthogonal to the basis; the residual becomes an end."""
         m = self.steps
-        assert self._w is not None and m < self.op.num_params
+        assert m < self.op.num_params
         if len(self.betas) == m:
             self.betas[-1] = 0.0
             self.M[m - 1, m] = 0.0
             self.M[m, m - 1] = 0.0
         else:
             self.betas.append(0.0)
-        self.ends.append((m - 1, self._w.clone()))
-        u = self._orthogonalize(random_vector(self.op, gen).contiguous(), m)
-        self.Q[m] = u / torch.linalg.vector_norm(u)
+        self.ends.append((m - 1, self.Q[m] * self._scale))
+        row = self.Q[m]
+        random_vector(self.op, gen, out=row)
+        row.div_(self._orthogonalize(row, m))
         self.block_start = m
         self.residual = 0.0
         self.broke_down = False

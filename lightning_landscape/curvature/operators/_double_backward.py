@@ -29,21 +29,32 @@ class DoubleBackward:
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
 
-    def __call__(self, grads: Sequence[Tensor | None], rows: Tensor, retain: bool) -> Tensor:
+    def __call__(
+        self,
+        grads: Sequence[Tensor | None],
+        rows: Tensor,
+        retain: bool,
+        out: Tensor | None = None,
+        beta: float = 0.0,
+    ) -> Tensor:
         """``[j, n]`` products of the rows of ``rows`` through the gradient graph ``grads`` (one entry per
-        parameter); ``retain`` keeps the graph for further products."""
+        parameter); ``retain`` keeps the graph for further products. With ``out`` (a contiguous ``[j, n]``
+        tensor of the parameters' dtype) the products are written there and ``out`` is returned: no new
+        parameter-sized tensor (on the CPU a fresh one costs its page faults, about two copies' time); with
+        ``beta`` they are added to ``beta * out`` instead, piece by piece in one pass."""
         j = rows.shape[0]
+        if out is None:
+            out, beta = torch.empty(j, self.num_params, dtype=self.dtype, device=self.device), 0.0
         pairs = [
             (g, p) for g, p in zip(grads, self._split(rows), strict=True) if g is not None and g.requires_grad
         ]
         if not pairs:
-            return torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
+            return out.mul_(beta) if beta != 0.0 else out.zero_()
         outputs = [g for g, _ in pairs]
         if j > 1 and self.batched:
-            batched = self._batched(outputs, [v for _, v in pairs])
+            batched = self._batched(outputs, [v for _, v in pairs], out, beta)
             if batched is not None:
                 return batched
-        out = []
         for r in range(j):
             hv = torch.autograd.grad(
                 outputs,
@@ -52,11 +63,11 @@ class DoubleBackward:
                 retain_graph=retain or r < j - 1,
                 allow_unused=True,
             )
-            out.append(self._flatten_rows(hv, 1))
-        return torch.cat(out)
+            self._flatten_rows(hv, out[r : r + 1], beta)
+            del hv  # one row's per-parameter pieces alive at a time
+        return out
 
-    def _batched(self, outputs: list[Tensor], vs: list[Tensor]) -> Tensor | None:
-        j = vs[0].shape[0]
+    def _batched(self, outputs: list[Tensor], vs: list[Tensor], out: Tensor, beta: float) -> Tensor | None:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -79,18 +90,24 @@ class DoubleBackward:
                 self.batched = False
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return self._flatten_rows(hv, j)
+        return self._flatten_rows(hv, out, beta)
 
-    def _flatten_rows(self, tensors: Sequence[Tensor | None], j: int) -> Tensor:
-        return torch.cat(
-            [
-                torch.zeros(j, p.numel(), dtype=self.dtype, device=self.device)
-                if t is None
-                else t.reshape(j, -1).to(self.dtype)
-                for t, p in zip(tensors, self.params, strict=True)
-            ],
-            dim=1,
-        )
+    def _flatten_rows(self, tensors: Sequence[Tensor | None], out: Tensor, beta: float = 0.0) -> Tensor:
+        """The ``[j, *p.shape]`` pieces copied into their columns of ``out`` (``[j, n]``; zero where None),
+        or added to ``beta`` times them."""
+        j, offset = out.shape[0], 0
+        for t, p in zip(tensors, self.params, strict=True):
+            block = out[:, offset : offset + p.numel()]
+            if t is None and beta != 0.0:
+                block.mul_(beta)
+            elif t is None:
+                block.zero_()  # not mul_(0): out may hold NaN
+            elif beta != 0.0:
+                torch.add(t.reshape(j, -1).to(block.dtype), block, alpha=beta, out=block)
+            else:
+                block.copy_(t.reshape(j, -1))
+            offset += p.numel()
+        return out
 
     def _split(self, rows: Tensor) -> list[Tensor]:
         """The ``[j, n]`` rows cut into ``[j, *p.shape]`` pieces, one per parameter."""

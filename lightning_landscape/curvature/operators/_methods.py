@@ -121,14 +121,15 @@ class ProductMethods:
     def _gradient(self) -> Tensor:
         """The flat gradient of this process's part of the loss (batch-size weighted, over the total)."""
         acc = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+        flat = torch.empty(1, self.num_params, dtype=self.dtype, device=self.device)
         for i in range(len(self._batches)):
             with self._probe(i):
                 loss = self._loss(i)
                 if not bool(torch.isfinite(loss.detach())):
                     self._loss_not_finite(loss, i)
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                acc += self._products._flatten_rows(grads, 1)[0] * self._weights[i]
-        return acc / self.total_weight
+                acc.add_(self._products._flatten_rows(grads, flat)[0], alpha=self._weights[i])
+        return acc.div_(self.total_weight)
 
 
 __all__ = ["AUTO_ORDER", "HVP_METHODS", "HvpMethod", "ProductMethods"]

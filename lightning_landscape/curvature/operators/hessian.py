@@ -326,6 +326,42 @@ class HessianOperator(ProductMethods):
             raise ValueError(f"`v` must have num_params={self.num_params} elements, got {v.numel()}.")
         return self._apply(v.detach().reshape(1, -1))[0]
 
+    def matvec_into(self, v: Tensor, out: Tensor, beta: float = 0.0) -> Tensor:
+        """:meth:`matvec` written into ``out`` (``out = Hv + beta * out``), which is returned: no new
+        parameter-sized vector is made.
+
+        The solvers hand their next basis vector here (:func:`~.base.matvec_into`); ``out`` must not
+        share memory with ``v``. With ``beta`` the product is added to the scaled ``out`` piece by piece
+        (one pass; the three-term recurrence keeps two vectors so). The finiteness check is on the result.
+
+        Raises:
+            ValueError: if ``v`` does not have ``num_params`` elements, or ``out`` is not a contiguous flat
+                tensor of ``num_params`` elements in the operator's dtype and on its device.
+            NonFiniteError: if the loss or the product is not finite.
+
+        Example:
+            >>> op = HessianOperator(nn.Linear(2, 1), lambda m, b: (m(b) ** 2).mean(), [torch.ones(4, 2)])
+            >>> out = torch.empty(op.num_params)
+            >>> op.matvec_into(torch.ones(op.num_params), out) is out, out.tolist()
+            (True, [6.0, 6.0, 6.0])
+            >>> op.matvec_into(torch.ones(op.num_params), out, beta=-1.0).tolist()  # Hv - out
+            [0.0, 0.0, 0.0]
+        """
+        if v.numel() != self.num_params:
+            raise ValueError(f"`v` must have num_params={self.num_params} elements, got {v.numel()}.")
+        if (
+            out.shape != (self.num_params,)
+            or out.dtype != self.dtype
+            or out.device != self.device
+            or not out.is_contiguous()
+        ):
+            raise ValueError(
+                f"`out` must be a contiguous flat tensor of num_params={self.num_params} elements, "
+                f"{self.dtype} on {self.device}; got {list(out.shape)} {out.dtype} on {out.device}."
+            )
+        self._apply(v.detach().reshape(1, -1), out.view(1, -1), float(beta))
+        return out
+
     def matmat(self, V: Tensor) -> Tensor:
         """The products :math:`HV` for the ``j`` columns of ``V`` (shape ``[n, j]``, like scipy's ``matmat``).
 
@@ -342,7 +378,7 @@ class HessianOperator(ProductMethods):
             return V.detach().to(device=self.device, dtype=self.dtype).clone()
         return self._apply(V.detach().T).T
 
-    def _apply(self, rows: Tensor) -> Tensor:
+    def _apply(self, rows: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
         rows = rows.to(device=self.device, dtype=self.dtype)
         j = rows.shape[0]
         loss_bad = self._bad_loss
@@ -352,9 +388,13 @@ class HessianOperator(ProductMethods):
             hv = self._forward_over_reverse(rows)
         elif self.hvp == "finite_difference":
             hv = self._finite_difference(rows)
-        else:
+        elif self.distributed:  # products are all-reduced before they meet `out`
             hv, loss_bad = self._double_backward(rows, loss_bad)
+        else:
+            hv, loss_bad = self._double_backward(rows, loss_bad, out, beta)
         hv = self._reduce(hv, loss_bad)
+        if out is not None and hv is not out:
+            hv = out.copy_(hv) if beta == 0.0 else torch.add(hv, out, alpha=beta, out=out)
         self.num_products += j
         # One reduction (no mask the size of the product); the exact check only when the sum is not finite.
         if not bool(torch.isfinite(hv.sum())) and not bool(torch.isfinite(hv).all()):
@@ -364,13 +404,15 @@ class HessianOperator(ProductMethods):
             )
         return hv
 
-    def _double_backward(self, rows: Tensor, loss_bad: bool) -> tuple[Tensor, bool]:
+    def _double_backward(
+        self, rows: Tensor, loss_bad: bool, out: Tensor | None = None, beta: float = 0.0
+    ) -> tuple[Tensor, bool]:
         j = rows.shape[0]
         if self.memory == "reuse":
             if self._grads is None:
                 self._build_graph(auto=False)
             assert self._grads is not None
-            hv = self._products(self._grads, rows, retain=True)
+            hv = self._products(self._grads, rows, retain=True, out=out, beta=beta)
         else:
             acc = torch.zeros(j, self.num_params, dtype=self.dtype, device=self.device)
             for i in range(len(self._batches)):

@@ -87,3 +87,34 @@ def test_tridiagonal_stops_a_run_at_breakdown() -> None:
         torch.linalg.eigvalsh(T), torch.tensor([1.0, 3.0], dtype=DT), rtol=0, atol=1e-12
     )
     assert float(alphas[0, 2:].abs().sum()) == 0.0 and float(betas[0, 1:].abs().sum()) == 0.0
+
+
+class _IntoOnly(DenseOperator):
+    """A dense operator whose products may only be written into the caller's buffer."""
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("LanczosRun must write its products in place (matvec_into)")
+
+    def matvec_into(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        self.num_products += 1
+        return torch.mv(self.matrix, v, out=out)
+
+
+def test_run_writes_products_into_its_basis_and_keeps_it_exact() -> None:
+    # The same steps as through matvec (DenseOperator: the copying fallback), then a copies block.
+    values = torch.cat([torch.linspace(0.0, 1.0, 40, dtype=DT), torch.tensor([5.0, 5.0, 9.0], dtype=DT)])
+    H = torch.diag(values)
+    v0 = torch.ones(43, dtype=DT)
+    into, plain = LanczosRun(_IntoOnly(H), v0, 20), LanczosRun(DenseOperator(H), v0, 20)
+    for run in (into, plain):
+        for _ in range(12):
+            run.step()
+        run.new_block(make_generator(0))  # after a regular step: the residual becomes an end
+        for _ in range(6):
+            run.step()
+    torch.testing.assert_close(into.ritz()[0], plain.ritz()[0], rtol=0, atol=1e-12)
+    Q = into.Q[: into.steps]
+    torch.testing.assert_close(Q @ Q.T, torch.eye(into.steps, dtype=DT), rtol=0, atol=1e-12)
+    m = into.steps
+    torch.testing.assert_close(Q @ H @ Q.T, into.M[:m, :m], rtol=0, atol=1e-12)  # the exact projection
+    assert into.op.num_products == 18  # type: ignore[attr-defined]

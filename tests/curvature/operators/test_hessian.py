@@ -147,6 +147,42 @@ def test_operator_argument_errors() -> None:
         op.matvec(torch.ones(3))
 
 
+@pytest.mark.parametrize(("name", "memory"), [("relu_init", "reuse"), ("cnn_bn", "recompute")])
+def test_matvec_into_equals_matvec_and_writes_out(name: str, memory: str) -> None:
+    c = case(name)
+    want = dense_hessian(c)
+    op = HessianOperator(c.model, c.loss_fn, c.batches, memory=memory)  # type: ignore[arg-type]
+    v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out = torch.full((op.num_params,), float("nan"), dtype=torch.float64)
+    assert op.matvec_into(v, out) is out
+    torch.testing.assert_close(out, want @ v, rtol=1e-9, atol=1e-11)  # the dense float64 oracle
+    torch.testing.assert_close(out, op.matvec(v), rtol=0, atol=0)
+    # out = Hv + beta * out, the product added piece by piece (reuse) or after the fact (recompute).
+    before = torch.randn(op.num_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    out.copy_(before)
+    assert op.matvec_into(v, out, beta=-0.5) is out
+    torch.testing.assert_close(out, want @ v - 0.5 * before, rtol=1e-9, atol=1e-11)
+    assert op.num_products == 3
+
+
+def test_matvec_into_rejects_a_bad_out() -> None:
+    c = case("relu_init")
+    op = HessianOperator(c.model, c.loss_fn, c.batches)
+    v = torch.ones(61, dtype=torch.float64)
+    bad = [
+        torch.empty(60, dtype=torch.float64),
+        torch.empty(61, dtype=torch.float32),
+        torch.empty(122, dtype=torch.float64)[::2],
+        torch.empty(61, 1, dtype=torch.float64),
+    ]
+    for out in bad:
+        with pytest.raises(ValueError, match="`out` must be a contiguous flat tensor of num_params=61"):
+            op.matvec_into(v, out)
+    with pytest.raises(ValueError, match="`v` must have num_params=61 elements, got 3"):
+        op.matvec_into(torch.ones(3), torch.empty(61, dtype=torch.float64))
+    assert op.num_products == 0
+
+
 def test_from_checked_inputs_equals_the_constructor() -> None:
     c = case("cnn_bn")
     inputs = OperatorInputs.check(c.model, c.loss_fn, c.batches, "recompute", ["conv", "head.bias"])
