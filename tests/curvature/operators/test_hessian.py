@@ -18,7 +18,7 @@ from lightning_landscape.curvature import (
     select_parameters,
     spectral_density,
 )
-from lightning_landscape.curvature.operators import hessian as operator_module
+from lightning_landscape.curvature.operators import _graph as graph_module
 from lightning_landscape.curvature.operators.inputs import OperatorInputs
 from tests.curvature.cases import CASE_NAMES, case, dense_hessian, mse_loss
 
@@ -55,7 +55,7 @@ def test_auto_reuses_small_graphs_and_recomputes_large(monkeypatch: pytest.Monke
     v = torch.ones(61, dtype=torch.float64)
     auto = HessianOperator(c.model, c.loss_fn, c.batches)
     assert auto.memory == "reuse"
-    monkeypatch.setattr(operator_module, "_AUTO_MEMORY_FRACTION", 1e-12)
+    monkeypatch.setattr(graph_module, "_AUTO_MEMORY_FRACTION", 1e-12)
     starved = HessianOperator(c.model, c.loss_fn, c.batches, memory="auto")
     assert starved.memory == "recompute"
     torch.testing.assert_close(starved.matvec(v), auto.matvec(v), rtol=1e-12, atol=1e-14)
