@@ -72,8 +72,10 @@ class HessianOperator(GraphProducts):
       between products; fails on operations without a forward-mode rule (``F.mse_loss``'s backward,
       pytorch issue 123996; custom ``autograd.Function``\ s without ``jvp``).
     * ``"finite_difference"``: :math:`(\nabla L(\theta + hv) - \nabla L(\theta - hv)) / 2h` with
-      :math:`h = \epsilon^{1/3} \max(\|\theta\|, 1) / \|v\|` (:mod:`._finite_difference`): first-order
-      backward passes only (fused kernels, FSDP), relative error about :math:`\epsilon^{2/3}`.
+      :math:`h = \sqrt{\epsilon} \max(\|\theta\|, 1) / \|v\|`, :math:`\epsilon` of the parameters' dtype
+      (:mod:`._finite_difference`): first-order backward passes only (fused kernels, FSDP); measured
+      relative error about 1e-8 in float64, 1e-5 to 1e-4 in float32, 1e-3 where a float64 model's loss is
+      float32 (Hugging Face's causal-LM loss).
     * ``"auto"`` (default): double backward where it works, else the next that does, chosen at the first
       product with one warning saying why; :attr:`hvp` then names the method.
 
