@@ -341,10 +341,9 @@ def test_every_product_method_through_fused_attention(hf: HFRuns, hvp: HvpMethod
     assert float(result.eigenvalues[0]) == pytest.approx(top, rel=rel)
 
 
+@pytest.mark.parametrize("hf", ["hf_gpt2"], indirect=True)  # BERT's classifier head ties nothing
 @pytest.mark.usefixtures("one_thread")
 def test_the_tied_lm_head_selects_the_token_embedding(hf: HFRuns) -> None:
-    if hf.name != "hf_gpt2":
-        pytest.skip("BERT's classifier head has no tied weight")
     model = hf.fits["main"][0]
     assert model.model.lm_head.weight is model.model.transformer.wte.weight
     result = hessian_eigenvalues(model, hf_loss, [hf.batch], k=1, tol=TOL, params=["model.lm_head"])
