@@ -6,17 +6,16 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_landscape._torch import is_compiled_wrapper
 from lightning_landscape.callbacks import tags as _tags
-from lightning_landscape.callbacks._batches import check_dataloader, draw_batches, probe_dataloader
+from lightning_landscape.callbacks._batches import check_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_int
-from lightning_landscape.callbacks._hessian_probe import Extremes, HessianProbe, mode_dependent_kinds
-from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal, sharding
+from lightning_landscape.callbacks._hessian_probe import Extremes, mode_dependent_kinds
+from lightning_landscape.callbacks._lightning import generate_state_key
 from lightning_landscape.callbacks._loggers import log_scalars
 from lightning_landscape.callbacks._probe import (
     MethodLoss,
@@ -25,13 +24,14 @@ from lightning_landscape.callbacks._probe import (
     logging_step,
     resolve_loss_fn,
 )
+from lightning_landscape.callbacks._probe_monitor import ProbeMonitor
 from lightning_landscape.callbacks._tensorboard import add_density, write_layout
 from lightning_landscape.curvature import LossFn, NonFiniteError
 from lightning_landscape.curvature._checks import DEFAULT_TOL
 from lightning_landscape.curvature.operators import HvpMethod
 
 
-class HessianEigenMonitor(HessianProbe, Callback):
+class HessianEigenMonitor(ProbeMonitor):
     r"""Log the top-``k`` Hessian eigenvalues of the training loss at the current weights, on a schedule.
 
     With :math:`L(\theta) = \sum_b \frac{|b|}{\sum_{b'} |b'|} \ell_b(\theta)` the batch-size-weighted mean
@@ -155,6 +155,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
         True
     """
 
+    monitor_name = "HessianEigenMonitor"
     checkpointed = (
         ("_last_probe_step", -1),
         ("num_probes", 0),
@@ -229,7 +230,6 @@ class HessianEigenMonitor(HessianProbe, Callback):
         self.unconverged = unconverged
         self.name = name
         self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
-        self._batches: list[Any] | None = None
         self._last_probe_step = -1
         self.num_probes = 0
         self.num_skipped = 0
@@ -237,7 +237,6 @@ class HessianEigenMonitor(HessianProbe, Callback):
         self._state_key: tuple[tuple[Any, ...], str] | None = None
         self.num_unconverged = 0
         self._warned_mode = False
-        self._sharded = False  # under ModelParallelStrategy (FSDP2), set in setup
 
     @property
     @override
@@ -261,10 +260,7 @@ class HessianEigenMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refusal = sharded_refusal("HessianEigenMonitor", trainer.strategy)
-        if refusal is not None:
-            raise MisconfigurationException(refusal)
-        self._sharded = sharding(trainer.strategy) == "model_parallel"
+        self._check_strategy(trainer)
         if self._sharded:  # the parameters are sharded in configure_model, after this hook: see on_fit_start
             try:
                 self.check_sharded()
@@ -307,26 +303,11 @@ class HessianEigenMonitor(HessianProbe, Callback):
                     category=UserWarning,
                 )
 
-    def _check_model(self, pl_module: pl.LightningModule) -> None:
-        try:
-            if self._sharded:
-                self.check_sharded(pl_module)
-            self.check_model(pl_module)
-        except ValueError as err:
-            raise MisconfigurationException(f"HessianEigenMonitor: {err}") from err
-
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._sharded:  # configure_model has sharded the parameters by now
             self._check_model(pl_module)
         write_layout(trainer)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loader = probe_dataloader(trainer, self.dataloader)
-        self._batches = draw_batches(
-            loader, self.num_batches, self.seed, to_device=trainer.strategy.batch_to_device
-        )
 
     @override
     def on_train_batch_end(

@@ -6,7 +6,6 @@ from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
@@ -14,11 +13,10 @@ from torch.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from typing_extensions import override
 
 from lightning_landscape.callbacks import tags as _tags
-from lightning_landscape.callbacks._batches import draw_batches, probe_dataloader
 from lightning_landscape.callbacks._checks import check_choice, check_int
-from lightning_landscape.callbacks._hessian_probe import HessianProbe
-from lightning_landscape.callbacks._lightning import generate_state_key, sharded_refusal, sharding
+from lightning_landscape.callbacks._lightning import generate_state_key
 from lightning_landscape.callbacks._probe import MethodLoss, TrainingStepLoss, logging_step, resolve_loss_fn
+from lightning_landscape.callbacks._probe_monitor import ProbeMonitor
 from lightning_landscape.callbacks._tensorboard import log_scalars, write_layout
 from lightning_landscape.curvature import (
     EigenResult,
@@ -37,7 +35,7 @@ _PLAIN = (SGD,)
 _PRECONDITIONED = (Adam, AdamW, RMSprop)
 
 
-class EdgeOfStabilityMonitor(HessianProbe, Callback):
+class EdgeOfStabilityMonitor(ProbeMonitor):
     r"""Log the sharpness the optimizer sees, its stability threshold and their ratio, on a schedule.
 
     On a quadratic, gradient descent with learning rate :math:`\eta` diverges along any direction of curvature
@@ -132,6 +130,7 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         "EdgeOfStabilityMonitor{'every_n_steps': 10, 'optimizer': 0, 'group': 0, 'name': None}"
     """
 
+    monitor_name = "EdgeOfStabilityMonitor"
     checkpointed = (
         ("_last_probe_step", -1),
         ("num_probes", 0),
@@ -183,13 +182,11 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
         self.loss_fn = loss_fn
         self.name = name
         self._loss_fn: LossFn | None = resolve_loss_fn(loss_fn) if loss_fn is not None else None
-        self._batches: list[Any] | None = None
         self._preconditioner_of: Optimizer | None = None  # set during a probe of an adaptive optimizer
         self._last_probe_step = -1
         self._warned_lr = False
         self.num_probes = 0
         self.num_skipped = 0
-        self._sharded = False  # under ModelParallelStrategy (FSDP2), set in setup
         self.last_metrics: dict[str, float] = {}
         """The values of the last probe by tag (also on ranks other than zero)."""
         self.threshold_formula: str | None = None
@@ -207,10 +204,7 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refusal = sharded_refusal("EdgeOfStabilityMonitor", trainer.strategy)
-        if refusal is not None:
-            raise MisconfigurationException(refusal)
-        self._sharded = sharding(trainer.strategy) == "model_parallel"
+        self._check_strategy(trainer)
         if self._sharded and self.batch_sharpness:
             raise MisconfigurationException(
                 "EdgeOfStabilityMonitor: `batch_sharpness`=True cannot run under FSDP: it differentiates "
@@ -260,27 +254,12 @@ class EdgeOfStabilityMonitor(HessianProbe, Callback):
                     "its parameters with `params` or pick its index with `optimizer`."
                 )
 
-    def _check_model(self, pl_module: pl.LightningModule) -> None:
-        try:
-            if self._sharded:
-                self.check_sharded(pl_module)
-            self.check_model(pl_module)
-        except ValueError as err:
-            raise MisconfigurationException(f"EdgeOfStabilityMonitor: {err}") from err
-
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._sharded:
             self._check_model(pl_module)
         self._check_optimizers(trainer, pl_module)
         write_layout(trainer)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loader = probe_dataloader(trainer, self.dataloader)
-        self._batches = draw_batches(
-            loader, self.num_batches, self.seed, to_device=trainer.strategy.batch_to_device
-        )
 
     @override
     def on_train_batch_end(
