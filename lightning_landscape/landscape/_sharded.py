@@ -42,6 +42,7 @@ from lightning_landscape.curvature.operators.fsdp import (
     shard_range,
 )
 from lightning_landscape.landscape._evaluate import check_finite, linspace
+from lightning_landscape.landscape.directions import given_or_random
 from lightning_landscape.landscape.results import LineResult, PlaneResult
 
 Direction = dict[str, Tensor]
@@ -290,12 +291,7 @@ def loss_line(
         built = HessianOperator(model, loss_fn, batches, train_mode=train_mode, seed=seed, hvp=hvp)
         assert isinstance(built, FSDPHessianOperator)
         op = built
-    meta: dict[str, Any] = {"direction": "given"}
-    if direction is None:
-        from lightning_landscape.landscape.directions import random_directions as draw
-
-        direction = draw(model, 1, seed=seed)[0]
-        meta = {"direction": "random", "normalization": "filter", "seed": seed}
+    direction, meta = given_or_random(model, direction, 1, seed)
     d = local_pieces(direction, weights, "direction")
     alphas = linspace(span if span is not None else (-1.0, 1.0), steps)
     coeffs = torch.cat([alphas, torch.zeros(1, dtype=torch.float64)])[:, None]
@@ -321,14 +317,7 @@ def loss_plane(
     """:func:`~.lines.loss_plane` of a model holding an FSDP2 module (arguments checked there)."""
     batches = validate_inputs(model, loss_fn, batches)
     weights = _trainable(model)
-    meta: dict[str, Any] = {"directions": "given"}
-    if directions is None:
-        from lightning_landscape.landscape.directions import random_directions as draw
-
-        directions = draw(model, 2, seed=seed)
-        meta = {"directions": "random", "normalization": "filter", "seed": seed}
-    if isinstance(directions, Mapping) or len(directions) != 2:
-        raise ValueError("`directions` must be a pair (d1, d2) of dict[str, Tensor] directions.")
+    directions, meta = given_or_random(model, directions, 2, seed)
     d1 = local_pieces(directions[0], weights, "directions[0]")
     d2 = local_pieces(directions[1], weights, "directions[1]")
     axis = linspace(span, steps)

@@ -205,6 +205,24 @@ class HessianDirections(NamedTuple):
     converged: bool
 
 
+def given_or_random(model: nn.Module, given: Any, n: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The direction of a line (``n=1``) or the pair of a plane (``n=2``), with the result's ``meta``.
+
+    ``given`` as it is (a plane's checked to be a pair), or ``n`` filter-normalized random directions drawn
+    under ``seed`` (:func:`random_directions`; on the shards under FSDP2).
+
+    Raises:
+        ValueError: If a plane's ``given`` is not a sequence of two directions.
+    """
+    key = "direction" if n == 1 else "directions"
+    if given is None:
+        drawn = random_directions(model, n, seed=seed)
+        return (drawn[0] if n == 1 else drawn), {key: "random", "normalization": "filter", "seed": seed}
+    if n == 2 and (isinstance(given, Mapping) or len(given) != 2):
+        raise ValueError("`directions` must be a pair (d1, d2) of dict[str, Tensor] directions.")
+    return given, {key: "given"}
+
+
 def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Direction:
     """Split a flat vector (``named_parameters()`` order) into a direction shaped like ``like``."""
     out: Direction = {}

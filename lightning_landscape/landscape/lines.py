@@ -29,7 +29,12 @@ from lightning_landscape.landscape._evaluate import (
     linspace,
     state_tensors,
 )
-from lightning_landscape.landscape.directions import Direction, difference, named_trainable, random_directions
+from lightning_landscape.landscape.directions import (
+    Direction,
+    difference,
+    given_or_random,
+    named_trainable,
+)
 from lightning_landscape.landscape.results import LineResult, PlaneResult
 
 
@@ -228,10 +233,7 @@ def loss_line(
         losses = evaluator.losses(weights, [delta], coeffs, buffers, [buffer_delta])
         check_finite(losses, "line")
         return LineResult(alphas, losses[:-1], float(losses[-1]), meta={"direction": "interpolation"})
-    meta: dict[str, Any] = {"direction": "given"}
-    if direction is None:
-        direction = random_directions(model, 1, seed=seed)[0]
-        meta = {"direction": "random", "normalization": "filter", "seed": seed}
+    direction, meta = given_or_random(model, direction, 1, seed)
     d = _check_direction(direction, weights, "direction")
     alphas = linspace(span if span is not None else (-1.0, 1.0), steps)
     coeffs = torch.cat([alphas, torch.zeros(1, dtype=torch.float64)])[:, None]
@@ -300,12 +302,7 @@ def loss_plane(
         seed=seed,
     )
     weights, _ = state_tensors(model)
-    meta: dict[str, Any] = {"directions": "given"}
-    if directions is None:
-        directions = random_directions(model, 2, seed=seed)
-        meta = {"directions": "random", "normalization": "filter", "seed": seed}
-    if isinstance(directions, Mapping) or len(directions) != 2:
-        raise ValueError("`directions` must be a pair (d1, d2) of dict[str, Tensor] directions.")
+    directions, meta = given_or_random(model, directions, 2, seed)
     d1 = _check_direction(directions[0], weights, "directions[0]")
     d2 = _check_direction(directions[1], weights, "directions[1]")
     axis = linspace(span, steps)

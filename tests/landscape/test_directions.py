@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 from lightning_landscape.landscape import hessian_directions, loss_line, random_directions
-from lightning_landscape.landscape.directions import difference, flatten, named_trainable
+from lightning_landscape.landscape.directions import difference, flatten, given_or_random, named_trainable
 from tests.curvature.cases import Case, dense_hessian
 from tests.landscape.cases import DT, MLP, ce, conv_case, linear_case
 
@@ -93,3 +94,24 @@ def test_bad_arguments_are_named() -> None:
     m = linear_case().model
     with pytest.raises(ValueError, match="`normalization`"):
         random_directions(m, normalization="unit")  # type: ignore[arg-type]
+
+
+def test_given_or_random_says_which_in_the_meta() -> None:
+    """A line's or plane's directions: the given ones untouched, else those ``random_directions`` draws under
+    the seed (filter-normalized), the meta saying which; a plane's given directions must be a pair."""
+    model = conv_case().model
+    (drawn,) = random_directions(model, 1, seed=4)
+    line, meta = given_or_random(model, None, 1, seed=4)
+    assert meta == {"direction": "random", "normalization": "filter", "seed": 4}
+    assert line.keys() == drawn.keys() and all(torch.equal(line[n], drawn[n]) for n in drawn)
+    pair, meta = given_or_random(model, None, 2, seed=4)
+    assert meta == {"directions": "random", "normalization": "filter", "seed": 4}
+    for got, want in zip(pair, random_directions(model, 2, seed=4), strict=True):
+        assert all(torch.equal(got[n], want[n]) for n in want)
+    given, meta = given_or_random(model, pair, 2, seed=0)
+    assert given is pair and meta == {"directions": "given"}
+    given, meta = given_or_random(model, drawn, 1, seed=0)
+    assert given is drawn and meta == {"direction": "given"}
+    for bad in (drawn, [drawn], [drawn, drawn, drawn]):
+        with pytest.raises(ValueError, match=re.escape("`directions` must be a pair (d1, d2)")):
+            given_or_random(model, bad, 2, seed=0)
