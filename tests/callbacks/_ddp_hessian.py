@@ -26,17 +26,15 @@ class ShardedData(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=4, sampler=sampler)
 
 
-if __name__ == "__main__":
-    out = sys.argv[1]
-    pl.seed_everything(11)
-    model = TinyRegression()
-    monitor = HessianEigenMonitor(k=3, every_n_steps=2, smallest=True, num_batches=1, tol=1e-9)
-    trainer = pl.Trainer(
+def ddp_trainer(out: str, callbacks: list[pl.Callback], max_steps: int) -> pl.Trainer:
+    """The Trainer of every 2-process DDP worker here: CPU, gloo, TensorBoard under ``OUT/tb/version_0``,
+    logging every step, no checkpoints, the samplers left to :class:`ShardedData`."""
+    return pl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp",
-        max_steps=6,
-        callbacks=[monitor, RiskGapMonitor(val_key=None, optimal_risk=0.0)],
+        max_steps=max_steps,
+        callbacks=callbacks,
         logger=TensorBoardLogger(out, name="tb", version=0),
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -44,6 +42,14 @@ if __name__ == "__main__":
         log_every_n_steps=1,
         use_distributed_sampler=False,
     )
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    pl.seed_everything(11)
+    model = TinyRegression()
+    monitor = HessianEigenMonitor(k=3, every_n_steps=2, smallest=True, num_batches=1, tol=1e-9)
+    trainer = ddp_trainer(out, [monitor, RiskGapMonitor(val_key=None, optimal_risk=0.0)], max_steps=6)
     trainer.fit(model, datamodule=ShardedData())
     print(f"rank {trainer.global_rank} probes {monitor.num_probes}", flush=True)
     # Every rank must start each probe from the same warm vectors (else the Lanczos runs would part ways).

@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 
 import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_landscape import GradientNoiseScaleMonitor
+from tests.callbacks._ddp_hessian import ddp_trainer
 from tests.callbacks._noise_helpers import LinReg, finite_data
 
 
@@ -29,18 +29,6 @@ if __name__ == "__main__":
     out = sys.argv[1]
     pl.seed_everything(3)
     monitor = GradientNoiseScaleMonitor(every_n_steps=2, ema_decay=0.5, log_raw=True)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_steps=8,
-        callbacks=[monitor],
-        logger=TensorBoardLogger(out, name="tb", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-        use_distributed_sampler=False,
-    )
+    trainer = ddp_trainer(out, [monitor], max_steps=8)
     trainer.fit(LinReg(lr=0.05), datamodule=ShardedData())
     print(f"rank {trainer.global_rank} estimates {monitor.num_estimates}", flush=True)

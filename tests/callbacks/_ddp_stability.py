@@ -10,11 +10,10 @@ import sys
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_landscape import EdgeOfStabilityMonitor
 from tests.callbacks._cb_helpers import TinyRegression
-from tests.callbacks._ddp_hessian import ShardedData
+from tests.callbacks._ddp_hessian import ShardedData, ddp_trainer
 
 
 class AdamRegression(TinyRegression):
@@ -27,18 +26,6 @@ if __name__ == "__main__":
     pl.seed_everything(11)
     model = AdamRegression()
     monitor = EdgeOfStabilityMonitor(every_n_steps=2, num_batches=1, batch_sharpness=True, tol=1e-10)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_steps=6,
-        callbacks=[monitor],
-        logger=TensorBoardLogger(out, name="tb", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-        use_distributed_sampler=False,
-    )
+    trainer = ddp_trainer(out, [monitor], max_steps=6)
     trainer.fit(model, datamodule=ShardedData())
     print(f"rank {trainer.global_rank} probes {monitor.num_probes}", flush=True)
